@@ -1,0 +1,60 @@
+"""captify-ws: one WebSocket server for every real-time feature of a web product.
+
+The public API::
+
+    from captify_ws import create_app, Settings            # the ASGI app, to run or mount
+    from captify_ws import broadcast_steps, broadcast_steps_to_client, get_connection_count
+    from captify_ws import Handler, Connection             # to write your own handler
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from captify_ws.api import (
+    broadcast_steps,
+    broadcast_steps_to_client,
+    current_server,
+    get_connection_count,
+)
+from captify_ws.app import CaptifyApp, create_app
+from captify_ws.config import Settings
+from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
+from captify_ws.errors import (
+    BadRequest,
+    CaptifyError,
+    CloseCode,
+    ConfigError,
+    InvalidMessage,
+    ProtocolError,
+    Reject,
+    ServerNotRunning,
+    StoreError,
+)
+from captify_ws.handlers.base import Handler
+from captify_ws.server import Server
+
+__all__ = [
+    "BadRequest",
+    "CaptifyApp",
+    "CaptifyError",
+    "CloseCode",
+    "ConfigError",
+    "Connection",
+    "Handler",
+    "InvalidMessage",
+    "PreparedFrame",
+    "ProtocolError",
+    "Reject",
+    "Server",
+    "ServerNotRunning",
+    "Settings",
+    "StoreError",
+    "UpgradeRequest",
+    "__version__",
+    "broadcast_steps",
+    "broadcast_steps_to_client",
+    "create_app",
+    "current_server",
+    "get_connection_count",
+]

@@ -1,0 +1,204 @@
+"""The ASGI application: captify-ws routes, and the product's own app for everything else.
+
+``create_app(settings, http_app=None)`` returns a plain ASGI app that any ASGI server can run or a
+FastAPI/Starlette app can mount. It serves:
+
+* WebSockets on the registered handler paths (``/ws/fabric`` …); other ``/ws/…`` paths are
+  refused with HTTP 404 before any upgrade;
+* ``GET /healthz``, and the HTTP API under ``/api/v1`` (bearer ``CAPTIFY_WS_API_KEY``);
+* everything else goes to ``http_app`` (the seed's "Next.js app on the same port"), or 404.
+
+The server starts on the ASGI lifespan event, or on the first request when the app is mounted
+somewhere that does not forward lifespan events (Starlette's ``Mount``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, Router
+
+from captify_ws.config import Settings
+from captify_ws.server import Server
+from captify_ws.transport.asgi import deny, serve_websocket
+from captify_ws.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("captify_ws.app")
+
+#: Paths captify-ws answers itself; everything else goes to the user's http_app.
+OWN_PREFIXES: Final = ("/healthz", "/readyz", "/api/v1/")
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
+class CaptifyApp:
+    """The ASGI callable returned by :func:`create_app`."""
+
+    def __init__(self, server: Server, http_app: ASGIApp | None = None) -> None:
+        self.server = server
+        self.http_app = http_app
+        self._router = Router(routes=[
+            Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
+            Route("/api/v1/documents/{document_id:path}/steps", self._post_steps,
+                  methods=["POST"]),
+            Route("/api/v1/connections", self._get_connections, methods=["GET"]),
+        ])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if not self.server.started:
+            await self.server.start()
+        path = _route_path(scope)
+        if kind == "websocket":
+            if path.startswith("/ws/") or self.server.route(path) is not None:
+                await serve_websocket(self.server, {**scope, "path": path}, receive, send)
+            elif self.http_app is not None:
+                await self.http_app(scope, receive, send)
+            else:
+                await receive()
+                await deny(scope, send, 404, f"no WebSocket handler for {path}")
+        elif kind == "http":
+            if path.startswith(OWN_PREFIXES):
+                await self._router(scope, receive, send)
+            elif self.http_app is not None:
+                await self.http_app(scope, receive, send)
+            else:
+                await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+
+    # -- lifespan --------------------------------------------------------------------------
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start and stop the server, and pass the events on to ``http_app`` if it has any."""
+        inner = AppLifespan(self.http_app, scope) if self.http_app is not None else None
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.server.start()
+                    if inner is not None:
+                        await inner.startup()
+                except Exception as exc:
+                    logger.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if inner is not None:
+                    await inner.shutdown()
+                await self.server.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- HTTP API --------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    def _check_api_key(self, request: Request) -> Response | None:
+        key = self.server.settings.api_key
+        if not key:
+            return JSONResponse({"error": "the HTTP API is off; set CAPTIFY_WS_API_KEY (or "
+                                 "`captify-ws serve --api-key KEY`) to turn it on"},
+                                status_code=404)
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                  key.encode()):
+            return JSONResponse({"error": "missing or wrong API key: send "
+                                 "'Authorization: Bearer <CAPTIFY_WS_API_KEY>'"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    async def _post_steps(self, request: Request) -> Response:
+        refused = self._check_api_key(request)
+        if refused is not None:
+            return refused
+        document_id = request.path_params["document_id"]
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "body must be JSON"}, status_code=400)
+        if not isinstance(body, dict) or not isinstance(body.get("steps"), list):
+            return JSONResponse({"error": "body must be an object with a 'steps' list"},
+                                status_code=400)
+        if "changeId" not in body:
+            return JSONResponse({"error": "missing 'changeId'"}, status_code=400)
+        client_id = body.get("clientID")
+        if client_id is not None and not isinstance(client_id, str):
+            return JSONResponse({"error": "'clientID' must be a string"}, status_code=400)
+        if client_id is None:
+            delivered = await self.server.broadcast_steps(document_id, body["steps"],
+                                                          body["changeId"])
+        else:
+            delivered = await self.server.broadcast_steps_to_client(
+                document_id, client_id, body["steps"], body["changeId"])
+        return JSONResponse({"documentId": document_id, "delivered": delivered})
+
+    async def _get_connections(self, request: Request) -> Response:
+        refused = self._check_api_key(request)
+        if refused is not None:
+            return refused
+        document_id = request.query_params.get("documentId")
+        handler = request.query_params.get("handler")
+        if (document_id is None) == (handler is None):
+            return JSONResponse({"error": "pass exactly one of ?documentId= or ?handler="},
+                                status_code=400)
+        if handler is not None and handler not in self.server.connections:
+            return JSONResponse({"error": f"no handler named {handler!r}"}, status_code=404)
+        count = self.server.get_connection_count(document_id=document_id, handler=handler)
+        return JSONResponse({"count": count})
+
+
+class AppLifespan:
+    """Runs a wrapped app's lifespan protocol; apps without one are tolerated."""
+
+    def __init__(self, app: ASGIApp, scope: Scope) -> None:
+        self._app = app
+        self._scope = {**scope}
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._supported = True
+
+    async def _run(self) -> None:
+        try:
+            await self._app(self._scope, self._to_app.get, self._from_app.put)
+        except Exception:  # an app without lifespan support raises; that is allowed
+            self._supported = False
+            await self._from_app.put({"type": "unsupported"})
+
+    async def startup(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await self._to_app.put({"type": "lifespan.startup"})
+        reply = await self._from_app.get()
+        if reply["type"] == "lifespan.startup.failed":
+            raise RuntimeError(f"http_app startup failed: {reply.get('message', '')}")
+
+    async def shutdown(self) -> None:
+        if not self._supported or self._task is None:
+            return
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        await self._from_app.get()
+        await self._task
+
+
+def create_app(settings: Settings | None = None, http_app: ASGIApp | None = None, *,
+               server: Server | None = None) -> CaptifyApp:
+    """The captify-ws ASGI app. ``http_app`` receives every request that is not ours."""
+    if server is None:
+        server = Server(settings or Settings())
+    return CaptifyApp(server, http_app)

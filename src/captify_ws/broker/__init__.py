@@ -1,0 +1,1 @@
+"""Brokers: how instances of a deployment tell each other about changes."""

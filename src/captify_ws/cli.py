@@ -1,0 +1,179 @@
+"""``captify-ws serve``: the command line, generated from :class:`~captify_ws.config.Settings`.
+
+Every option is also an environment variable (``--max-message-size`` ↔
+``CAPTIFY_WS_MAX_MESSAGE_SIZE``); flags win over the environment, which wins over defaults.
+Configuration mistakes and a taken port end in one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import uvicorn
+
+from captify_ws import __version__
+from captify_ws.config import Settings
+from captify_ws.errors import CaptifyError, ConfigError
+
+logger = logging.getLogger("captify_ws")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captify-ws",
+        description="One WebSocket server for every real-time feature of a web product.")
+    parser.add_argument("--version", action="version", version=f"captify-ws {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="serve HTTP and WebSockets on one port",
+        description="Serve HTTP and WebSockets on one port. Every option can also be set "
+                    "with the environment variable shown; flags win.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for option in Settings.options():
+        flag = "--" + option.name.replace("_", "-")
+        default = option.default
+        if isinstance(default, tuple):
+            default = ",".join(default) or "none"
+        elif option.metadata["secret"]:
+            default = "none"
+        serve.add_argument(
+            flag, dest=option.name, default=None, type=option.metadata["parse"],
+            metavar=option.metadata["metavar"] or option.name.upper(),
+            help=f"{option.metadata['help']} [env {Settings.env_name(option.name)}; "
+                 f"default {default}]")
+    return parser
+
+
+def import_string(spec: str) -> Any:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"{spec!r}: expected 'module:attribute'")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import {spec!r}: {exc}") from None
+    return target
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("captify_ws.picows").setLevel(logging.WARNING)
+
+
+async def _serve(settings: Settings) -> int:
+    from captify_ws.app import AppLifespan, create_app
+    from captify_ws.server import Server
+    from captify_ws.transport.native import NativeServer
+
+    http_app = import_string(settings.http_app) if settings.http_app else None
+    server = Server(settings)
+    app = create_app(http_app=http_app, server=server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    if settings.transport == "asgi":
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
+                                ws="websockets-sansio", ws_max_size=settings.max_message_size,
+                                ws_per_message_deflate=False, log_config=None,
+                                access_log=False)
+        uv = _QuietUvicorn(config)
+        sock = config.bind_socket()
+        port = sock.getsockname()[1]
+        task = loop.create_task(uv.serve(sockets=[sock]))
+        _announce(settings, port, "asgi")
+        await stop.wait()
+        uv.should_exit = True
+        await task
+        return 0
+
+    await server.start()
+    inner = None
+    if http_app is not None:
+        inner = AppLifespan(http_app, {"type": "lifespan", "asgi": {"version": "3.0"},
+                                       "state": {}})
+        await inner.startup()
+    native = NativeServer(server, app)
+    try:
+        await native.start()
+    except BaseException:
+        await server.stop()
+        raise
+    _announce(settings, native.port, "native")
+    await stop.wait()
+    logger.info("shutting down")
+    await native.stop()
+    if inner is not None:
+        await inner.shutdown()
+    await server.stop()
+    return 0
+
+
+class _QuietUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: ``_serve`` owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _announce(settings: Settings, port: int, transport: str) -> None:
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    print(f"captify-ws listening on http://{host}:{port} "
+          f"(WebSockets at ws://{host}:{port}/ws/fabric, transport {transport}, "
+          f"store {settings.store})", file=sys.stderr, flush=True)
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit code."""
+    _configure_logging(settings)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        return asyncio.run(_serve(settings))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"captify-ws: cannot listen on {settings.host}:{settings.port}: the port is "
+                  f"already in use; stop the other server or pick another port with --port "
+                  f"or CAPTIFY_WS_PORT", file=sys.stderr)
+            return 1
+        if exc.errno == errno.EADDRNOTAVAIL:
+            print(f"captify-ws: cannot listen on {settings.host}: no such address on this "
+                  f"machine", file=sys.stderr)
+            return 1
+        raise
+    except CaptifyError as exc:
+        print(f"captify-ws: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    overrides = {option.name: getattr(args, option.name) for option in Settings.options()}
+    try:
+        settings = Settings.load(os.environ, overrides)
+    except ConfigError as exc:
+        print(f"captify-ws: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)

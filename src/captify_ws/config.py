@@ -1,0 +1,152 @@
+"""Settings: the one configuration object, built from defaults, ``CAPTIFY_WS_*`` and CLI flags.
+
+Every setting is a field of :class:`Settings` with its help text, so the CLI (``--help``), the
+environment variables and the README table come from one list. No other module reads the
+environment (STYLE.md, habit 12).
+
+Precedence, lowest first: the default, the environment variable, the command-line flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from captify_ws.errors import ConfigError
+
+ENV_PREFIX = "CAPTIFY_WS_"
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _parse_size(text: str) -> int:
+    """Bytes, with an optional k/m/g suffix (powers of 1024): ``16m`` = 16 MiB."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    if value and value[-1] in units:
+        return int(float(value[:-1]) * units[value[-1]])
+    return int(value)
+
+
+def _setting(default: Any, help: str, parse: Callable[[str], Any] = str, *,
+             metavar: str | None = None, secret: bool = False) -> Any:
+    return field(default=default, metadata={
+        "help": help, "parse": parse, "metavar": metavar, "secret": secret,
+    })
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything captify-ws can be told. Build with :meth:`Settings.load` or construct directly."""
+
+    host: str = _setting("127.0.0.1", "address to bind (loopback by default, like uvicorn)")
+    port: int = _setting(3000, "TCP port for HTTP and WebSockets (0 picks a free port)", int)
+    transport: str = _setting(
+        "native",
+        "'native' (picows WebSockets + uvicorn's HTTP parser on one port, the fast path) or "
+        "'asgi' (the whole app under uvicorn's ASGI server)")
+    handlers: tuple[str, ...] = _setting(
+        (), "extra handlers to register, comma-separated 'module:attribute' import paths",
+        _parse_list, metavar="MOD:ATTR,...")
+    http_app: str | None = _setting(
+        None, "an ASGI app ('module:attribute') that receives every request that is not a "
+        "captify-ws route, served on the same port", metavar="MOD:ATTR")
+    api_key: str | None = _setting(
+        None, "bearer key for the HTTP API under /api/v1 (the API is off without one)",
+        secret=True, metavar="KEY")
+    store: str = _setting(
+        "memory", "document store URL: 'memory' (lost on exit)", metavar="URL")
+    max_message_size: int = _setting(
+        16 << 20, "largest accepted WebSocket message, bytes (k/m suffixes); larger → close 1009",
+        _parse_size, metavar="BYTES")
+    send_budget: int = _setting(
+        8 << 20, "bytes a connection may have waiting to be sent before it is closed with 1013 "
+        "as too slow", _parse_size, metavar="BYTES")
+    awareness_flush_ms: int = _setting(
+        50, "presence changes are batched per document and sent every this many ms", int)
+    awareness_renewal_s: float = _setting(
+        10.0, "unchanged presence renewals are forwarded at most this often (seconds); must stay "
+        "well under the 30 s after which Yjs clients drop a silent peer's presence", float)
+    room_grace_s: float = _setting(
+        5.0, "seconds a document stays loaded after its last connection leaves", float)
+    ping_interval_s: float = _setting(
+        20.0, "send a WebSocket ping after this many idle seconds (0 disables)", float)
+    ping_timeout_s: float = _setting(
+        20.0, "close a connection whose ping is unanswered for this many seconds", float)
+    log_level: str = _setting("info", "debug, info, warning or error")
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field[Any]]:
+        return list(dataclasses.fields(cls))
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None,
+             overrides: Mapping[str, Any] | None = None) -> Settings:
+        """Defaults, then ``CAPTIFY_WS_*`` variables from ``env``, then ``overrides`` (CLI)."""
+        values: dict[str, Any] = {}
+        for option in cls.options():
+            raw = (env or {}).get(cls.env_name(option.name))
+            if raw is None:
+                continue
+            try:
+                values[option.name] = option.metadata["parse"](raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{cls.env_name(option.name)}={raw!r}: {exc}") from None
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting that cannot work."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range 0-65535")
+        if self.transport not in ("native", "asgi"):
+            raise ConfigError(f"transport must be 'native' or 'asgi', not {self.transport!r}")
+        if self.max_message_size < 1024:
+            raise ConfigError("max_message_size must be at least 1024 bytes")
+        if self.send_budget < 64 * 1024:
+            raise ConfigError("send_budget must be at least 64 KiB")
+        if not 1 <= self.awareness_flush_ms <= 1000:
+            raise ConfigError("awareness_flush_ms must be between 1 and 1000")
+        if not 0.05 <= self.awareness_renewal_s <= 20:
+            raise ConfigError("awareness_renewal_s must be between 0.05 and 20 seconds")
+        if self.room_grace_s < 0:
+            raise ConfigError("room_grace_s cannot be negative")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, "
+                              f"not {self.log_level!r}")
+
+    def replace(self, **changes: Any) -> Settings:
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked, for logs and the dashboard."""
+        out: dict[str, Any] = {}
+        for option in self.options():
+            value = getattr(self, option.name)
+            if option.metadata["secret"] and value:
+                value = "***"
+            out[option.name] = value
+        return out

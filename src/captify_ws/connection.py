@@ -1,0 +1,376 @@
+"""One accepted WebSocket: who it is, what it may have waiting to be sent, and how it closes.
+
+:class:`Connection` is the only code that writes to a socket. Subclasses in ``transport/`` know the
+transport (native picows, or any ASGI server); handlers and rooms only see this interface.
+
+Sending: :meth:`Connection.send_frame` takes a :class:`PreparedFrame`, a message encoded once per
+broadcast, and writes the same bytes to every socket. A connection whose peer does not read has a
+byte budget (``send_budget``): while the kernel and the transport hold its bytes, new frames wait
+in a queue; Yjs updates in that queue are merged into one; past the budget the connection is closed
+with 1013 instead of buffering without end.
+
+Receiving: the transport calls :meth:`Connection.deliver` for each message. Handlers may be plain
+functions (the fabric hot path) or coroutines; while a coroutine runs, later messages wait in an
+inbox so each connection's messages are handled in order, and the socket stops being read when
+the inbox is full.
+
+What ``send_frame`` does not guarantee: that the peer received the frame. A frame is dropped
+silently once the connection is closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+from urllib.parse import parse_qsl
+
+from pycrdt import merge_updates
+
+from captify_ws.errors import CloseCode, close_code_for, close_reason_for, truncate_reason
+from captify_ws.protocol import ywebsocket
+
+if TYPE_CHECKING:
+    from captify_ws.handlers.base import Handler
+
+logger = logging.getLogger("captify_ws.connection")
+
+OPCODE_TEXT: Final = 0x1
+OPCODE_BINARY: Final = 0x2
+
+#: Messages that may wait while a handler coroutine runs before the socket stops being read.
+INBOX_HIGH_WATER: Final = 256
+
+
+def _frame_header(opcode: int, length: int) -> bytes:
+    """RFC 6455 §5.2 header of a final, unmasked (server → client) frame."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 1 << 16:
+        return bytes((first, 126)) + length.to_bytes(2, "big")
+    return bytes((first, 127)) + length.to_bytes(8, "big")
+
+
+class PreparedFrame:
+    """A message encoded once, then written unchanged to any number of connections.
+
+    ``wire`` is the complete WebSocket frame (server frames are not masked, so every socket gets
+    the same bytes); ``asgi`` is the matching ASGI send event. Both are built on first use.
+    ``yjs_update`` marks a y-websocket sync-update frame, which may be merged with others when a
+    slow connection falls behind.
+    """
+
+    __slots__ = ("_asgi", "_wire", "opcode", "payload", "yjs_update")
+
+    def __init__(self, opcode: int, payload: bytes, yjs_update: bytes | None = None) -> None:
+        self.opcode = opcode
+        self.payload = payload
+        self.yjs_update = yjs_update
+        self._wire: bytes | None = None
+        self._asgi: dict[str, Any] | None = None
+
+    @classmethod
+    def text(cls, text: str) -> PreparedFrame:
+        return cls(OPCODE_TEXT, text.encode("utf-8"))
+
+    @classmethod
+    def binary(cls, data: bytes, *, yjs_update: bytes | None = None) -> PreparedFrame:
+        return cls(OPCODE_BINARY, data, yjs_update)
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = _frame_header(self.opcode, len(self.payload)) + self.payload
+        return self._wire
+
+    @property
+    def asgi(self) -> dict[str, Any]:
+        if self._asgi is None:
+            if self.opcode == OPCODE_TEXT:
+                self._asgi = {"type": "websocket.send", "text": self.payload.decode("utf-8")}
+            else:
+                self._asgi = {"type": "websocket.send", "bytes": self.payload}
+        return self._asgi
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRequest:
+    """The HTTP request that opened a WebSocket (or asked to)."""
+
+    path: str
+    query_string: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    client: tuple[str, int] | None = None
+    _query: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+            self._query.setdefault(key, value)
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """Query parameters (the first value of each)."""
+        return self._query
+
+    def header(self, name: str) -> str | None:
+        """A header's value (names compare case-insensitively; repeated headers joined by ',')."""
+        name = name.lower()
+        values = [value for key, value in self.headers if key == name]
+        return ", ".join(values) if values else None
+
+
+class Connection:
+    """One WebSocket, whatever transport carries it. See the module docstring."""
+
+    transport_name: ClassVar[str] = "abstract"
+
+    def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, *,
+                 send_budget: int) -> None:
+        self.id = secrets.token_hex(6)
+        self.request = request
+        self.handler = handler
+        #: the part of the path after the handler's path, still percent-encoded
+        self.subpath = subpath
+        #: for the handler's own use (the fabric handler keeps the room membership here)
+        self.state: Any = None
+        #: set by authentication; ``None`` when anonymous
+        self.principal: Any = None
+        self.close_code: int | None = None
+        self.closed = False
+        self._closing = False
+        self._send_budget = send_budget
+        self._paused = False
+        self._pending: deque[PreparedFrame] = deque()
+        self._pending_bytes = 0
+        self._inbox: deque[str | bytes] | None = None
+        self._reading_paused = False
+        self._on_closed: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.request.path}>"
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send_frame(self, frame: PreparedFrame) -> None:
+        """Queue ``frame`` for this connection; the hot path of every broadcast."""
+        if self._closing:
+            return
+        if self._paused:
+            self._enqueue(frame)
+        else:
+            self._write(frame)
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(PreparedFrame.text(text))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.send_frame(PreparedFrame.binary(data))
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes accepted for sending that the peer has not taken yet (queue + transport)."""
+        return self._pending_bytes + self._transport_buffered()
+
+    def _enqueue(self, frame: PreparedFrame) -> None:
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes > self._send_budget:
+            self._merge_pending_updates()
+            if self._pending_bytes > self._send_budget:
+                logger.warning("closing %s: %d bytes waiting, budget %d", self.id,
+                               self._pending_bytes, self._send_budget)
+                self._drop_pending()
+                self.close(CloseCode.OVERLOADED, "too slow to keep up")
+
+    def _merge_pending_updates(self) -> None:
+        """Replace the waiting Yjs update frames by one frame holding their merged update."""
+        updates = [frame.yjs_update for frame in self._pending if frame.yjs_update is not None]
+        if len(updates) < 2:
+            return
+        merged = merge_updates(*updates)
+        kept = deque(frame for frame in self._pending if frame.yjs_update is None)
+        kept.append(PreparedFrame.binary(ywebsocket.encode_sync_update(merged), yjs_update=merged))
+        self._pending = kept
+        self._pending_bytes = sum(len(frame) for frame in kept)
+
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _flush_pending(self) -> None:
+        """Write what waited while the transport was paused (called on resume)."""
+        self._paused = False
+        while self._pending and not self._paused and not self._closing:
+            frame = self._pending.popleft()
+            self._pending_bytes -= len(frame)
+            self._write(frame)
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused:
+            self._paused = True
+        else:
+            self._flush_pending()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close with ``code``; frames still waiting are sent first unless the code is 1013."""
+        if self._closing:
+            return
+        self._closing = True
+        if code == CloseCode.OVERLOADED:
+            self._drop_pending()
+        self.close_code = code
+        self._close_transport(code, truncate_reason(reason), list(self._pending))
+        self._drop_pending()
+
+    def on_closed(self, callback: Any) -> None:
+        """Call ``callback(connection)`` once the connection is gone (after ``on_close``)."""
+        self._on_closed.append(callback)
+
+    # -- receiving (called by the transport) -----------------------------------------------
+
+    def opened(self) -> None:
+        """The upgrade is done: run the handler's ``on_connect``; messages wait until it ends."""
+        self._inbox = deque()
+        try:
+            result = self.handler.on_connect(self)
+        except Exception as exc:
+            self._handler_failed(exc)
+            result = None
+        self._continue(result)
+
+    def deliver(self, message: str | bytes) -> None:
+        """One complete message from the peer."""
+        if self._closing:
+            return
+        if self._inbox is not None:
+            self._inbox.append(message)
+            if len(self._inbox) >= INBOX_HIGH_WATER and not self._reading_paused:
+                self._reading_paused = True
+                self._pause_reading(True)
+            return
+        try:
+            result = self.handler.on_message(self, message)
+        except Exception as exc:
+            self._handler_failed(exc)
+            return
+        if result is not None:
+            self._inbox = deque()
+            self._continue(result)
+
+    def lost(self, code: int) -> None:
+        """The transport is gone; ``code`` is the close code sent or received (1006 if none)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._closing = True
+        if self.close_code is None:
+            self.close_code = code
+        self._drop_pending()
+        if self._inbox is None:
+            self._finish()
+        # else: the running coroutine calls _finish once the inbox is drained
+
+    def _continue(self, result: Awaitable[None] | None) -> None:
+        if result is None:
+            self._drain_sync()
+        else:
+            asyncio.get_running_loop().create_task(self._drain(result))
+
+    def _drain_sync(self) -> None:
+        """Handle the inbox in order without a task, until a handler returns a coroutine."""
+        inbox = self._inbox
+        while inbox:
+            message = inbox.popleft()
+            if self._closing and not self.closed:
+                continue
+            try:
+                result = self.handler.on_message(self, message)
+            except Exception as exc:
+                self._handler_failed(exc)
+                continue
+            if result is not None:
+                asyncio.get_running_loop().create_task(self._drain(result))
+                return
+        self._inbox = None
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            self._pause_reading(False)
+        if self.closed:
+            self._finish()
+
+    async def _drain(self, awaitable: Awaitable[None]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            self._handler_failed(exc)
+        self._drain_sync()
+
+    def _handler_failed(self, exc: Exception) -> None:
+        code = close_code_for(exc)
+        if code == CloseCode.INTERNAL_ERROR:
+            logger.exception("handler %s failed on connection %s", self.handler.path, self.id,
+                             exc_info=exc)
+        else:
+            logger.info("closing %s with %d: %s", self.id, code, exc)
+        try:
+            result = self.handler.on_error(self, exc)
+            if result is not None:
+                asyncio.get_running_loop().create_task(_quietly(result))
+        except Exception:
+            logger.exception("on_error of %s failed", self.handler.path)
+        self.close(code, close_reason_for(exc))
+
+    def _finish(self) -> None:
+        code = self.close_code if self.close_code is not None else 1006
+        try:
+            result = self.handler.on_close(self, code)
+        except Exception:
+            logger.exception("on_close of %s failed", self.handler.path)
+            result = None
+        if result is not None:
+            asyncio.get_running_loop().create_task(self._finish_async(result))
+        else:
+            self._run_closed_callbacks()
+
+    async def _finish_async(self, awaitable: Awaitable[None]) -> None:
+        await _quietly(awaitable)
+        self._run_closed_callbacks()
+
+    def _run_closed_callbacks(self) -> None:
+        callbacks, self._on_closed = self._on_closed, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("close callback failed for %s", self.id)
+
+    # -- what a transport provides ---------------------------------------------------------
+
+    def _write(self, frame: PreparedFrame) -> None:
+        raise NotImplementedError
+
+    def _transport_buffered(self) -> int:
+        raise NotImplementedError
+
+    def _close_transport(self, code: int, reason: str, flush: list[PreparedFrame]) -> None:
+        raise NotImplementedError
+
+    def _pause_reading(self, paused: bool) -> None:
+        raise NotImplementedError
+
+
+async def _quietly(awaitable: Awaitable[None]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("handler callback failed")

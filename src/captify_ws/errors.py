@@ -1,0 +1,139 @@
+"""The one exception root of captify-ws, and the WebSocket close codes.
+
+Hierarchy::
+
+    CaptifyError                 everything captify-ws raises on purpose
+    ├── ConfigError              bad settings; `captify-ws serve` prints it as one line and exits 2
+    ├── ProtocolError            a peer sent something we cannot accept; carries `close_code`
+    │   ├── InvalidMessage       malformed frame, JSON, base64 or Yjs update (1007)
+    │   ├── MessageTooBig        a message past the size limit (1009)
+    │   └── BadRequest           a request the handler cannot serve, e.g. no documentId (4400)
+    ├── Reject                   a connection refused by policy (auth, origin, limits); `code`
+    ├── StoreError               the document store failed (the caller retries or reports)
+    ├── BrokerError              the broker failed
+    └── ServerNotRunning         the module-level API was called with no server in this process
+
+Errors are mapped to close codes in one place: :func:`close_code_for`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class CloseCode:
+    """WebSocket close codes used by captify-ws (DESIGN.md "Close codes")."""
+
+    NORMAL: Final = 1000
+    GOING_AWAY: Final = 1001
+    UNSUPPORTED_DATA: Final = 1003
+    INVALID_PAYLOAD: Final = 1007
+    POLICY: Final = 1008
+    MESSAGE_TOO_BIG: Final = 1009
+    INTERNAL_ERROR: Final = 1011
+    RESTART: Final = 1012
+    OVERLOADED: Final = 1013
+    BAD_REQUEST: Final = 4400
+    UNAUTHORIZED: Final = 4401
+    FORBIDDEN: Final = 4403
+    AUTH_TIMEOUT: Final = 4408
+    RATE_LIMITED: Final = 4429
+
+
+class CaptifyError(Exception):
+    """Root of every exception captify-ws raises on purpose."""
+
+
+class ConfigError(CaptifyError):
+    """Settings that cannot work; the message says which setting and why."""
+
+
+class ProtocolError(CaptifyError):
+    """A peer sent something the protocol does not allow.
+
+    ``close_code`` is the code to close with when the error is fatal for the connection. The JSON
+    fabric protocol reports most of these as an ``error`` message instead and keeps the
+    connection open; the y-websocket protocol has no error message, so it closes.
+    """
+
+    close_code: int = CloseCode.INVALID_PAYLOAD
+
+    def __init__(self, message: str, *, close_code: int | None = None) -> None:
+        super().__init__(message)
+        if close_code is not None:
+            self.close_code = close_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidMessage(ProtocolError):
+    """Malformed input: truncated frame, bad JSON, bad base64, an update Yjs cannot apply."""
+
+    close_code = CloseCode.INVALID_PAYLOAD
+
+
+class MessageTooBig(ProtocolError):
+    """A message larger than the configured limit."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG
+
+
+class BadRequest(ProtocolError):
+    """A request the handler cannot serve, such as a connection without a documentId."""
+
+    close_code = CloseCode.BAD_REQUEST
+
+
+class Reject(CaptifyError):
+    """A connection or request refused by policy.
+
+    Raised by authenticators, authorizers and limits; the connection is closed with ``code`` and
+    ``reason`` (or, before the upgrade, refused with the matching HTTP status).
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class StoreError(CaptifyError):
+    """The document store could not do what was asked; nothing was half-written."""
+
+
+class BrokerError(CaptifyError):
+    """The broker could not publish or subscribe."""
+
+
+class ServerNotRunning(CaptifyError):
+    """The module-level API (``broadcast_steps`` …) was called with no server running here."""
+
+
+def close_code_for(error: BaseException) -> int:
+    """The close code for an error that ends a connection."""
+    if isinstance(error, ProtocolError):
+        return error.close_code
+    if isinstance(error, Reject):
+        return error.code
+    return CloseCode.INTERNAL_ERROR
+
+
+def close_reason_for(error: BaseException) -> str:
+    """A close reason that fits the 123-byte limit of a close frame; never a traceback."""
+    if isinstance(error, Reject):
+        text = error.reason
+    elif isinstance(error, CaptifyError):
+        text = str(error)
+    else:
+        text = "internal error"
+    return truncate_reason(text)
+
+
+def truncate_reason(text: str) -> str:
+    """Cut a close reason to the 123 bytes RFC 6455 allows, on a character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= 123:
+        return text
+    return data[:120].decode("utf-8", "ignore") + "..."

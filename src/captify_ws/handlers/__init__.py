@@ -1,0 +1,16 @@
+"""The handler registry's built-in list. Users add theirs with ``CAPTIFY_WS_HANDLERS``.
+
+To add a built-in handler: write ``handlers/my_feature.py`` with a class taking the ``Server``
+and having ``path``, ``on_connect``, ``on_message``, ``on_close``, ``on_error``; then list it here.
+"""
+
+from __future__ import annotations
+
+from captify_ws.handlers.base import Handler, HandlerFactory, HandlerRegistry
+from captify_ws.handlers.fabric import FabricHandler
+
+BUILTIN_HANDLERS: tuple[HandlerFactory, ...] = (
+    FabricHandler,
+)
+
+__all__ = ["BUILTIN_HANDLERS", "Handler", "HandlerFactory", "HandlerRegistry"]

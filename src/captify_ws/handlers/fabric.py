@@ -1,0 +1,150 @@
+"""``/ws/fabric``: collaborative documents, in two wire formats on the same rooms.
+
+* ``/ws/fabric?documentId=D&clientID=C`` — the seed's JSON protocol (``protocol/envelope.py``).
+  Errors in a message are answered with an ``error`` message; the connection stays open.
+* ``/ws/fabric/D`` — the y-websocket binary protocol (``protocol/ywebsocket.py``), what the npm
+  ``WebsocketProvider`` speaks. A malformed message closes the connection with 1007 (the
+  protocol has no error message); the provider reconnects and resynchronises.
+
+Both reach the same :class:`~captify_ws.rooms.document.DocumentRoom`, so JSON and Yjs clients of
+one document see each other's edits and presence.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.errors import BadRequest, InvalidMessage, ProtocolError
+from captify_ws.protocol import envelope, ywebsocket
+from captify_ws.rooms.document import DocumentRoom, Member, Origin
+
+if TYPE_CHECKING:
+    from captify_ws.server import Server
+
+#: Longest accepted documentId, in characters.
+MAX_DOCUMENT_ID: int = 512
+
+
+class FabricMember(Member):
+    """A fabric connection's membership, with its origin tag made once."""
+
+    __slots__ = ("origin",)
+
+    def __init__(self, connection: Connection, client_id: str, wire: str) -> None:
+        super().__init__(connection, client_id, "yws" if wire == "yws" else "json")
+        self.origin = Origin("member", member=self)
+
+
+class FabricHandler:
+    """The built-in collaboration handler. See the module docstring."""
+
+    path = "/ws/fabric"
+    name = "fabric"
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def on_connect(self, conn: Connection) -> None:
+        if conn.subpath:
+            wire = "yws"
+            document_id = unquote(conn.subpath)
+            client_id = conn.id
+        else:
+            wire = "json"
+            document_id = conn.request.query.get("documentId", "")
+            if not document_id:
+                raise BadRequest("missing documentId: connect to "
+                                 "/ws/fabric?documentId=<id>&clientID=<id>")
+            client_id = conn.request.query.get("clientID") or f"client-{conn.id}"
+        if len(document_id) > MAX_DOCUMENT_ID:
+            raise BadRequest(f"documentId is longer than {MAX_DOCUMENT_ID} characters")
+        rooms = self._server.rooms
+        room = await rooms.acquire(document_id)
+        if conn.closed or conn.close_code is not None:
+            rooms.release(room)
+            return
+        member = FabricMember(conn, client_id, wire)
+        room.join(member)
+        conn.state = member
+        if member.wire == "yws":
+            conn.send_bytes(ywebsocket.encode_sync_step1(room.state_vector()))
+        else:
+            conn.send_text(envelope.encode_connected(
+                document_id, client_id, self._server.document_connection_count(document_id)))
+        for frame in room.presence_frames_for(member.wire):
+            conn.send_frame(frame)
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        member = conn.state
+        if isinstance(member, FabricMember) and member.room is not None:
+            room = member.room
+            room.leave(conn)
+            self._server.rooms.release(room)
+
+    def on_error(self, conn: Connection, error: Exception) -> None:
+        return None
+
+    # -- messages --------------------------------------------------------------------------
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        member = conn.state
+        if not isinstance(member, FabricMember) or member.room is None:
+            return
+        if member.wire == "yws":
+            self._on_yws(conn, member, member.room, message)
+        else:
+            self._on_json(conn, member, member.room, message)
+
+    def _on_yws(self, conn: Connection, member: FabricMember, room: DocumentRoom,
+                message: str | bytes) -> None:
+        if isinstance(message, str):
+            raise InvalidMessage("y-websocket messages are binary frames")
+        event = ywebsocket.decode_message(message)
+        if isinstance(event, ywebsocket.SyncUpdate):
+            room.apply_update(event.update, member.origin, frame=event.frame)
+        elif isinstance(event, ywebsocket.SyncStep1):
+            conn.send_frame(PreparedFrame.binary(
+                ywebsocket.encode_sync_step2(room.encode_state(event.state_vector))))
+        elif isinstance(event, ywebsocket.SyncStep2):
+            room.apply_update(event.update, member.origin)
+        elif isinstance(event, ywebsocket.AwarenessUpdate):
+            room.presence.apply(event.entries, member)
+        elif isinstance(event, ywebsocket.QueryAwareness):
+            for frame in room.presence_frames_for("yws"):
+                conn.send_frame(frame)
+        # AuthMessage and unknown message types are tolerated and ignored, as y-websocket does.
+
+    def _on_json(self, conn: Connection, member: FabricMember, room: DocumentRoom,
+                 message: str | bytes) -> None:
+        document_id = room.document_id
+        try:
+            event = envelope.decode_client_message(message)
+            if event.document_id != document_id:
+                raise InvalidMessage(f"documentId {event.document_id!r} is not this "
+                                     f"connection's document {document_id!r}")
+            self._handle_json(conn, member, room, event)
+        except ProtocolError as exc:
+            conn.send_text(envelope.encode_error(document_id, exc.message))
+
+    def _handle_json(self, conn: Connection, member: FabricMember, room: DocumentRoom,
+                     event: envelope.ClientMessage) -> None:
+        document_id = room.document_id
+        if isinstance(event, envelope.UpdateMessage):
+            room.apply_update(event.update, member.origin)
+        elif isinstance(event, envelope.SyncRequest):
+            update = room.encode_state(event.state_vector)
+            conn.send_text(envelope.encode_synced(document_id, update, room.state_vector()))
+        elif isinstance(event, envelope.AwarenessMessage):
+            room.presence.set_json_state(member.client_id, event.state, member)
+        elif isinstance(event, envelope.SelectionMessage):
+            room.relay_json(envelope.encode_message("selection", document_id, event.selection,
+                                                    client_id=member.client_id), member)
+        elif isinstance(event, envelope.StepsMessage):
+            room.relay_json(envelope.encode_message("steps", document_id, event.data,
+                                                    client_id=member.client_id), member)
+        else:
+            raise InvalidMessage(f"{type(event).__name__} is not supported on this server")

@@ -1,0 +1,1 @@
+"""Rooms: one ``DocumentRoom`` per loaded document, managed by ``RoomManager``."""

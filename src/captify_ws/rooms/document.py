@@ -1,0 +1,239 @@
+"""DocumentRoom: one loaded document — its pycrdt ``Doc``, presence and members.
+
+Every change is tagged with an :class:`Origin` (a member, the server API, the broker, the store),
+so that listeners (persistence, the broker) can tell what to store and what to publish, and
+nothing is echoed back to where it came from (STYLE.md, habit 6).
+
+Broadcast encodes each message once per wire format and writes the same frame to every member
+in a plain loop. What it does not guarantee: delivery. A member that cannot keep up is closed
+with 1013 by its connection (see ``connection.py``) and resynchronises when it reconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+from pycrdt import Doc
+
+from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.errors import InvalidMessage
+from captify_ws.protocol import envelope, ywebsocket
+from captify_ws.rooms.presence import Change, Presence, PresenceState
+
+logger = logging.getLogger("captify_ws.rooms")
+
+Wire = Literal["yws", "json"]
+
+#: y-websocket's empty state vector: a client that has nothing.
+EMPTY_STATE_VECTOR: Final = b"\x00"
+
+
+class Member:
+    """A connection's membership in a room."""
+
+    __slots__ = ("client_id", "connection", "room", "wire")
+
+    def __init__(self, connection: Connection, client_id: str, wire: Wire) -> None:
+        self.connection = connection
+        self.client_id = client_id
+        self.wire: Wire = wire
+        self.room: DocumentRoom | None = None
+
+
+class Origin:
+    """Where a change came from. ``member`` is set for changes made by a connection here."""
+
+    __slots__ = ("instance", "kind", "member")
+
+    def __init__(self, kind: Literal["member", "server", "broker", "store"], *,
+                 member: Member | None = None, instance: str | None = None) -> None:
+        self.kind = kind
+        self.member = member
+        self.instance = instance
+
+    def __repr__(self) -> str:
+        return f"<Origin {self.kind}>"
+
+
+SERVER_ORIGIN: Final = Origin("server")
+STORE_ORIGIN: Final = Origin("store")
+
+UpdateListener = Callable[["DocumentRoom", bytes, Origin], None]
+
+
+def _apply(doc: Doc[Any], update: bytes) -> None:
+    try:
+        doc.apply_update(update)
+    except Exception as exc:  # pycrdt raises ValueError; a Rust panic surfaces as another type
+        raise InvalidMessage(f"not a valid Yjs update ({exc})") from None
+    except BaseException as exc:  # pyo3 PanicException derives from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise InvalidMessage("not a valid Yjs update") from None
+
+
+class DocumentRoom:
+    """One document loaded in this process; created by ``RoomManager``."""
+
+    def __init__(self, document_id: str, *, awareness_flush_s: float,
+                 awareness_renewal_s: float) -> None:
+        self.document_id = document_id
+        self.doc: Doc[Any] = Doc()
+        self.members: dict[Connection, Member] = {}
+        self._yws: dict[Connection, Member] = {}
+        self._json: dict[Connection, Member] = {}
+        self._full_state: bytes | None = None
+        self._update_listeners: list[UpdateListener] = []
+        self.presence = Presence(self._broadcast_presence, flush_interval=awareness_flush_s,
+                                 renewal_interval=awareness_renewal_s)
+        #: a user of the room that is not a connection (API call, load); blocks unloading
+        self.holds = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<DocumentRoom {self.document_id!r} members={len(self.members)}>"
+
+    # -- membership ------------------------------------------------------------------------
+
+    def join(self, member: Member) -> None:
+        member.room = self
+        self.members[member.connection] = member
+        (self._yws if member.wire == "yws" else self._json)[member.connection] = member
+
+    def leave(self, connection: Connection) -> Member | None:
+        member = self.members.pop(connection, None)
+        if member is None:
+            return None
+        self._yws.pop(connection, None)
+        self._json.pop(connection, None)
+        self.presence.remove_owned_by(member)
+        member.room = None
+        return member
+
+    @property
+    def idle(self) -> bool:
+        """No members and nobody holding the room: it may unload."""
+        return not self.members and self.holds == 0
+
+    def add_update_listener(self, listener: UpdateListener) -> None:
+        self._update_listeners.append(listener)
+
+    # -- document --------------------------------------------------------------------------
+
+    def load_state(self, update: bytes) -> None:
+        """Apply stored state while loading; nobody is told."""
+        _apply(self.doc, update)
+        self._full_state = None
+
+    def apply_update(self, update: bytes, origin: Origin, *, frame: bytes | None = None) -> None:
+        """Apply a Yjs update and send it to the members (and to the update listeners).
+
+        y-websocket members get it even when they sent it (y-websocket 4 counts that echo as the
+        server's acknowledgement); JSON members get it except for its sender. ``frame`` is the
+        received y-websocket message when there is one, relayed as it is. Raises
+        :class:`InvalidMessage` and leaves the document unchanged if Yjs cannot apply it.
+        """
+        _apply(self.doc, update)
+        self._full_state = None
+        if update == ywebsocket.EMPTY_UPDATE:
+            return
+        if self._yws:
+            prepared = PreparedFrame.binary(frame or ywebsocket.encode_sync_update(update),
+                                            yjs_update=update)
+            for connection in self._yws:
+                connection.send_frame(prepared)
+        if self._json:
+            sender = origin.member
+            client_id = sender.client_id if sender is not None else None
+            text = PreparedFrame.text(envelope.encode_update(self.document_id, update, client_id))
+            for connection, member in self._json.items():
+                if member is not sender:
+                    connection.send_frame(text)
+        for listener in self._update_listeners:
+            listener(self, update, origin)
+
+    def encode_state(self, state_vector: bytes | None = None) -> bytes:
+        """The document as one Yjs update, or what ``state_vector`` lacks.
+
+        The full state is cached for fresh joiners until the next update.
+        """
+        if state_vector is None or state_vector == EMPTY_STATE_VECTOR:
+            if self._full_state is None:
+                self._full_state = self.doc.get_update()
+            return self._full_state
+        try:
+            return self.doc.get_update(state_vector)
+        except ValueError:
+            raise InvalidMessage("not a valid Yjs state vector") from None
+
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    # -- relaying --------------------------------------------------------------------------
+
+    def relay_json(self, text: str, sender: Member | None) -> int:
+        """Send a JSON message to every JSON member except ``sender``; returns how many."""
+        prepared = PreparedFrame.text(text)
+        sent = 0
+        for connection, member in self._json.items():
+            if member is not sender:
+                connection.send_frame(prepared)
+                sent += 1
+        return sent
+
+    def send_to_client(self, client_id: str, text: str) -> int:
+        """Send a JSON message to the JSON members with this clientID; returns how many."""
+        prepared = PreparedFrame.text(text)
+        sent = 0
+        for connection, member in self._json.items():
+            if member.client_id == client_id:
+                connection.send_frame(prepared)
+                sent += 1
+        return sent
+
+    # -- presence --------------------------------------------------------------------------
+
+    def presence_frames_for(self, wire: Wire) -> list[PreparedFrame]:
+        """The current presence of everyone, as a joiner on ``wire`` receives it."""
+        states = self.presence.snapshot()
+        if not states:
+            return []
+        if wire == "yws":
+            return [PreparedFrame.binary(ywebsocket.encode_awareness(s.entry() for s in states))]
+        return [PreparedFrame.text(self._json_presence(state.entry(), state)) for state in states]
+
+    def _json_presence(self, entry: ywebsocket.AwarenessEntry,
+                       state: PresenceState | None, json_client_id: str | None = None) -> str:
+        """A presence entry as the JSON protocol's ``awareness`` message (``data`` null = gone)."""
+        value: Any = None
+        if state is not None:
+            json_client_id = state.json_client_id
+            if state.value is None:
+                state.value = json.loads(state.state)
+            value = state.value
+        client_id = json_client_id if json_client_id is not None else str(entry.client_id)
+        return envelope.encode_message("awareness", self.document_id, value, client_id=client_id)
+
+    def _broadcast_presence(self, changes: list[Change]) -> None:
+        if self._yws:
+            prepared = PreparedFrame.binary(
+                ywebsocket.encode_awareness(change.entry for change in changes))
+            for connection in self._yws:
+                connection.send_frame(prepared)
+        if self._json:
+            for change in changes:
+                if change.renewal:
+                    continue
+                prepared = PreparedFrame.text(
+                    self._json_presence(change.entry, change.state, change.json_client_id))
+                for connection, member in self._json.items():
+                    if member is not change.owner:
+                        connection.send_frame(prepared)
+
+    def close(self) -> None:
+        self.closed = True
+        self.presence.close()
+        self._update_listeners.clear()

@@ -1,0 +1,154 @@
+"""RoomManager: rooms load once, on first use, and unload when nobody needs them.
+
+* Concurrent first joiners of a document wait for one load and all get the loaded room: nobody
+  sees an empty document before the stored one arrives (pycrdt-websocket loses the second joiner).
+* A room unloads ``room_grace_s`` after its last member leaves, once everything it accepted is
+  in the store; its stored log is compacted on the way out. If the store cannot take the writes,
+  the room stays loaded and tries again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from captify_ws.config import Settings
+from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.store.base import DocumentStore
+from captify_ws.store.writer import StoreWriter
+
+logger = logging.getLogger("captify_ws.rooms")
+
+RoomListener = Callable[[DocumentRoom], None]
+
+
+class RoomManager:
+    """The rooms of this process, by document id."""
+
+    def __init__(self, store: DocumentStore, writer: StoreWriter, settings: Settings) -> None:
+        self.store = store
+        self.writer = writer
+        self._settings = settings
+        self.rooms: dict[str, DocumentRoom] = {}
+        self._loading: dict[str, asyncio.Task[DocumentRoom]] = {}
+        self._unloads: dict[str, asyncio.TimerHandle] = {}
+        self._unloading: set[asyncio.Task[None]] = set()
+        self.on_load: list[RoomListener] = []
+        self.on_unload: list[RoomListener] = []
+
+    def __len__(self) -> int:
+        return len(self.rooms)
+
+    def get(self, document_id: str) -> DocumentRoom | None:
+        """The room if it is loaded here, else ``None`` (never loads)."""
+        return self.rooms.get(document_id)
+
+    async def acquire(self, document_id: str) -> DocumentRoom:
+        """The loaded room, loading it once however many callers ask at the same moment.
+
+        The caller must join it, or call :meth:`release`, without awaiting in between.
+        """
+        room = self.rooms.get(document_id)
+        if room is not None:
+            self._cancel_unload(document_id)
+            return room
+        task = self._loading.get(document_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(document_id))
+            self._loading[document_id] = task
+        room = await asyncio.shield(task)
+        self._cancel_unload(document_id)
+        return room
+
+    @contextlib.asynccontextmanager
+    async def hold(self, document_id: str) -> AsyncIterator[DocumentRoom]:
+        """Use a room without being a member (server API); it stays loaded meanwhile."""
+        room = await self.acquire(document_id)
+        room.holds += 1
+        try:
+            yield room
+        finally:
+            room.holds -= 1
+            self.release(room)
+
+    def release(self, room: DocumentRoom) -> None:
+        """A member left or a hold ended: unload after the grace period if nobody is left."""
+        if not room.idle or room.closed or room.document_id in self._unloads:
+            return
+        loop = asyncio.get_running_loop()
+        self._unloads[room.document_id] = loop.call_later(
+            self._settings.room_grace_s, self._start_unload, room)
+
+    async def _load(self, document_id: str) -> DocumentRoom:
+        try:
+            stored = await self.store.load(document_id)
+            room = DocumentRoom(document_id,
+                                awareness_flush_s=self._settings.awareness_flush_ms / 1000,
+                                awareness_renewal_s=self._settings.awareness_renewal_s)
+            if stored is not None:
+                if stored.snapshot:
+                    room.load_state(stored.snapshot)
+                for update in stored.updates:
+                    room.load_state(update)
+                self.writer.note_loaded(document_id, len(stored.updates))
+            else:
+                self.writer.note_loaded(document_id, 0)
+            room.add_update_listener(self._persist)
+            self.rooms[document_id] = room
+            for listener in self.on_load:
+                listener(room)
+            return room
+        finally:
+            del self._loading[document_id]
+
+    def _persist(self, room: DocumentRoom, update: bytes, origin: Origin) -> None:
+        # Changes that arrive from the broker were stored by the instance that accepted them.
+        if origin.kind in ("member", "server"):
+            self.writer.enqueue(room.document_id, update)
+
+    def _cancel_unload(self, document_id: str) -> None:
+        handle = self._unloads.pop(document_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _start_unload(self, room: DocumentRoom) -> None:
+        self._unloads.pop(room.document_id, None)
+        task = asyncio.get_running_loop().create_task(self._unload(room))
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+
+    async def _unload(self, room: DocumentRoom) -> None:
+        if not room.idle or room.closed:
+            return
+        try:
+            await asyncio.wait_for(self.writer.flush(), timeout=10)
+            if room.idle:
+                await self.store.compact(room.document_id)
+        except Exception as exc:  # store trouble: keep the room and try again later
+            logger.warning("keeping %r loaded, store not ready: %s", room.document_id, exc)
+            self.release(room)
+            return
+        if not room.idle or self.rooms.get(room.document_id) is not room:
+            return  # someone joined while we were writing
+        del self.rooms[room.document_id]
+        self.writer.forget(room.document_id)
+        room.close()
+        for listener in self.on_unload:
+            listener(room)
+
+    async def close(self) -> None:
+        """Unload everything now (server shutdown); the writer is flushed by the caller."""
+        for handle in self._unloads.values():
+            handle.cancel()
+        self._unloads.clear()
+        for loading in list(self._loading.values()):
+            loading.cancel()
+        for unloading in list(self._unloading):
+            unloading.cancel()
+        for room in list(self.rooms.values()):
+            room.close()
+            for listener in self.on_unload:
+                listener(room)
+        self.rooms.clear()

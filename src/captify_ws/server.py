@@ -1,0 +1,168 @@
+"""The composition root: ``Settings`` → ``Server`` (handlers, rooms, store, connections).
+
+One ``Server`` per process serves every transport: the native one of ``captify-ws serve`` and
+the ASGI app of :func:`~captify_ws.app.create_app`. While it runs it is the "current server" that
+the module-level API (``captify_ws.broadcast_steps`` …) talks to — the only module-level mutable
+state in captify-ws (DESIGN.md, layer 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from captify_ws import api
+from captify_ws.config import Settings
+from captify_ws.connection import Connection, UpgradeRequest
+from captify_ws.errors import CloseCode, Reject
+from captify_ws.handlers import BUILTIN_HANDLERS
+from captify_ws.handlers.base import (
+    Handler,
+    HandlerFactory,
+    HandlerRegistry,
+    handler_name,
+    load_handler,
+)
+from captify_ws.protocol import envelope
+from captify_ws.rooms.manager import RoomManager
+from captify_ws.store import store_from_url
+from captify_ws.store.writer import StoreWriter
+
+logger = logging.getLogger("captify_ws.server")
+
+
+class Server:
+    """Everything one captify-ws process runs. Start with :meth:`start`, end with :meth:`stop`."""
+
+    def __init__(self, settings: Settings | None = None, *,
+                 handlers: Iterable[Handler | HandlerFactory] = ()) -> None:
+        self.settings = settings or Settings()
+        self.instance_id = secrets.token_hex(6)
+        self.store = store_from_url(self.settings.store)
+        self.writer = StoreWriter(self.store)
+        self.rooms = RoomManager(self.store, self.writer, self.settings)
+        self.registry = HandlerRegistry()
+        for factory in BUILTIN_HANDLERS:
+            self.registry.add(factory(self))
+        for spec in self.settings.handlers:
+            self.registry.add(load_handler(spec, self))
+        for extra in handlers:
+            self.registry.add(extra if hasattr(extra, "path") else extra(self))  # type: ignore[arg-type]
+        self.connections: dict[str, set[Connection]] = {
+            handler_name(handler): set() for handler in self.registry}
+        self.started = False
+        self.stopping = False
+        self._start_lock = asyncio.Lock()
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start background work; idempotent."""
+        async with self._start_lock:
+            if self.started:
+                return
+            await self.store.open()
+            self.writer.start()
+            self.started = True
+            api.set_current_server(self)
+            logger.info("captify-ws %s started: handlers %s, store %s", self.instance_id,
+                        ", ".join(handler.path for handler in self.registry), self.store.url)
+
+    async def stop(self, *, code: int = CloseCode.RESTART, reason: str = "server restarting",
+                   timeout: float = 10.0) -> None:
+        """Close every connection with ``code``, write what is pending, close the store."""
+        if not self.started or self.stopping:
+            return
+        self.stopping = True
+        everyone = [conn for conns in self.connections.values() for conn in conns]
+        for conn in everyone:
+            conn.close(code, reason)
+        try:
+            await asyncio.wait_for(self._no_connections.wait(), timeout / 2)
+        except TimeoutError:
+            logger.warning("%d connections did not close in time", self.get_connection_count())
+        await self.rooms.close()
+        await self.writer.stop(timeout=timeout / 2)
+        await self.store.close()
+        self.started = False
+        self.stopping = False
+        api.clear_current_server(self)
+        logger.info("captify-ws %s stopped", self.instance_id)
+
+    # -- connections -----------------------------------------------------------------------
+
+    def route(self, path: str) -> tuple[Handler, str] | None:
+        """The handler for a WebSocket path and the rest of the path, or ``None`` (→ 404)."""
+        return self.registry.resolve(path)
+
+    def admit(self, request: UpgradeRequest) -> None:
+        """Refuse an upgrade before it is accepted (raise :class:`~captify_ws.errors.Reject`)."""
+        if self.stopping:
+            raise Reject(CloseCode.GOING_AWAY, "server is shutting down")
+
+    def open_connection(self, conn: Connection) -> None:
+        """A transport accepted ``conn``: track it and run its handler's ``on_connect``."""
+        self.connections[handler_name(conn.handler)].add(conn)
+        self._no_connections.clear()
+        conn.on_closed(self._connection_closed)
+        conn.opened()
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self.connections[handler_name(conn.handler)].discard(conn)
+        if not any(self.connections.values()):
+            self._no_connections.set()
+
+    # -- counts ----------------------------------------------------------------------------
+
+    def document_connection_count(self, document_id: str) -> int:
+        room = self.rooms.get(document_id)
+        return len(room.members) if room is not None else 0
+
+    def handler_connection_count(self, name: str) -> int:
+        return len(self.connections.get(name, ()))
+
+    def get_connection_count(self, key: str | None = None, *, document_id: str | None = None,
+                             handler: str | None = None) -> int:
+        """Connections of a document, or of a handler.
+
+        ``get_connection_count("fabric")`` counts a handler's connections when ``key`` names a
+        handler, else the connections on the document ``key``. Pass ``document_id=`` or
+        ``handler=`` to say which.
+        """
+        if handler is not None:
+            return self.handler_connection_count(handler)
+        if document_id is not None:
+            return self.document_connection_count(document_id)
+        if key is None:
+            return sum(len(conns) for conns in self.connections.values())
+        if key in self.connections:
+            return self.handler_connection_count(key)
+        return self.document_connection_count(key)
+
+    # -- broadcast API ---------------------------------------------------------------------
+
+    async def broadcast_steps(self, document_id: str, steps: list[Any], change_id: Any,
+                              client_id: str | None = None) -> int:
+        """Send ProseMirror steps to every client of a document; returns how many got them."""
+        text = envelope.encode_message("steps", document_id,
+                                       {"steps": steps, "changeId": change_id},
+                                       client_id=client_id)
+        room = self.rooms.get(document_id)
+        if room is None:
+            return 0
+        return room.relay_json(text, None)
+
+    async def broadcast_steps_to_client(self, document_id: str, client_id: str,
+                                        steps: list[Any], change_id: Any) -> int:
+        """Send ProseMirror steps to one client (by clientID) of a document only."""
+        room = self.rooms.get(document_id)
+        if room is None:
+            return 0
+        text = envelope.encode_message("steps", document_id,
+                                       {"steps": steps, "changeId": change_id})
+        return room.send_to_client(client_id, text)

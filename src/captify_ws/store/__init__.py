@@ -1,0 +1,17 @@
+"""Document stores: the protocol, and ``open_store(url)`` to pick one by URL."""
+
+from __future__ import annotations
+
+from captify_ws.errors import ConfigError
+from captify_ws.store.base import DocumentStore, StoredDocument
+from captify_ws.store.memory import MemoryStore
+
+__all__ = ["DocumentStore", "MemoryStore", "StoredDocument", "store_from_url"]
+
+
+def store_from_url(url: str) -> DocumentStore:
+    """The store a URL names: ``memory``, ``sqlite:///path.db``, ``postgresql://…``."""
+    if url == "memory":
+        return MemoryStore()
+    raise ConfigError(f"unknown store {url!r}: use 'memory', 'sqlite:///path/to/file.db' or "
+                      "'postgresql://user@host/db'")

@@ -1,0 +1,164 @@
+"""The ASGI transport: captify-ws WebSockets under any ASGI server (uvicorn, hypercorn, …).
+
+Slower than the native transport (one ASGI ``send`` per recipient instead of one socket write),
+but it lets a product mount captify-ws inside its own FastAPI or Starlette app. Frames for a
+connection wait in its queue (bounded by ``send_budget``) and one writer task sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
+from captify_ws.errors import CloseCode, Reject
+from captify_ws.handlers.base import Handler
+from captify_ws.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from captify_ws.server import Server
+
+logger = logging.getLogger("captify_ws.transport")
+
+
+class AsgiConnection(Connection):
+    """A WebSocket carried by an ASGI server."""
+
+    transport_name = "asgi"
+
+    def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, send: Send, *,
+                 send_budget: int) -> None:
+        super().__init__(request, handler, subpath, send_budget=send_budget)
+        self._send = send
+        self._wake = asyncio.Event()
+        self._readable = asyncio.Event()
+        self._readable.set()
+        self._close_frame: tuple[int, str] | None = None
+        self._final_frames: list[PreparedFrame] = []
+        self._paused = True  # every frame goes through the queue and the writer task
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _write(self, frame: PreparedFrame) -> None:  # pragma: no cover - always queued
+        self._enqueue(frame)
+
+    def send_frame(self, frame: PreparedFrame) -> None:
+        if self._closing:
+            return
+        self._enqueue(frame)
+        self._wake.set()
+
+    def _set_paused(self, paused: bool) -> None:
+        return None
+
+    def _transport_buffered(self) -> int:
+        return 0
+
+    def _close_transport(self, code: int, reason: str, flush: list[PreparedFrame]) -> None:
+        self._close_frame = (code, reason)
+        self._final_frames = flush
+        self._wake.set()
+
+    def _pause_reading(self, paused: bool) -> None:
+        if paused:
+            self._readable.clear()
+        else:
+            self._readable.set()
+
+    async def wait_readable(self) -> None:
+        await self._readable.wait()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    frame = self._pending.popleft()
+                    self._pending_bytes -= len(frame)
+                    await self._send(frame.asgi)
+                if self._close_frame is not None:
+                    code, reason = self._close_frame
+                    for frame in self._final_frames:
+                        await self._send(frame.asgi)
+                    await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                    return
+        except (OSError, RuntimeError, asyncio.CancelledError):
+            # The peer went away under us (ASGI servers raise on send after disconnect).
+            return
+        except Exception:
+            return
+
+    async def stop_writer(self) -> None:
+        if not self._writer.done():
+            self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+
+async def deny(scope: Scope, send: Send, status: int, text: str) -> None:
+    """Refuse a WebSocket before accepting it: with an HTTP status where the server allows."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = (text + "\n").encode()
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": CloseCode.POLICY})
+
+
+def request_from_scope(scope: Scope) -> UpgradeRequest:
+    headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
+                    for name, value in scope.get("headers", ()))
+    client = scope.get("client")
+    return UpgradeRequest(
+        path=scope["path"], query_string=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers, client=(str(client[0]), int(client[1])) if client else None)
+
+
+async def serve_websocket(server: Server, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run one ASGI WebSocket connection for a captify-ws handler."""
+    request = request_from_scope(scope)
+    route = server.route(request.path)
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if route is None:
+        await deny(scope, send, 404, f"no WebSocket handler for {request.path}")
+        return
+    try:
+        server.admit(request)
+    except Reject as exc:
+        await deny(scope, send, 403 if exc.code in (CloseCode.POLICY, CloseCode.FORBIDDEN)
+                   else 503, exc.reason)
+        return
+    handler, subpath = route
+    await send({"type": "websocket.accept"})
+    conn = AsgiConnection(request, handler, subpath, send,
+                          send_budget=server.settings.send_budget)
+    server.open_connection(conn)
+    limit = server.settings.max_message_size
+    code = 1006
+    try:
+        while True:
+            await conn.wait_readable()
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                data = message.get("bytes")
+                if data is None:
+                    data = message.get("text")
+                if data is None:
+                    continue
+                if len(data) > limit:
+                    conn.close(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {limit} bytes")
+                    continue
+                conn.deliver(data)
+            elif kind == "websocket.disconnect":
+                code = int(message.get("code", 1005))
+                break
+    finally:
+        conn.lost(conn.close_code if conn.close_code is not None else code)
+        await conn.stop_writer()
