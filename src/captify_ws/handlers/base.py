@@ -85,8 +85,16 @@ def load_handler(spec: str, server: Server) -> Handler:
             target = getattr(target, part)
         except AttributeError:
             raise ConfigError(f"handler {spec!r}: {module_name!r} has no {attribute!r}") from None
-    if not hasattr(target, "path") and callable(target):
-        target = target(server)
+    if isinstance(target, type) or (not hasattr(target, "path") and callable(target)):
+        try:
+            target = target(server)
+        except TypeError:
+            try:
+                target = target()
+            except Exception as exc:
+                raise ConfigError(f"handler {spec!r}: could not create it: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(f"handler {spec!r}: could not create it: {exc}") from None
     return _check(target, repr(spec))
 
 

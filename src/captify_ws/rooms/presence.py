@@ -118,7 +118,8 @@ class Presence:
         for entry in entries:
             current = self.states.get(entry.client_id)
             if current is None:
-                if not entry.removed:
+                # y-protocols compares with clock 0 for an unknown client: 0 itself loses.
+                if not entry.removed and entry.clock > 0:
                     accepted.append(entry)
             elif current.clock < entry.clock or (current.clock == entry.clock and entry.removed):
                 accepted.append(entry)
@@ -132,7 +133,7 @@ class Presence:
         """A JSON client's presence (``None`` withdraws it); the server keeps its clock."""
         awareness_id = awareness_id_for(client_id)
         current = self.states.get(awareness_id)
-        clock = 0 if current is None else current.clock + 1
+        clock = 1 if current is None else current.clock + 1
         if value is None:
             if current is not None:
                 self._accept(AwarenessEntry(awareness_id, current.clock, "null"), owner, client_id)

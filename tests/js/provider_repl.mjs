@@ -1,0 +1,194 @@
+// A line-oriented driver for real y-websocket WebsocketProviders, used by the Python tests.
+//
+// Reads one JSON command per line on stdin and answers one JSON line on stdout with the same
+// "id". Each provider has a name; it owns a Y.Doc with a Y.Text "text", a Y.Map "map" and a
+// Y.XmlFragment "xml". Providers use `ws` as WebSocketPolyfill and disableBc: true, so clients
+// in this process can only sync through the server.
+//
+//   node provider_repl.mjs [--impl v3|v2|v1]
+//
+// Commands: open, waitSynced, insert, mapSet, xmlInsert, randomEdits, snapshot, setAwareness,
+// awareness, disconnect, connect, close, waitUntil, stateUpdate, applyUpdate, status, exit.
+
+import * as Y from 'yjs'
+import WebSocket from 'ws'
+import readline from 'node:readline'
+
+const implArg = process.argv.indexOf('--impl')
+const impl = implArg >= 0 ? process.argv[implArg + 1] : 'v3'
+const modules = { v3: 'y-websocket', v2: 'y-websocket-v2', v1: 'y-websocket-v1' }
+const { WebsocketProvider } = await import(modules[impl])
+
+const providers = new Map()
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+function mulberry32 (seed) {
+  return () => {
+    seed |= 0; seed = seed + 0x6D2B79F5 | 0
+    let t = Math.imul(seed ^ seed >>> 15, 1 | seed)
+    t = t + Math.imul(t ^ t >>> 7, 61 | t) ^ t
+    return ((t ^ t >>> 14) >>> 0) / 4294967296
+  }
+}
+
+function get (name) {
+  const p = providers.get(name)
+  if (!p) throw new Error(`no provider named ${name}`)
+  return p
+}
+
+function snapshot (entry) {
+  const doc = entry.doc
+  return {
+    text: doc.getText('text').toString(),
+    map: doc.getMap('map').toJSON(),
+    xml: doc.getXmlFragment('xml').toString(),
+    clientID: doc.clientID
+  }
+}
+
+function awarenessStates (entry) {
+  const out = {}
+  for (const [id, state] of entry.provider.awareness.getStates()) out[id] = state
+  return out
+}
+
+async function waitFor (predicate, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}`)
+    await sleep(10)
+  }
+}
+
+const commands = {
+  async open ({ name, url, doc, params, awareness }) {
+    const ydoc = new Y.Doc()
+    const provider = new WebsocketProvider(url, doc, ydoc, {
+      WebSocketPolyfill: WebSocket, disableBc: true, params: params || {}
+    })
+    if (awareness === null) provider.awareness.setLocalState(null)
+    const entry = { doc: ydoc, provider, synced: false, closes: [] }
+    provider.on('sync', (synced) => { if (synced) entry.synced = true })
+    provider.on('connection-close', (event) => { entry.closes.push(event ? event.code : null) })
+    providers.set(name, entry)
+    return { clientID: ydoc.clientID }
+  },
+  async waitSynced ({ name, timeout }) {
+    const entry = get(name)
+    await waitFor(() => entry.synced && entry.provider.wsconnected, timeout || 10000, 'sync')
+    return { synced: true }
+  },
+  async insert ({ name, index, text }) {
+    const t = get(name).doc.getText('text')
+    t.insert(index === undefined ? t.length : index, text)
+    return {}
+  },
+  async mapSet ({ name, key, value }) {
+    get(name).doc.getMap('map').set(key, value)
+    return {}
+  },
+  async xmlInsert ({ name, tag, text }) {
+    const el = new Y.XmlElement(tag)
+    el.insert(0, [new Y.XmlText(text)])
+    const frag = get(name).doc.getXmlFragment('xml')
+    frag.insert(frag.length, [el])
+    return {}
+  },
+  async randomEdits ({ name, count, seed, delayMs }) {
+    const entry = get(name)
+    const rand = mulberry32(seed || 1)
+    const doc = entry.doc
+    for (let i = 0; i < count; i++) {
+      const r = rand()
+      const text = doc.getText('text')
+      if (r < 0.45) {
+        text.insert(Math.floor(rand() * (text.length + 1)), `${name}${i};`)
+      } else if (r < 0.6 && text.length > 0) {
+        const at = Math.floor(rand() * text.length)
+        text.delete(at, Math.min(3, text.length - at))
+      } else if (r < 0.85) {
+        doc.getMap('map').set(`k${Math.floor(rand() * 10)}`, `${name}-${i}`)
+      } else {
+        const frag = doc.getXmlFragment('xml')
+        const el = new Y.XmlElement('p')
+        el.insert(0, [new Y.XmlText(`${name}${i}`)])
+        frag.insert(Math.floor(rand() * (frag.length + 1)), [el])
+      }
+      if (delayMs) await sleep(delayMs)
+    }
+    return {}
+  },
+  async snapshot ({ name }) {
+    return snapshot(get(name))
+  },
+  async stateUpdate ({ name }) {
+    return { update: Buffer.from(Y.encodeStateAsUpdate(get(name).doc)).toString('base64') }
+  },
+  async applyUpdate ({ name, update }) {
+    Y.applyUpdate(get(name).doc, Buffer.from(update, 'base64'))
+    return {}
+  },
+  async setAwareness ({ name, state }) {
+    get(name).provider.awareness.setLocalState(state)
+    return {}
+  },
+  async awareness ({ name }) {
+    const entry = get(name)
+    return { states: awarenessStates(entry), clientID: entry.doc.clientID }
+  },
+  async disconnect ({ name }) {
+    get(name).provider.disconnect()
+    return {}
+  },
+  async connect ({ name }) {
+    const entry = get(name)
+    entry.synced = false
+    entry.provider.connect()
+    return {}
+  },
+  async status ({ name }) {
+    const entry = get(name)
+    return { synced: entry.synced, connected: entry.provider.wsconnected, closes: entry.closes }
+  },
+  async close ({ name }) {
+    const entry = get(name)
+    entry.provider.destroy()
+    entry.doc.destroy()
+    providers.delete(name)
+    return {}
+  },
+  // Wait until a provider's snapshot field equals a value (JSON-compared) or contains a string.
+  async waitUntil ({ name, field, equals, contains, timeout }) {
+    const entry = get(name)
+    const ok = () => {
+      const value = snapshot(entry)[field]
+      if (contains !== undefined) return typeof value === 'string' && value.includes(contains)
+      return JSON.stringify(value) === JSON.stringify(equals)
+    }
+    await waitFor(ok, timeout || 10000, `${name}.${field}`)
+    return snapshot(entry)
+  },
+  async exit () {
+    for (const entry of providers.values()) entry.provider.destroy()
+    setTimeout(() => process.exit(0), 10)
+    return {}
+  }
+}
+
+const rl = readline.createInterface({ input: process.stdin })
+rl.on('line', async (line) => {
+  if (!line.trim()) return
+  let msg
+  try { msg = JSON.parse(line) } catch (e) { return }
+  const handler = commands[msg.op]
+  try {
+    if (!handler) throw new Error(`unknown op ${msg.op}`)
+    const result = await handler(msg)
+    process.stdout.write(JSON.stringify({ id: msg.id, ok: true, ...result }) + '\n')
+  } catch (e) {
+    process.stdout.write(JSON.stringify({ id: msg.id, ok: false, error: String(e && e.message || e) }) + '\n')
+  }
+})
+rl.on('close', () => process.exit(0))
+process.stdout.write(JSON.stringify({ ready: true, impl }) + '\n')

@@ -1,0 +1,114 @@
+"""HTTP on the WebSocket port: health, 404 for unknown WebSocket paths, the API and its key."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from tests.helpers import json_client, running_server
+
+UPGRADE = (b"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def _raw_upgrade(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(UPGRADE.replace(b"{path}", path.encode()))
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    return head
+
+
+async def test_healthz(transport: str) -> None:
+    """GET /healthz answers 200 {"status":"ok"}."""
+    async with running_server(transport) as srv, httpx.AsyncClient() as http:
+        response = await http.get(f"{srv.http}/healthz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+
+async def test_unknown_websocket_path_is_refused_with_404(transport: str) -> None:
+    """An upgrade to an unknown /ws/ path gets HTTP 404, never 101."""
+    async with running_server(transport) as srv:
+        head = await _raw_upgrade(srv.port, "/ws/nothing-here")
+        assert head.startswith(b"HTTP/1.1 404"), head
+        ok = await _raw_upgrade(srv.port, "/ws/fabric?documentId=x")
+        assert ok.startswith(b"HTTP/1.1 101"), ok
+
+
+async def test_api_is_off_without_a_key(transport: str) -> None:
+    """With no API key configured the API answers 404 saying how to turn it on."""
+    async with running_server(transport) as srv, httpx.AsyncClient() as http:
+        response = await http.get(f"{srv.http}/api/v1/connections?handler=fabric")
+        assert response.status_code == 404
+        assert "CAPTIFY_WS_API_KEY" in response.json()["error"]
+
+
+async def test_api_needs_the_key(transport: str) -> None:
+    """Without or with a wrong bearer key: 401. With it: the counts."""
+    async with running_server(transport, api_key="s3cret") as srv, \
+            httpx.AsyncClient() as http:
+        url = f"{srv.http}/api/v1/connections?handler=fabric"
+        assert (await http.get(url)).status_code == 401
+        wrong = await http.get(url, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        good = await http.get(url, headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200 and good.json() == {"count": 0}
+
+
+async def test_connection_counts_by_document_and_handler(transport: str) -> None:
+    """GET /api/v1/connections counts per document and per handler."""
+    auth = {"Authorization": "Bearer k"}
+    async with running_server(transport, api_key="k") as srv, httpx.AsyncClient() as http, \
+            json_client(srv, "d1", "a"), json_client(srv, "d1", "b"), json_client(srv, "d2", "c"):
+        base = f"{srv.http}/api/v1/connections"
+        assert (await http.get(f"{base}?documentId=d1", headers=auth)).json() == {"count": 2}
+        assert (await http.get(f"{base}?documentId=d2", headers=auth)).json() == {"count": 1}
+        assert (await http.get(f"{base}?documentId=nope", headers=auth)).json() == {"count": 0}
+        assert (await http.get(f"{base}?handler=fabric", headers=auth)).json() == {"count": 3}
+        assert (await http.get(f"{base}?handler=zzz", headers=auth)).status_code == 404
+        assert (await http.get(base, headers=auth)).status_code == 400
+
+
+async def test_post_steps_reaches_clients(transport: str) -> None:
+    """POST /api/v1/documents/{id}/steps broadcasts; with clientID only that client gets it."""
+    auth = {"Authorization": "Bearer k"}
+    async with running_server(transport, api_key="k") as srv, httpx.AsyncClient() as http, \
+            json_client(srv, "doc/with slash", "a") as a, \
+            json_client(srv, "doc/with slash", "b") as b:
+        url = f"{srv.http}/api/v1/documents/doc%2Fwith%20slash/steps"
+        response = await http.post(url, headers=auth,
+                                   json={"steps": [{"stepType": "replace"}], "changeId": "c1"})
+        assert response.status_code == 200, response.text
+        for client in (a, b):
+            steps = await client.expect("steps")
+            assert steps["data"] == {"steps": [{"stepType": "replace"}], "changeId": "c1"}
+            assert steps["documentId"] == "doc/with slash"
+        response = await http.post(url, headers=auth, json={"steps": [], "changeId": "c2",
+                                                             "clientID": "b"})
+        assert response.json()["delivered"] == 1
+        assert (await b.expect("steps"))["data"]["changeId"] == "c2"
+        assert await a.quiet(0.2) == []
+        bad = await http.post(url, headers=auth, json={"changeId": "x"})
+        assert bad.status_code == 400
+        assert (await http.post(url, json={"steps": [], "changeId": 1})).status_code == 401
+
+
+async def test_other_requests_go_to_the_http_app(transport: str) -> None:
+    """http_app gets every request that is not a captify-ws route, on the same port."""
+    async def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("hello from the product")
+
+    product = Starlette(routes=[Route("/", hello), Route("/about", hello)])
+    async with running_server(transport, http_app=product) as srv, httpx.AsyncClient() as http:
+        assert (await http.get(f"{srv.http}/about")).text == "hello from the product"
+        assert (await http.get(f"{srv.http}/healthz")).json() == {"status": "ok"}
+        assert (await http.get(f"{srv.http}/missing")).status_code == 404
+        async with json_client(srv, "same-port", "a") as a:
+            await a.sync()
