@@ -63,11 +63,11 @@ def test_settings(**overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running_server(transport: str = "native", http_app: ASGIApp | None = None,
-                         extra_handlers: tuple[Any, ...] = (),
+                         extra_handlers: tuple[Any, ...] = (), store: Any = None,
                          **overrides: Any) -> AsyncIterator[RunningServer]:
     """A real server in this process, listening on a free loopback port."""
     settings = test_settings(**overrides)
-    server = Server(settings, handlers=extra_handlers)
+    server = Server(settings, handlers=extra_handlers, store=store)
     app = create_app(http_app=http_app, server=server)
     if transport == "native":
         await server.start()
@@ -160,7 +160,9 @@ class JsonClient:
 @contextlib.asynccontextmanager
 async def json_client(running: RunningServer, document_id: str,
                       client_id: str | None = None) -> AsyncIterator[JsonClient]:
-    async with connect(running.fabric(document_id, client_id)) as ws:
+    # max_queue=None: a test client that does not read everything must still see the server's
+    # close frame (websockets stops reading the socket when its queue is full).
+    async with connect(running.fabric(document_id, client_id), max_queue=None) as ws:
         client = JsonClient(ws, document_id)
         client.connected = await client.expect("connected")  # type: ignore[attr-defined]
         yield client
@@ -200,21 +202,21 @@ class ProviderRepl:
             if not future.done():
                 future.set_exception(RuntimeError("provider REPL exited"))
 
-    async def call(self, op: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+    async def call(self, op: str, wait: float = 30.0, **args: Any) -> dict[str, Any]:
         self._next += 1
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[self._next] = future
         assert self.process.stdin is not None
         self.process.stdin.write((json.dumps({"id": self._next, "op": op, **args}) + "\n").encode())
         await self.process.stdin.drain()
-        reply = await asyncio.wait_for(future, timeout)
+        reply = await asyncio.wait_for(future, wait)
         if not reply["ok"]:
             raise AssertionError(f"{op} failed: {reply['error']}")
         return reply
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.call("exit", timeout=5)
+            await self.call("exit", wait=5)
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         await self.process.wait()

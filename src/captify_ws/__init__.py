@@ -12,10 +12,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from captify_ws.api import (
+    apply_update,
     broadcast_steps,
     broadcast_steps_to_client,
     current_server,
     get_connection_count,
+    get_document,
 )
 from captify_ws.app import CaptifyApp, create_app
 from captify_ws.config import Settings
@@ -52,9 +54,11 @@ __all__ = [
     "StoreError",
     "UpgradeRequest",
     "__version__",
+    "apply_update",
     "broadcast_steps",
     "broadcast_steps_to_client",
     "create_app",
     "current_server",
     "get_connection_count",
+    "get_document",
 ]

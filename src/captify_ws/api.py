@@ -56,6 +56,16 @@ async def broadcast_steps_to_client(document_id: str, client_id: str, steps: lis
                                                              change_id)
 
 
+async def apply_update(document_id: str, update: bytes) -> None:
+    """Apply a Yjs update to a document as the server; stored before this returns."""
+    await current_server().apply_update(document_id, update)
+
+
+async def get_document(document_id: str) -> bytes | None:
+    """The document as one Yjs update (``None`` if it does not exist)."""
+    return await current_server().get_document(document_id)
+
+
 def get_connection_count(key: str | None = None, *, document_id: str | None = None,
                          handler: str | None = None) -> int:
     """Connections on a document, or of a handler (``get_connection_count("fabric")``)."""

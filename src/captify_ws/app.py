@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from typing import Any, Final
 
@@ -24,6 +25,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from captify_ws.config import Settings
+from captify_ws.errors import InvalidMessage, StoreError
+from captify_ws.protocol import envelope
 from captify_ws.server import Server
 from captify_ws.transport.asgi import deny, serve_websocket
 from captify_ws.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,8 +53,16 @@ class CaptifyApp:
         self.http_app = http_app
         self._router = Router(routes=[
             Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
             Route("/api/v1/documents/{document_id:path}/steps", self._post_steps,
                   methods=["POST"]),
+            Route("/api/v1/documents/{document_id:path}/updates", self._post_update,
+                  methods=["POST"]),
+            Route("/api/v1/documents", self._list_documents, methods=["GET"]),
+            Route("/api/v1/documents/{document_id:path}", self._get_document,
+                  methods=["GET"]),
+            Route("/api/v1/documents/{document_id:path}", self._delete_document,
+                  methods=["DELETE"]),
             Route("/api/v1/connections", self._get_connections, methods=["GET"]),
         ])
 
@@ -108,6 +119,12 @@ class CaptifyApp:
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def _readyz(self, request: Request) -> Response:
+        reasons = await self.server.readiness()
+        if reasons:
+            return JSONResponse({"status": "unavailable", "reasons": reasons}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     def _check_api_key(self, request: Request) -> Response | None:
         key = self.server.settings.api_key
         if not key:
@@ -147,6 +164,53 @@ class CaptifyApp:
             delivered = await self.server.broadcast_steps_to_client(
                 document_id, client_id, body["steps"], body["changeId"])
         return JSONResponse({"documentId": document_id, "delivered": delivered})
+
+    async def _post_update(self, request: Request) -> Response:
+        refused = self._check_api_key(request)
+        if refused is not None:
+            return refused
+        document_id = request.path_params["document_id"]
+        body = await request.body()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                update = envelope.decode_bytes_field(json.loads(body).get("update"), "update")
+            except (ValueError, AttributeError, InvalidMessage) as exc:
+                return JSONResponse({"error": f"body must be {{\"update\": base64}}: {exc}"},
+                                    status_code=400)
+        else:
+            update = body
+        try:
+            await self.server.apply_update(document_id, update)
+        except InvalidMessage as exc:
+            return JSONResponse({"error": exc.message}, status_code=400)
+        except StoreError as exc:
+            return JSONResponse({"error": f"not stored: {exc}"}, status_code=503)
+        return JSONResponse({"documentId": document_id, "stored": True})
+
+    async def _list_documents(self, request: Request) -> Response:
+        refused = self._check_api_key(request)
+        if refused is not None:
+            return refused
+        return JSONResponse({"documents": await self.server.list_documents()})
+
+    async def _get_document(self, request: Request) -> Response:
+        refused = self._check_api_key(request)
+        if refused is not None:
+            return refused
+        document_id = request.path_params["document_id"]
+        state = await self.server.get_document(document_id)
+        if state is None:
+            return JSONResponse({"error": f"no document {document_id!r}"}, status_code=404)
+        if "application/octet-stream" in request.headers.get("accept", ""):
+            return Response(state, media_type="application/octet-stream")
+        return JSONResponse({"documentId": document_id, "update": envelope.b64(state)})
+
+    async def _delete_document(self, request: Request) -> Response:
+        refused = self._check_api_key(request)
+        if refused is not None:
+            return refused
+        deleted = await self.server.delete_document(request.path_params["document_id"])
+        return JSONResponse({"deleted": deleted}, status_code=200 if deleted else 404)
 
     async def _get_connections(self, request: Request) -> Response:
         refused = self._check_api_key(request)

@@ -68,7 +68,10 @@ class Settings:
         None, "bearer key for the HTTP API under /api/v1 (the API is off without one)",
         secret=True, metavar="KEY")
     store: str = _setting(
-        "memory", "document store URL: 'memory' (lost on exit)", metavar="URL")
+        "sqlite:///./data/captify-ws.db",
+        "document store URL: 'sqlite:///path.db' (the embedded default), "
+        "'postgresql://user:password@host:5432/db' (shared by instances) or 'memory' (tests; "
+        "lost on exit)", metavar="URL")
     max_message_size: int = _setting(
         16 << 20, "largest accepted WebSocket message, bytes (k/m suffixes); larger → close 1009",
         _parse_size, metavar="BYTES")

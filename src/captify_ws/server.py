@@ -17,7 +17,7 @@ from typing import Any
 from captify_ws import api
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject
+from captify_ws.errors import CloseCode, Reject, StoreError
 from captify_ws.handlers import BUILTIN_HANDLERS
 from captify_ws.handlers.base import (
     Handler,
@@ -27,8 +27,9 @@ from captify_ws.handlers.base import (
     load_handler,
 )
 from captify_ws.protocol import envelope
+from captify_ws.rooms.document import SERVER_ORIGIN
 from captify_ws.rooms.manager import RoomManager
-from captify_ws.store import store_from_url
+from captify_ws.store import DocumentStore, store_from_url
 from captify_ws.store.writer import StoreWriter
 
 logger = logging.getLogger("captify_ws.server")
@@ -38,10 +39,11 @@ class Server:
     """Everything one captify-ws process runs. Start with :meth:`start`, end with :meth:`stop`."""
 
     def __init__(self, settings: Settings | None = None, *,
-                 handlers: Iterable[Handler | HandlerFactory] = ()) -> None:
+                 handlers: Iterable[Handler | HandlerFactory] = (),
+                 store: DocumentStore | None = None) -> None:
         self.settings = settings or Settings()
         self.instance_id = secrets.token_hex(6)
-        self.store = store_from_url(self.settings.store)
+        self.store = store if store is not None else store_from_url(self.settings.store)
         self.writer = StoreWriter(self.store)
         self.rooms = RoomManager(self.store, self.writer, self.settings)
         self.registry = HandlerRegistry()
@@ -94,6 +96,21 @@ class Server:
         api.clear_current_server(self)
         logger.info("captify-ws %s stopped", self.instance_id)
 
+    async def readiness(self) -> list[str]:
+        """Why this instance cannot serve right now; empty when it can."""
+        reasons: list[str] = []
+        if not self.started or self.stopping:
+            reasons.append("server is not running" if not self.started else "shutting down")
+            return reasons
+        try:
+            await asyncio.wait_for(self.store.check(), 3.0)
+        except (StoreError, TimeoutError) as exc:
+            reasons.append(f"store {self.store.url}: {exc or 'no answer within 3 s'}")
+        if self.writer.error is not None:
+            reasons.append(f"store writes failing ({self.writer.pending} pending): "
+                           f"{self.writer.error}")
+        return reasons
+
     # -- connections -----------------------------------------------------------------------
 
     def route(self, path: str) -> tuple[Handler, str] | None:
@@ -143,6 +160,41 @@ class Server:
         if key in self.connections:
             return self.handler_connection_count(key)
         return self.document_connection_count(key)
+
+    # -- documents API ---------------------------------------------------------------------
+
+    async def apply_update(self, document_id: str, update: bytes) -> None:
+        """Apply a Yjs update as the server; it is stored before this returns.
+
+        Raises :class:`~captify_ws.errors.InvalidMessage` if Yjs cannot apply it (nothing
+        changes) and :class:`~captify_ws.errors.StoreError` if the store cannot take it.
+        """
+        async with self.rooms.hold(document_id) as room:
+            room.apply_update(update, SERVER_ORIGIN)
+        await self.writer.flush()
+
+    async def get_document(self, document_id: str) -> bytes | None:
+        """The document as one Yjs update, or ``None`` if it does not exist."""
+        room = self.rooms.get(document_id)
+        if room is not None:
+            return room.encode_state()
+        stored = await self.store.load(document_id)
+        return stored.as_update() if stored is not None else None
+
+    async def list_documents(self) -> list[str]:
+        """Every stored document id (what clients wrote a moment ago included)."""
+        await self.writer.flush()
+        return await self.store.list_documents()
+
+    async def delete_document(self, document_id: str) -> bool:
+        """Close the document's connections (1000), unload it and delete it from the store."""
+        room = self.rooms.get(document_id)
+        if room is not None:
+            for conn in list(room.members):
+                conn.close(CloseCode.NORMAL, "document deleted")
+        await self.writer.flush()
+        await self.rooms.discard(document_id)
+        return await self.store.delete_document(document_id)
 
     # -- broadcast API ---------------------------------------------------------------------
 

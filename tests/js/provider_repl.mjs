@@ -119,6 +119,22 @@ const commands = {
     }
     return {}
   },
+  // Insert count tokens "<name>:<i>;" at random token boundaries (no deletes), delayMs apart,
+  // so that every token stays whole in the merged text.
+  async insertTokens ({ name, count, seed, delayMs }) {
+    const entry = get(name)
+    const rand = mulberry32(seed || 1)
+    const text = entry.doc.getText('text')
+    for (let i = 0; i < count; i++) {
+      if (!providers.has(name)) break
+      const current = text.toString()
+      const boundaries = [0]
+      for (let k = 0; k < current.length; k++) if (current[k] === ';') boundaries.push(k + 1)
+      text.insert(boundaries[Math.floor(rand() * boundaries.length)], `${name}:${i};`)
+      if (delayMs) await sleep(delayMs)
+    }
+    return {}
+  },
   async snapshot ({ name }) {
     return snapshot(get(name))
   },

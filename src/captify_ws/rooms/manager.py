@@ -138,6 +138,16 @@ class RoomManager:
         for listener in self.on_unload:
             listener(room)
 
+    async def discard(self, document_id: str) -> None:
+        """Unload a room now without writing it (its document is being deleted)."""
+        self._cancel_unload(document_id)
+        room = self.rooms.pop(document_id, None)
+        if room is not None:
+            self.writer.forget(document_id)
+            room.close()
+            for listener in self.on_unload:
+                listener(room)
+
     async def close(self) -> None:
         """Unload everything now (server shutdown); the writer is flushed by the caller."""
         for handle in self._unloads.values():

@@ -13,5 +13,13 @@ def store_from_url(url: str) -> DocumentStore:
     """The store a URL names: ``memory``, ``sqlite:///path.db``, ``postgresql://…``."""
     if url == "memory":
         return MemoryStore()
+    if url.startswith("sqlite:"):
+        from captify_ws.store.sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from captify_ws.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ConfigError(f"unknown store {url!r}: use 'memory', 'sqlite:///path/to/file.db' or "
                       "'postgresql://user@host/db'")

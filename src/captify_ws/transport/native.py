@@ -74,7 +74,10 @@ class NativeConnection(Connection):
         self._raw_write = raw.write
 
     def _write(self, frame: PreparedFrame) -> None:
-        self._raw_write(frame.wire)
+        # A socket that failed is closed before picows reports it lost; asyncio warns on every
+        # write to it from then on.
+        if not self._raw.is_closing():
+            self._raw_write(frame.wire)
 
     def _transport_buffered(self) -> int:
         return int(self._raw.get_write_buffer_size())

@@ -1,0 +1,201 @@
+"""The PostgreSQL store: one database shared by every instance of a deployment (asyncpg, pooled).
+
+Tables are prefixed ``captify_`` so the store can live in the product's own database. The schema
+is migrated under an advisory lock, so instances starting together do not race. Compaction
+deletes exactly the log rows it merged (never "everything up to a sequence number": another
+instance may commit a lower sequence number later), so concurrent appends are never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from captify_ws.errors import StoreError
+from captify_ws.store.base import StoredDocument, merge_into_snapshot
+from captify_ws.store.schema import POSTGRES_MIGRATIONS
+
+#: Any constant: the advisory lock that serialises migrations across instances.
+_MIGRATION_LOCK = 0x43415054
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStore:
+    """Documents in PostgreSQL. See the module docstring."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
+                 connect_timeout: float = 5.0) -> None:
+        self._dsn = url
+        self.url = mask_url(url)
+        self._min_size = min_size
+        self._max_size = max_size
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    def _pool_or_fail(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError(f"store {self.url} is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._min_size, max_size=self._max_size,
+                timeout=self._connect_timeout, command_timeout=30)
+            async with self._pool.acquire() as conn:
+                await migrate_postgres(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
+            raise StoreError(f"cannot connect to the store {self.url}: "
+                             f"{exc or type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                pool.terminate()
+
+    async def _call(self, work: Any) -> Any:
+        try:
+            return await work()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise StoreError(f"{self.url}: {exc or type(exc).__name__}") from exc
+
+    async def check(self) -> None:
+        pool = self._pool_or_fail()
+
+        async def work() -> None:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
+        await self._call(work)
+
+    async def load(self, document_id: str) -> StoredDocument | None:
+        pool = self._pool_or_fail()
+
+        async def work() -> StoredDocument | None:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(
+                    "SELECT snapshot FROM captify_documents WHERE id = $1", document_id)
+                if row is None:
+                    return None
+                rows = await conn.fetch("SELECT data FROM captify_updates WHERE document_id = $1 "
+                                        "ORDER BY seq", document_id)
+                return StoredDocument(row["snapshot"], [r["data"] for r in rows])
+        result: StoredDocument | None = await self._call(work)
+        return result
+
+    async def append_updates(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        if not entries:
+            return
+        pool = self._pool_or_fail()
+        documents = sorted({document_id for document_id, _ in entries})
+
+        async def work() -> None:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction():
+                await conn.execute(
+                    "INSERT INTO captify_documents (id) SELECT unnest($1::text[]) "
+                    "ON CONFLICT (id) DO UPDATE SET updated_at = now()", documents)
+                await conn.execute(
+                    "INSERT INTO captify_updates (document_id, data) "
+                    "SELECT * FROM unnest($1::text[], $2::bytea[])",
+                    [e[0] for e in entries], [e[1] for e in entries])
+        await self._call(work)
+
+    async def compact(self, document_id: str) -> int:
+        pool = self._pool_or_fail()
+
+        async def work() -> int:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction():
+                row = await conn.fetchrow("SELECT snapshot FROM captify_documents "
+                                          "WHERE id = $1 FOR UPDATE", document_id)
+                if row is None:
+                    return 0
+                rows = await conn.fetch("SELECT seq, data FROM captify_updates "
+                                        "WHERE document_id = $1 ORDER BY seq", document_id)
+                if not rows:
+                    return 0
+                snapshot = merge_into_snapshot(row["snapshot"], [r["data"] for r in rows])
+                await conn.execute("UPDATE captify_documents SET snapshot = $2, "
+                                   "updated_at = now() WHERE id = $1", document_id, snapshot)
+                await conn.execute("DELETE FROM captify_updates WHERE seq = ANY($1::bigint[])",
+                                   [r["seq"] for r in rows])
+                return len(rows)
+        merged: int = await self._call(work)
+        return merged
+
+    async def list_documents(self) -> list[str]:
+        pool = self._pool_or_fail()
+
+        async def work() -> list[str]:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                return [r["id"] for r in await conn.fetch(
+                    "SELECT id FROM captify_documents ORDER BY id")]
+        result: list[str] = await self._call(work)
+        return result
+
+    async def delete_document(self, document_id: str) -> bool:
+        pool = self._pool_or_fail()
+
+        async def work() -> bool:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction():
+                await conn.execute("DELETE FROM captify_updates WHERE document_id = $1",
+                                   document_id)
+                status = await conn.execute("DELETE FROM captify_documents WHERE id = $1",
+                                            document_id)
+                return bool(status != "DELETE 0")
+        result: bool = await self._call(work)
+        return result
+
+    async def log_length(self, document_id: str) -> int:
+        pool = self._pool_or_fail()
+
+        async def work() -> int:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                return int(await conn.fetchval(
+                    "SELECT count(*) FROM captify_updates WHERE document_id = $1", document_id))
+        result: int = await self._call(work)
+        return result
+
+
+async def migrate_postgres(conn: Any, target: int | None = None) -> int:
+    """Bring the schema to ``target`` (default: newest) under an advisory lock."""
+    goal = len(POSTGRES_MIGRATIONS) if target is None else target
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS captify_meta "
+                           "(key TEXT PRIMARY KEY, value TEXT)")
+        value = await conn.fetchval("SELECT value FROM captify_meta "
+                                    "WHERE key = 'schema_version'")
+        version = int(value) if value is not None else 0
+        if version > len(POSTGRES_MIGRATIONS):
+            raise StoreError(f"the store's schema version {version} is newer than this "
+                             f"captify-ws knows ({len(POSTGRES_MIGRATIONS)}); upgrade captify-ws")
+        while version < goal:
+            for statement in POSTGRES_MIGRATIONS[version]:
+                await conn.execute(statement)
+            version += 1
+        await conn.execute("INSERT INTO captify_meta (key, value) VALUES ('schema_version', $1) "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value", str(version))
+    return version

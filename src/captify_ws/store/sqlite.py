@@ -1,0 +1,213 @@
+"""The SQLite store: the embedded default, one file, WAL journal.
+
+All database work runs on one dedicated thread (SQLite allows one writer at a time anyway), so
+the event loop never waits for the disk. ``synchronous=FULL`` by default: a committed batch
+survives ``kill -9`` and power loss; ``?synchronous=normal`` in the URL trades the last
+transactions before a power loss (never before a process crash) for fewer fsyncs.
+
+URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from captify_ws.errors import ConfigError, StoreError
+from captify_ws.store.base import StoredDocument, merge_into_snapshot
+from captify_ws.store.schema import SQLITE_MIGRATIONS
+
+T = TypeVar("T")
+
+
+def parse_sqlite_url(url: str) -> tuple[Path, dict[str, str]]:
+    """``sqlite:///data/x.db?synchronous=normal`` → (Path("data/x.db"), {"synchronous": …})."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or not parts.path.startswith("/") or parts.netloc:
+        raise ConfigError(f"store {url!r}: expected sqlite:///relative.db or "
+                          "sqlite:////absolute/path.db")
+    path = parts.path[1:]
+    if not path:
+        raise ConfigError(f"store {url!r}: no file name")
+    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    return Path(path), options
+
+
+class SqliteStore:
+    """Documents in one SQLite file. See the module docstring for durability."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path, options = parse_sqlite_url(url)
+        synchronous = options.get("synchronous", "full").upper()
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigError(f"store {url!r}: synchronous must be full, normal or extra")
+        self._synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None or self._db is None:
+            raise StoreError(f"store {self.url} is not open")
+        db = self._db
+
+        def call() -> T:
+            with self._lock:
+                return work(db)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        migrate_sqlite(db)
+        return db
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captify-sqlite")
+        try:
+            self._db = await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                        self._connect)
+        except (sqlite3.Error, OSError) as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(f"cannot open the store {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is None or self._executor is None:
+            return
+        db = self._db
+        await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+        self._db = None
+        self._executor = None
+
+    async def check(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def load(self, document_id: str) -> StoredDocument | None:
+        def work(db: sqlite3.Connection) -> StoredDocument | None:
+            row = db.execute("SELECT snapshot FROM captify_documents WHERE id = ?",
+                             (document_id,)).fetchone()
+            if row is None:
+                return None
+            updates = [bytes(data) for (data,) in db.execute(
+                "SELECT data FROM captify_updates WHERE document_id = ? ORDER BY seq",
+                (document_id,))]
+            return StoredDocument(bytes(row[0]) if row[0] is not None else None, updates)
+        return await self._run(work)
+
+    async def append_updates(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        if not entries:
+            return
+        now = time.time()
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO captify_documents (id, created_at, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
+                    [(document_id, now, now) for document_id in {e[0] for e in entries}])
+                db.executemany("INSERT INTO captify_updates (document_id, data) VALUES (?, ?)",
+                               entries)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        await self._run(work)
+
+    async def compact(self, document_id: str) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT snapshot FROM captify_documents WHERE id = ?",
+                                 (document_id,)).fetchone()
+                rows = db.execute("SELECT seq, data FROM captify_updates WHERE document_id = ? "
+                                  "ORDER BY seq", (document_id,)).fetchall()
+                if row is None or not rows:
+                    db.execute("ROLLBACK")
+                    return 0
+                snapshot = merge_into_snapshot(row[0], [bytes(data) for _, data in rows])
+                db.execute("UPDATE captify_documents SET snapshot = ?, updated_at = ? WHERE id = ?",
+                           (snapshot, time.time(), document_id))
+                db.executemany("DELETE FROM captify_updates WHERE seq = ?",
+                               [(seq,) for seq, _ in rows])
+                db.execute("COMMIT")
+                return len(rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return await self._run(work)
+
+    async def list_documents(self) -> list[str]:
+        return await self._run(lambda db: [row[0] for row in db.execute(
+            "SELECT id FROM captify_documents ORDER BY id")])
+
+    async def delete_document(self, document_id: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM captify_updates WHERE document_id = ?", (document_id,))
+                deleted = db.execute("DELETE FROM captify_documents WHERE id = ?",
+                                     (document_id,)).rowcount
+                db.execute("COMMIT")
+                return bool(deleted)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return await self._run(work)
+
+    # -- for tests and tools ---------------------------------------------------------------
+
+    async def log_length(self, document_id: str) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            row: Any = db.execute("SELECT count(*) FROM captify_updates WHERE document_id = ?",
+                                  (document_id,)).fetchone()
+            return int(row[0])
+        return await self._run(work)
+
+
+def migrate_sqlite(db: sqlite3.Connection, target: int | None = None) -> int:
+    """Bring the schema to ``target`` (default: the newest); returns the version reached."""
+    db.execute("CREATE TABLE IF NOT EXISTS captify_meta (key TEXT PRIMARY KEY, value TEXT)")
+    row = db.execute("SELECT value FROM captify_meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    goal = len(SQLITE_MIGRATIONS) if target is None else target
+    if version > len(SQLITE_MIGRATIONS):
+        raise StoreError(f"the store's schema version {version} is newer than this captify-ws "
+                         f"knows ({len(SQLITE_MIGRATIONS)}); upgrade captify-ws")
+    while version < goal:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in SQLITE_MIGRATIONS[version]:
+                db.execute(statement)
+            version += 1
+            db.execute("INSERT INTO captify_meta (key, value) VALUES ('schema_version', ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(version),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return version

@@ -1,0 +1,155 @@
+"""Every DocumentStore keeps the promises written in store/base.py."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycrdt import Doc, Text
+
+from captify_ws.errors import StoreError
+from captify_ws.store import store_from_url
+from captify_ws.store.base import DocumentStore
+from captify_ws.store.sqlite import migrate_sqlite
+from tests.services import fresh_database
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+    else:
+        with fresh_database() as url:
+            yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[DocumentStore]:
+    opened = store_from_url(store_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _updates(count: int, text: str = "x") -> tuple[Doc[Any], list[bytes]]:
+    doc: Doc[Any] = Doc()
+    body = doc.get("t", type=Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for index in range(count):
+        body.insert(len(body), f"{text}{index};")
+    return doc, updates
+
+
+def _text(update: bytes) -> str:
+    doc: Doc[Any] = Doc()
+    doc.apply_update(update)
+    return str(doc.get("t", type=Text))
+
+
+async def test_unknown_document_loads_as_none(store: DocumentStore) -> None:
+    """load() of a document never stored is None."""
+    assert await store.load("never") is None
+
+
+async def test_appended_updates_load_in_order(store: DocumentStore) -> None:
+    """Everything appended is loaded back, across documents, in one batch."""
+    doc, updates = _updates(20)
+    await store.append_updates([("a", u) for u in updates[:10]] + [("b", updates[0])])
+    await store.append_updates([("a", u) for u in updates[10:]])
+    loaded = await store.load("a")
+    assert loaded is not None and loaded.snapshot is None
+    assert loaded.updates == updates
+    assert _text(loaded.as_update()) == str(doc.get("t", type=Text))
+    assert sorted(await store.list_documents()) == ["a", "b"]
+
+
+async def test_compaction_merges_the_log(store: DocumentStore) -> None:
+    """compact() replaces the log by one snapshot; later appends are kept."""
+    doc, updates = _updates(50)
+    await store.append_updates([("c", u) for u in updates[:40]])
+    assert await store.compact("c") == 40
+    await store.append_updates([("c", u) for u in updates[40:]])
+    loaded = await store.load("c")
+    assert loaded is not None and loaded.snapshot is not None
+    assert len(loaded.updates) == 10
+    assert _text(loaded.as_update()) == str(doc.get("t", type=Text))
+    assert await store.compact("c") == 10
+    assert await store.compact("c") == 0
+    assert await store.compact("nothing") == 0
+
+
+async def test_delete(store: DocumentStore) -> None:
+    """delete_document() removes a document; True only if it existed."""
+    _, updates = _updates(3)
+    await store.append_updates([("gone", u) for u in updates])
+    assert await store.delete_document("gone") is True
+    assert await store.load("gone") is None
+    assert await store.delete_document("gone") is False
+
+
+async def test_one_megabyte_document_round_trips(store: DocumentStore) -> None:
+    """A 1 MB document survives append, compaction and load byte-for-byte in content."""
+    doc: Doc[Any] = Doc()
+    doc.get("t", type=Text).insert(0, "0123456789abcdef" * 65536)
+    state = doc.get_update()
+    assert len(state) > 1_000_000
+    await store.append_updates([("big", state)])
+    await store.compact("big")
+    loaded = await store.load("big")
+    assert loaded is not None
+    assert _text(loaded.as_update()) == "0123456789abcdef" * 65536
+
+
+async def test_check_passes_when_open(store: DocumentStore) -> None:
+    """check() is quiet on a working store."""
+    await store.check()
+
+
+async def test_sqlite_opens_twice_and_upgrades_an_older_schema(tmp_path: Path) -> None:
+    """A second start works; a file at an older schema version is migrated on open."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    assert migrate_sqlite(raw, target=0) == 0
+    raw.close()
+    for _ in range(2):
+        store = store_from_url(f"sqlite:///{path}")
+        await store.open()
+        _, updates = _updates(2)
+        await store.append_updates([("d", updates[0])])
+        await store.close()
+    raw = sqlite3.connect(path)
+    version = raw.execute("SELECT value FROM captify_meta WHERE key='schema_version'").fetchone()
+    raw.close()
+    assert int(version[0]) >= 1
+
+
+async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    """A store written by a newer captify-ws is refused with a clear error."""
+    path = tmp_path / "new.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("CREATE TABLE captify_meta (key TEXT PRIMARY KEY, value TEXT)")
+    raw.execute("INSERT INTO captify_meta VALUES ('schema_version', '999')")
+    raw.close()
+    store = store_from_url(f"sqlite:///{path}")
+    with pytest.raises(StoreError, match="newer than this captify-ws"):
+        await store.open()
+
+
+async def test_postgres_unreachable_names_the_url() -> None:
+    """Opening a PostgreSQL store that is not there fails with the URL (password masked)."""
+    from tests.services import free_port
+
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/nothing"
+    store = store_from_url(url)
+    with pytest.raises(StoreError) as info:
+        await store.open()
+    assert "postgresql://postgres:***@127.0.0.1" in str(info.value)
+    assert "hunter2" not in str(info.value)
