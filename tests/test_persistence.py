@@ -245,9 +245,9 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(tmp_path: Path) ->
             room = srv.server.rooms.get(watcher_doc)
             assert room is not None
             deadline = time.monotonic() + 10
-            while (len(room.members) > 1 or len(room.presence)) and time.monotonic() < deadline:
+            while (len(room) > 1 or len(room.presence)) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert len(room.members) == 1  # only the watcher
+            assert len(room) == 1  # only the watcher
             assert len(room.presence) == 0
         deadline = time.monotonic() + 10
         while len(srv.server.rooms) and time.monotonic() < deadline:

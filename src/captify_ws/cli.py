@@ -91,7 +91,9 @@ async def _serve(settings: Settings) -> int:
         config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
                                 ws="websockets-sansio", ws_max_size=settings.max_message_size,
                                 ws_per_message_deflate=False, log_config=None,
-                                access_log=False)
+                                access_log=False,
+                                ws_ping_interval=settings.ping_interval_s or None,
+                                ws_ping_timeout=settings.ping_interval_s or None)
         uv = _QuietUvicorn(config)
         sock = config.bind_socket()
         port = sock.getsockname()[1]

@@ -86,9 +86,9 @@ class Settings:
     room_grace_s: float = _setting(
         5.0, "seconds a document stays loaded after its last connection leaves", float)
     ping_interval_s: float = _setting(
-        20.0, "send a WebSocket ping after this many idle seconds (0 disables)", float)
-    ping_timeout_s: float = _setting(
-        20.0, "close a connection whose ping is unanswered for this many seconds", float)
+        20.0, "keepalive: a connection silent for this many seconds is pinged, and closed if "
+        "still silent one interval later (0 disables); keeps proxies from cutting idle "
+        "collaborators and reaps dead peers", float)
     log_level: str = _setting("info", "debug, info, warning or error")
 
     @classmethod

@@ -25,7 +25,6 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qsl
 
@@ -41,6 +40,9 @@ logger = logging.getLogger("captify_ws.connection")
 
 OPCODE_TEXT: Final = 0x1
 OPCODE_BINARY: Final = 0x2
+
+#: Shared empty queue: a connection allocates its own only when something has to wait.
+_NO_FRAMES: Final[deque[PreparedFrame]] = deque(maxlen=0)
 
 #: Messages that may wait while a handler coroutine runs before the socket stops being read.
 INBOX_HIGH_WATER: Final = 256
@@ -101,36 +103,66 @@ class PreparedFrame:
         return len(self.payload)
 
 
-@dataclass(frozen=True, slots=True)
 class UpgradeRequest:
-    """The HTTP request that opened a WebSocket (or asked to)."""
+    """The HTTP request that opened a WebSocket (or asked to).
 
-    path: str
-    query_string: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    client: tuple[str, int] | None = None
-    _query: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    Headers are kept as the transport parsed them (never copied: memory per idle connection
+    matters); :meth:`header` looks one up case-insensitively.
+    """
 
-    def __post_init__(self) -> None:
-        for key, value in parse_qsl(self.query_string, keep_blank_values=True):
-            self._query.setdefault(key, value)
+    __slots__ = ("_headers", "_query", "client", "path", "query_string")
+
+    def __init__(self, path: str, query_string: str = "", headers: Any = (),
+                 client: tuple[str, int] | None = None) -> None:
+        self.path = path
+        self.query_string = query_string
+        #: a multidict with ``getall`` (picows), or ``(name, value)`` pairs of str or bytes
+        self._headers = headers
+        self.client = client
+        self._query: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<UpgradeRequest {self.path}?{self.query_string}>"
 
     @property
     def query(self) -> Mapping[str, str]:
         """Query parameters (the first value of each)."""
+        if self._query is None:
+            self._query = {}
+            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+                self._query.setdefault(key, value)
         return self._query
 
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Every header as ``(lower-case name, value)``."""
+        source = self._headers
+        pairs = source.items() if hasattr(source, "getall") else source
+        return [(_text(name).lower(), _text(value)) for name, value in pairs]
+
     def header(self, name: str) -> str | None:
-        """A header's value (names compare case-insensitively; repeated headers joined by ',')."""
-        name = name.lower()
-        values = [value for key, value in self.headers if key == name]
+        """A header's value (repeated headers joined by ', '), or ``None``."""
+        source = self._headers
+        if hasattr(source, "getall"):
+            values = [str(value) for value in source.getall(name, ())]
+        else:
+            wanted = name.lower()
+            values = [_text(value) for key, value in source if _text(key).lower() == wanted]
         return ", ".join(values) if values else None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 class Connection:
     """One WebSocket, whatever transport carries it. See the module docstring."""
 
     transport_name: ClassVar[str] = "abstract"
+
+    __slots__ = ("_closing", "_inbox", "_on_closed", "_paused", "_pending", "_pending_bytes",
+                 "_ping_outstanding", "_reading_paused", "_send_budget", "active", "close_code",
+                 "closed", "handler", "id", "principal", "request", "state", "subpath")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, *,
                  send_budget: int) -> None:
@@ -148,11 +180,14 @@ class Connection:
         self._closing = False
         self._send_budget = send_budget
         self._paused = False
-        self._pending: deque[PreparedFrame] = deque()
+        self._pending: deque[PreparedFrame] = _NO_FRAMES  # a real deque once something waits
         self._pending_bytes = 0
+        #: set by the transport on every frame received; the keepalive sweep clears it
+        self.active = True
+        self._ping_outstanding = False
         self._inbox: deque[str | bytes] | None = None
         self._reading_paused = False
-        self._on_closed: list[Any] = []
+        self._on_closed: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.request.path}>"
@@ -180,6 +215,8 @@ class Connection:
         return self._pending_bytes + self._transport_buffered()
 
     def _enqueue(self, frame: PreparedFrame) -> None:
+        if self._pending is _NO_FRAMES:
+            self._pending = deque()
         self._pending.append(frame)
         self._pending_bytes += len(frame)
         if self._pending_bytes > self._send_budget:
@@ -202,7 +239,7 @@ class Connection:
         self._pending_bytes = sum(len(frame) for frame in kept)
 
     def _drop_pending(self) -> None:
-        self._pending.clear()
+        self._pending = _NO_FRAMES
         self._pending_bytes = 0
 
     def _flush_pending(self) -> None:
@@ -212,6 +249,8 @@ class Connection:
             frame = self._pending.popleft()
             self._pending_bytes -= len(frame)
             self._write(frame)
+        if not self._pending:
+            self._pending = _NO_FRAMES
 
     def _set_paused(self, paused: bool) -> None:
         if paused:
@@ -232,8 +271,25 @@ class Connection:
         self._close_transport(code, truncate_reason(reason), list(self._pending))
         self._drop_pending()
 
+    def keepalive(self) -> None:
+        """One keepalive sweep (every ``ping_interval_s``): ping a silent peer, or close one
+        that did not answer the previous ping. Any frame received counts as an answer."""
+        if self._closing:
+            return
+        if self.active:
+            self.active = False
+            self._ping_outstanding = False
+        elif self._ping_outstanding:
+            logger.info("closing %s: no answer to ping", self.id)
+            self._abort(CloseCode.GOING_AWAY, "no answer to ping")
+        else:
+            self._ping_outstanding = True
+            self._ping()
+
     def on_closed(self, callback: Any) -> None:
         """Call ``callback(connection)`` once the connection is gone (after ``on_close``)."""
+        if self._on_closed is None:
+            self._on_closed = []
         self._on_closed.append(callback)
 
     # -- receiving (called by the transport) -----------------------------------------------
@@ -347,7 +403,7 @@ class Connection:
         self._run_closed_callbacks()
 
     def _run_closed_callbacks(self) -> None:
-        callbacks, self._on_closed = self._on_closed, []
+        callbacks, self._on_closed = self._on_closed or [], None
         for callback in callbacks:
             try:
                 callback(self)
@@ -367,6 +423,13 @@ class Connection:
 
     def _pause_reading(self, paused: bool) -> None:
         raise NotImplementedError
+
+    def _ping(self) -> None:
+        """Send a WebSocket ping (transports whose server pings by itself do nothing)."""
+
+    def _abort(self, code: int, reason: str) -> None:
+        """Close a connection whose peer seems dead, without waiting for it."""
+        self.close(code, reason)
 
 
 async def _quietly(awaitable: Awaitable[None]) -> None:

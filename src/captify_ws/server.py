@@ -60,6 +60,7 @@ class Server:
         self._start_lock = asyncio.Lock()
         self._no_connections = asyncio.Event()
         self._no_connections.set()
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -70,6 +71,9 @@ class Server:
                 return
             await self.store.open()
             self.writer.start()
+            if self.settings.ping_interval_s > 0:
+                self._keepalive_task = asyncio.get_running_loop().create_task(
+                    self._keepalive(), name="captify-keepalive")
             self.started = True
             api.set_current_server(self)
             logger.info("captify-ws %s started: handlers %s, store %s", self.instance_id,
@@ -81,6 +85,9 @@ class Server:
         if not self.started or self.stopping:
             return
         self.stopping = True
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
         everyone = [conn for conns in self.connections.values() for conn in conns]
         for conn in everyone:
             conn.close(code, reason)
@@ -95,6 +102,18 @@ class Server:
         self.stopping = False
         api.clear_current_server(self)
         logger.info("captify-ws %s stopped", self.instance_id)
+
+    async def _keepalive(self) -> None:
+        """Every ping interval: ping silent connections, close those that stayed silent.
+
+        One timer for all connections (a task per connection costs about 1 KB each). A dead
+        peer is closed between one and two intervals after it went silent.
+        """
+        while True:
+            await asyncio.sleep(self.settings.ping_interval_s)
+            for conns in self.connections.values():
+                for conn in list(conns):
+                    conn.keepalive()
 
     async def readiness(self) -> list[str]:
         """Why this instance cannot serve right now; empty when it can."""
@@ -138,7 +157,7 @@ class Server:
 
     def document_connection_count(self, document_id: str) -> int:
         room = self.rooms.get(document_id)
-        return len(room.members) if room is not None else 0
+        return len(room) if room is not None else 0
 
     def handler_connection_count(self, name: str) -> int:
         return len(self.connections.get(name, ()))

@@ -82,7 +82,6 @@ class DocumentRoom:
                  awareness_renewal_s: float) -> None:
         self.document_id = document_id
         self.doc: Doc[Any] = Doc()
-        self.members: dict[Connection, Member] = {}
         self._yws: dict[Connection, Member] = {}
         self._json: dict[Connection, Member] = {}
         self._full_state: bytes | None = None
@@ -94,21 +93,26 @@ class DocumentRoom:
         self.closed = False
 
     def __repr__(self) -> str:
-        return f"<DocumentRoom {self.document_id!r} members={len(self.members)}>"
+        return f"<DocumentRoom {self.document_id!r} members={len(self)}>"
 
     # -- membership ------------------------------------------------------------------------
 
+    @property
+    def members(self) -> dict[Connection, Member]:
+        """Every member, y-websocket and JSON (a new dict: for counting, use ``len(room)``)."""
+        return {**self._yws, **self._json}
+
+    def __len__(self) -> int:
+        return len(self._yws) + len(self._json)
+
     def join(self, member: Member) -> None:
         member.room = self
-        self.members[member.connection] = member
         (self._yws if member.wire == "yws" else self._json)[member.connection] = member
 
     def leave(self, connection: Connection) -> Member | None:
-        member = self.members.pop(connection, None)
+        member = self._yws.pop(connection, None) or self._json.pop(connection, None)
         if member is None:
             return None
-        self._yws.pop(connection, None)
-        self._json.pop(connection, None)
         self.presence.remove_owned_by(member)
         member.room = None
         return member
@@ -116,7 +120,7 @@ class DocumentRoom:
     @property
     def idle(self) -> bool:
         """No members and nobody holding the room: it may unload."""
-        return not self.members and self.holds == 0
+        return not self._yws and not self._json and self.holds == 0
 
     def add_update_listener(self, listener: UpdateListener) -> None:
         self._update_listeners.append(listener)

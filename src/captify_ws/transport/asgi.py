@@ -28,6 +28,8 @@ class AsgiConnection(Connection):
 
     transport_name = "asgi"
 
+    __slots__ = ("_close_frame", "_final_frames", "_readable", "_send", "_wake", "_writer")
+
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, send: Send, *,
                  send_budget: int) -> None:
         super().__init__(request, handler, subpath, send_budget=send_budget)
@@ -110,12 +112,11 @@ async def deny(scope: Scope, send: Send, status: int, text: str) -> None:
 
 
 def request_from_scope(scope: Scope) -> UpgradeRequest:
-    headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
-                    for name, value in scope.get("headers", ()))
     client = scope.get("client")
     return UpgradeRequest(
         path=scope["path"], query_string=scope.get("query_string", b"").decode("latin-1"),
-        headers=headers, client=(str(client[0]), int(client[1])) if client else None)
+        headers=scope.get("headers", ()),
+        client=(str(client[0]), int(client[1])) if client else None)
 
 
 async def serve_websocket(server: Server, scope: Scope, receive: Receive, send: Send) -> None:

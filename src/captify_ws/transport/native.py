@@ -65,6 +65,8 @@ class NativeConnection(Connection):
 
     transport_name = "native"
 
+    __slots__ = ("_raw", "_raw_write", "_ws")
+
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str,
                  ws: WSTransport, *, send_budget: int) -> None:
         super().__init__(request, handler, subpath, send_budget=send_budget)
@@ -98,9 +100,21 @@ class NativeConnection(Connection):
         else:
             self._raw.resume_reading()
 
+    def _ping(self) -> None:
+        if not self._raw.is_closing():
+            self._ws.send_ping()
+
+    def _abort(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+        if not self._ws.is_disconnected:
+            self._raw.abort()
+
 
 class _Listener(WSListener):
     """picows callbacks → :class:`NativeConnection`; also reassembles fragmented messages."""
+
+    __slots__ = ("_fragment_size", "_fragment_type", "_fragments", "_handler", "_max_size",
+                 "_request", "_server", "_subpath", "conn")
 
     def __init__(self, server: Server, request: UpgradeRequest, handler: Handler,
                  subpath: str) -> None:
@@ -114,7 +128,6 @@ class _Listener(WSListener):
         self._fragments: list[bytes] | None = None
         self._fragment_type = WSMsgType.BINARY
         self._fragment_size = 0
-        self._peer_close: int | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.conn = NativeConnection(self._request, self._handler, self._subpath, transport,
@@ -125,6 +138,7 @@ class _Listener(WSListener):
         conn = self.conn
         if conn is None:
             return
+        conn.active = True
         msg_type = frame.msg_type
         if msg_type == WSMsgType.BINARY and frame.fin:
             conn.deliver(frame.get_payload_as_bytes())
@@ -136,10 +150,13 @@ class _Listener(WSListener):
                 return
             conn.deliver(text)
         elif msg_type == WSMsgType.CLOSE:
-            self._peer_close = _code(frame.get_close_code())
+            # RFC 6455 §5.5.1: answer with the code received; a close without one (picows
+            # reports 0) is answered with 1000, since 1005 may not be sent.
+            code = _code(frame.get_close_code())
             if conn.close_code is None:
-                conn.close_code = self._peer_close or 1005
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+                conn.close_code = code or 1005
+            transport.send_close(WSCloseCode(code if code >= 1000 else 1000),
+                                 frame.get_close_message())
             transport.disconnect()
         elif msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
             self._on_fragment(conn, frame)
@@ -203,10 +220,9 @@ def _request_from_picows(request: WSUpgradeRequest, transport: Any) -> UpgradeRe
         query = urlsplit(request.path.decode("latin-1")).query
     else:
         target, _, query = target.partition("?")
-    headers = tuple((str(name).lower(), str(value)) for name, value in request.headers.items())
     peer = transport.get_extra_info("peername") if transport is not None else None
     client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
-    return UpgradeRequest(path=target, query_string=query, headers=headers, client=client)
+    return UpgradeRequest(path=target, query_string=query, headers=request.headers, client=client)
 
 
 def _head_target(head: bytes) -> tuple[str, bool]:
@@ -281,7 +297,7 @@ class NativeServer:
             ws="websockets-sansio", ws_max_size=settings.max_message_size,
             ws_per_message_deflate=False, log_config=None, access_log=False,
             ws_ping_interval=settings.ping_interval_s or None,
-            ws_ping_timeout=settings.ping_timeout_s or None, proxy_headers=False)
+            ws_ping_timeout=settings.ping_interval_s or None, proxy_headers=False)
         self._config.load()
         self._http_state = ServerState()
         self._listener: asyncio.Server | None = None
@@ -303,14 +319,12 @@ class NativeServer:
         return path.startswith("/ws/") or self.server.route(path) is not None
 
     def hand_to_websocket(self, transport: asyncio.Transport, received: bytes) -> None:
-        settings = self.server.settings
-        interval = settings.ping_interval_s
+        # picows' own auto-ping runs a task per connection; the server's keepalive sweep
+        # (Connection.keepalive) does the same for all connections with one timer.
         protocol = WSProtocol(
             None, None, False, lambda request: self._listener_for(request, transport),
-            _picows_logger,
-            True, 10.0, interval > 0, interval or 20.0,
-            min(settings.ping_timeout_s, interval) if interval > 0 else 20.0,
-            WSAutoPingStrategy.PING_WHEN_IDLE, True, settings.max_message_size, None, 2048)
+            _picows_logger, True, 10.0, False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
+            True, self.server.settings.max_message_size, None, 2048)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         view = memoryview(received)

@@ -1,0 +1,287 @@
+"""Run the shared benchmark scenarios against captify-ws and its peers, side by side.
+
+    .venv/bin/python bench/run.py                 # the whole matrix (about 25 minutes)
+    .venv/bin/python bench/run.py --sets fanout   # some sets only
+    .venv/bin/python bench/run.py --quick         # one repeat, no extras
+
+Each run starts ONE fresh server pinned to CPU 0 and the load generator on CPU 1
+(../shared/bench/run-peer.sh), with real y-websocket clients. Results are appended as JSON lines
+to bench/results/<date>.jsonl and rendered to docs/benchmarks.md with every figure next to the
+@y/websocket-server (Node) figure measured in the same invocation. Benchmarks are never part of
+the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(os.environ.get("CAPTIFY_BENCH_DIR", ROOT.parent / "shared" / "bench"))
+RESULTS = ROOT / "bench" / "results"
+CAPTIFY = str(ROOT / ".venv" / "bin" / "captify-ws")
+
+FANOUT = ["--scenario", "fanout", "--edits", "200", "--rate", "20", "--settle", "30"]
+
+#: set name → list of (tag, peers, loadgen args); peers from PEERS below.
+MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
+    "fanout": [
+        ("fanout-100", ["captify", "ywss"], [*FANOUT, "--readers", "100"]),
+        ("fanout-500", ["captify", "ywss"], [*FANOUT, "--readers", "500", "--probes", "50"]),
+        ("fanout-1000", ["captify", "captify-sqlite", "ywss", "hocuspocus"],
+         [*FANOUT, "--readers", "1000", "--probes", "50"]),
+        ("fanout-1000-r2", ["captify", "ywss"], [*FANOUT, "--readers", "1000", "--probes", "50"]),
+    ],
+    "rate100": [
+        ("fanout-1000-lean-r100", ["captify", "ywss"],
+         ["--scenario", "fanout", "--readers", "1000", "--edits", "500", "--rate", "100",
+          "--probes", "50", "--settle", "30", "--client", "lean"]),
+    ],
+    "fanout5000": [
+        ("fanout-5000", ["captify"],
+         [*FANOUT, "--readers", "5000", "--probes", "50", "--connect-timeout", "120",
+          "--max-seconds", "240"]),
+    ],
+    "awareness": [
+        ("fanout-1000-awareness", ["captify", "ywss"],
+         [*FANOUT, "--readers", "1000", "--probes", "50", "--awareness", "--max-seconds", "150"]),
+    ],
+    "many": [
+        ("many-docs-200", ["captify", "captify-sqlite", "ywss"],
+         ["--scenario", "many-docs", "--docs", "200", "--rate", "5", "--duration", "15",
+          "--settle", "30"]),
+    ],
+    "idle": [
+        ("idle-1000-distinct", ["captify", "ywss"],
+         ["--scenario", "idle", "--client", "lean", "--connections", "1000",
+          "--idle-docs", "distinct", "--hold", "5"]),
+        ("idle-5000-distinct", ["captify", "ywss"],
+         ["--scenario", "idle", "--client", "lean", "--connections", "5000",
+          "--idle-docs", "distinct", "--hold", "5"]),
+    ],
+    "large": [
+        ("large-doc", ["captify", "ywss"],
+         ["--scenario", "large-doc", "--ld-updates", "20000", "--ld-chunk", "50",
+          "--sync-repeats", "5", "--duration", "60"]),
+    ],
+    "join": [
+        ("join-storm-20x10", ["captify", "ywss"],
+         ["--scenario", "join-storm", "--docs", "20", "--clients-per-doc", "10",
+          "--settle", "10"]),
+        ("join-storm-1x200", ["captify", "ywss"],
+         ["--scenario", "join-storm", "--docs", "1", "--clients-per-doc", "200",
+          "--settle", "10"]),
+    ],
+}
+
+
+def peer_command(peer: str, port: int, workdir: Path) -> tuple[str, list[str]]:
+    """The run-peer.sh PEER argument and extra loadgen args for one peer."""
+    if peer == "captify":
+        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning",
+                ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws"])
+    if peer == "captify-sqlite":
+        db = workdir / f"bench-{port}-{time.time_ns()}.db"
+        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store sqlite:///{db} "
+                "--log-level warning",
+                ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws-sqlite"])
+    return peer, ["--label", peer]
+
+
+def run_one(peer: str, port: int, tag: str, args: list[str], workdir: Path) -> dict[str, Any]:
+    spec, extra = peer_command(peer, port, workdir)
+    command = [str(BENCH / "run-peer.sh"), spec, str(port), "--max-seconds", "120", *args,
+               *extra]
+    print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}", file=sys.stderr, flush=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"peer": peer, "tag": tag, "error": (result.stderr or "no output")[-500:]}
+    data: dict[str, Any] = json.loads(lines[-1])
+    data["peer"] = peer
+    data["tag"] = tag
+    return data
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ratio(ours: Any, ref: Any) -> str:
+    if not isinstance(ours, (int, float)) or not isinstance(ref, (int, float)) or not ref:
+        return "–"
+    return f"{ours / ref:.2f}×"
+
+
+def render(results: list[dict[str, Any]], command: str) -> str:
+    by_tag: dict[str, dict[str, dict[str, Any]]] = {}
+    for result in results:
+        by_tag.setdefault(result["tag"], {})[result["peer"]] = result
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on this machine ({os.cpu_count()} cores, "
+        f"{cpu}, Python {platform.python_version()}), with `{command}`: ../shared/bench, real "
+        "y-websocket 3.1 clients, each server alone on CPU 0, the load generator on CPU 1, one "
+        "fresh server per run. `captify-ws` runs the native transport with the memory store; "
+        "`captify-ws-sqlite` with the SQLite store (group commit on). Ratios are against "
+        "@y/websocket-server 0.1.1 (`ywss`) in the same invocation; lower is better except where "
+        "noted.",
+        "",
+    ]
+    fanout_tags = [t for t in by_tag if t.startswith("fanout")]
+    if fanout_tags:
+        lines += ["## Fan-out (1 writer, N readers)", "",
+                  "| run | server | N | edits/s | p50 ms | p99 ms | max ms | server µs/copy | "
+                  "vs ywss µs/copy | vs ywss p99 | server CPU % | converged | server state |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for tag in fanout_tags:
+            ref = by_tag[tag].get("ywss", {})
+            for peer, r in by_tag[tag].items():
+                lat = r.get("latency_ms") or {}
+                params = r.get("params") or {}
+                lines.append("| " + " | ".join([
+                    tag, r.get("label") or peer, _fmt(params.get("readers")),
+                    _fmt(params.get("rate")), _fmt(lat.get("p50")), _fmt(lat.get("p99")),
+                    _fmt(lat.get("max")), _fmt(r.get("server_cpu_us_per_delivery")),
+                    _ratio(r.get("server_cpu_us_per_delivery"),
+                           ref.get("server_cpu_us_per_delivery")),
+                    _ratio(lat.get("p99"), (ref.get("latency_ms") or {}).get("p99")),
+                    _fmt((r.get("server") or {}).get("cpu_pct_of_core")),
+                    _fmt(r.get("all_converged")), _fmt(r.get("server_state_converged")),
+                ]) + (f" {r['error'][:80]}" if r.get("error") else "") + " |")
+        lines.append("")
+    many = [t for t in by_tag if t.startswith("many")]
+    if many:
+        lines += ["## Many documents (D documents × 2 clients, 5 edits/s each)", "",
+                  "| run | server | p50 ms | p99 ms | server µs/edit | vs ywss | server CPU % | "
+                  "converged docs |", "|---|---|---|---|---|---|---|---|"]
+        for tag in many:
+            ref = by_tag[tag].get("ywss", {})
+            for peer, r in by_tag[tag].items():
+                lat = r.get("latency_ms") or {}
+                lines.append("| " + " | ".join([
+                    tag, r.get("label") or peer, _fmt(lat.get("p50")), _fmt(lat.get("p99")),
+                    _fmt(r.get("server_cpu_us_per_edit")),
+                    _ratio(r.get("server_cpu_us_per_edit"), ref.get("server_cpu_us_per_edit")),
+                    _fmt((r.get("server") or {}).get("cpu_pct_of_core")),
+                    f"{r.get('converged_docs', '–')}/{(r.get('params') or {}).get('docs', '–')}",
+                ]) + " |")
+        lines.append("")
+    idle = [t for t in by_tag if t.startswith("idle")]
+    if idle:
+        lines += ["## Idle connections (lean clients, distinct documents, held 5 s)", "",
+                  "| run | server | connected | KB per connection | vs ywss | RSS before MB | "
+                  "RSS after MB | connect ms |", "|---|---|---|---|---|---|---|---|"]
+        for tag in idle:
+            ref = by_tag[tag].get("ywss", {})
+            for peer, r in by_tag[tag].items():
+                rss = r.get("rss_kb") or {}
+                lines.append("| " + " | ".join([
+                    tag, r.get("label") or peer, _fmt((r.get("connect") or {}).get("connected")),
+                    _fmt(r.get("kb_per_conn")), _ratio(r.get("kb_per_conn"),
+                                                       ref.get("kb_per_conn")),
+                    _fmt((rss.get("before") or 0) / 1024), _fmt((rss.get("after_hold") or 0)
+                                                                / 1024),
+                    _fmt((r.get("connect") or {}).get("ms")),
+                ]) + " |")
+        lines.append("")
+    large = [t for t in by_tag if t.startswith("large")]
+    if large:
+        lines += ["## Large document (20,000 random inserts, ~1.7 MB state; 5 fresh syncs)", "",
+                  "| server | state bytes | ingest updates/s | sync median ms | vs ywss | "
+                  "identical |", "|---|---|---|---|---|---|"]
+        for tag in large:
+            ref = by_tag[tag].get("ywss", {})
+            for peer, r in by_tag[tag].items():
+                build = r.get("build") or {}
+                sync = r.get("sync_ms") or {}
+                ref_sync = (ref.get("sync_ms") or {}).get("median")
+                lines.append("| " + " | ".join([
+                    r.get("label") or peer, _fmt(build.get("state_update_bytes")),
+                    _fmt(build.get("server_ingest_updates_per_s")), _fmt(sync.get("median")),
+                    _ratio(sync.get("median"), ref_sync), _fmt(r.get("sync_identical")),
+                ]) + " |")
+        lines.append("")
+    join = [t for t in by_tag if t.startswith("join")]
+    if join:
+        lines += ["## Join storm (all clients join new documents at once)", "",
+                  "| run | server | synced | failed | connect ms | docs fully ok |",
+                  "|---|---|---|---|---|---|"]
+        for tag in join:
+            for peer, r in by_tag[tag].items():
+                connect = r.get("connect") or {}
+                lines.append("| " + " | ".join([
+                    tag, r.get("label") or peer, _fmt(connect.get("synced",
+                                                                  connect.get("connected"))),
+                    _fmt(connect.get("failed")), _fmt(connect.get("ms")),
+                    _fmt(r.get("docs_fully_ok")),
+                ]) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default=",".join(MATRIX),
+                        help=f"comma-separated sets of {', '.join(MATRIX)}")
+    parser.add_argument("--quick", action="store_true", help="skip repeats (tags ending -r2)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--port", type=int, default=13100)
+    parser.add_argument("--render-only", metavar="JSONL",
+                        help="render an earlier results file instead of running")
+    options = parser.parse_args()
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    if options.render_only:
+        results = [json.loads(line) for line in Path(options.render_only).read_text().splitlines()
+                   if line.strip()]
+        Path(options.out).write_text(render(results, command))
+        return 0
+    if not (BENCH / "run-peer.sh").exists():
+        print(f"bench: {BENCH} not found (set CAPTIFY_BENCH_DIR)", file=sys.stderr)
+        return 2
+    subprocess.run([str(BENCH / "setup.sh"), "--peers"], check=True, capture_output=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    jsonl = RESULTS / f"{datetime.datetime.now():%Y-%m-%dT%H%M}.jsonl"
+    workdir = Path(tempfile.mkdtemp(prefix="captify-bench-"))
+    results: list[dict[str, Any]] = []
+    port = options.port
+    try:
+        for name in options.sets.split(","):
+            for tag, peers, args in MATRIX[name.strip()]:
+                if options.quick and tag.endswith("-r2"):
+                    continue
+                for peer in peers:
+                    port += 1
+                    result = run_one(peer, port, tag, args, workdir)
+                    results.append(result)
+                    with jsonl.open("a") as out:
+                        out.write(json.dumps(result) + "\n")
+                    time.sleep(2)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    Path(options.out).write_text(render(results, command))
+    print(f"[bench] wrote {options.out} and {jsonl}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
