@@ -27,7 +27,7 @@ services:
 	bash scripts/services.sh
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

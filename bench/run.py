@@ -103,7 +103,7 @@ def run_one(peer: str, port: int, tag: str, args: list[str], workdir: Path) -> d
     command = [str(BENCH / "run-peer.sh"), spec, str(port), "--max-seconds", "120", *args,
                *extra]
     print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}", file=sys.stderr, flush=True)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"peer": peer, "tag": tag, "error": (result.stderr or "no output")[-500:]}
