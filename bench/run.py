@@ -193,7 +193,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         for tag in idle:
             ref = by_tag[tag].get("ywss", {})
             for peer, r in by_tag[tag].items():
-                rss = r.get("rss_kb") or {}
+                rss = r.get("server_rss_kb") or {}
                 lines.append("| " + " | ".join([
                     tag, r.get("label") or peer, _fmt((r.get("connect") or {}).get("connected")),
                     _fmt(r.get("kb_per_conn")), _ratio(r.get("kb_per_conn"),
@@ -223,15 +223,15 @@ def render(results: list[dict[str, Any]], command: str) -> str:
     join = [t for t in by_tag if t.startswith("join")]
     if join:
         lines += ["## Join storm (all clients join new documents at once)", "",
-                  "| run | server | synced | failed | connect ms | docs fully ok |",
-                  "|---|---|---|---|---|---|"]
+                  "| run | server | connected | failed | all synced | connect ms | docs fully ok |",
+                  "|---|---|---|---|---|---|---|"]
         for tag in join:
             for peer, r in by_tag[tag].items():
                 connect = r.get("connect") or {}
                 lines.append("| " + " | ".join([
-                    tag, r.get("label") or peer, _fmt(connect.get("synced",
-                                                                  connect.get("connected"))),
-                    _fmt(connect.get("failed")), _fmt(connect.get("ms")),
+                    tag, r.get("label") or peer, _fmt(connect.get("connected")),
+                    _fmt(connect.get("failed")), _fmt(r.get("all_synced")),
+                    _fmt(connect.get("ms")),
                     _fmt(r.get("docs_fully_ok")),
                 ]) + " |")
         lines.append("")

@@ -117,7 +117,8 @@ class CaptifyApp:
     # -- HTTP API --------------------------------------------------------------------------
 
     async def _healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok"},
+                            headers={"X-Captify-Instance": self.server.instance_id})
 
     async def _readyz(self, request: Request) -> Response:
         reasons = await self.server.readiness()

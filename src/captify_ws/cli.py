@@ -15,7 +15,10 @@ import importlib
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -166,6 +169,79 @@ def serve(settings: Settings) -> int:
         return 2
 
 
+def supervise(settings: Settings, argv: Sequence[str]) -> int:
+    """``--workers N``: run N ``serve`` processes on one port (SO_REUSEPORT), forward
+    SIGINT/SIGTERM to them, and start a worker again if one dies."""
+    _configure_logging(settings)
+    port = settings.port
+    reserve = None
+    if port == 0:  # every worker must listen on the same port: pick one now
+        reserve = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserve.bind((settings.host, 0))
+        port = reserve.getsockname()[1]
+    env = {**os.environ, "CAPTIFY_WS_WORKERS": "1", "CAPTIFY_WS_REUSE_PORT": "true",
+           "CAPTIFY_WS_PORT": str(port)}
+    args = [sys.executable, "-m", "captify_ws", *_without_worker_flags(argv)]
+    stopping = False
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, env={**env, "CAPTIFY_WS_WORKER_INDEX": str(index)})
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workers = [spawn(index) for index in range(settings.workers)]
+    if reserve is not None:
+        reserve.close()
+    logger.info("supervising %d workers on port %d", settings.workers, port)
+    started = time.monotonic()
+    while True:
+        time.sleep(0.2)
+        if stopping:
+            break
+        for index, worker in enumerate(workers):
+            code = worker.poll()
+            if code is None:
+                continue
+            if time.monotonic() - started < 5:
+                print(f"captify-ws: worker {index} exited with status {code} while starting",
+                      file=sys.stderr)
+                on_signal(signal.SIGTERM, None)
+                break
+            logger.error("worker %d exited with status %d; starting it again", index, code)
+            workers[index] = spawn(index)
+    deadline = time.monotonic() + 30
+    for worker in workers:
+        try:
+            worker.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return 0 if all(worker.returncode == 0 for worker in workers) else 1
+
+
+def _without_worker_flags(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--workers", "--port", "--reuse-port"):
+            skip = True
+            continue
+        if arg.startswith(("--workers=", "--port=", "--reuse-port=")):
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -178,4 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"captify-ws: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return supervise(settings, list(argv if argv is not None else sys.argv[1:]))
     return serve(settings)

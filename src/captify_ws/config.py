@@ -72,6 +72,25 @@ class Settings:
         "document store URL: 'sqlite:///path.db' (the embedded default), "
         "'postgresql://user:password@host:5432/db' (shared by instances) or 'memory' (tests; "
         "lost on exit)", metavar="URL")
+    store_commit_interval_ms: int = _setting(
+        100, "edits from WebSocket clients are committed at most this often, in one transaction "
+        "(group commit); API writes commit at once", int)
+    broker: str = _setting(
+        "memory", "how instances reach each other: 'memory' (this process only) or "
+        "'redis://host:6379/0'", metavar="URL")
+    broker_prefix: str = _setting(
+        "captify", "prefix of every broker channel (several deployments can share a Redis)")
+    cluster_heartbeat_s: float = _setting(
+        2.0, "instances announce themselves and their connection counts this often; one silent "
+        "for 3 heartbeats is dropped (its connections and presence disappear)", float)
+    anti_entropy_s: float = _setting(
+        10.0, "instances compare the state vectors of their documents this often (and after "
+        "every broker reconnect) and send each other what is missing", float)
+    workers: int = _setting(
+        1, "processes serving the same port (needs a shared broker and store)", int)
+    reuse_port: bool = _setting(
+        False, "let several processes listen on the same port (SO_REUSEPORT; --workers sets it "
+        "for its processes)", _parse_bool)
     max_message_size: int = _setting(
         16 << 20, "largest accepted WebSocket message, bytes (k/m suffixes); larger → close 1009",
         _parse_size, metavar="BYTES")
@@ -133,6 +152,17 @@ class Settings:
             raise ConfigError("awareness_flush_ms must be between 1 and 1000")
         if not 0.05 <= self.awareness_renewal_s <= 20:
             raise ConfigError("awareness_renewal_s must be between 0.05 and 20 seconds")
+        if not 0 <= self.store_commit_interval_ms <= 1000:
+            raise ConfigError("store_commit_interval_ms must be between 0 and 1000")
+        if self.cluster_heartbeat_s <= 0 or self.anti_entropy_s <= 0:
+            raise ConfigError("cluster_heartbeat_s and anti_entropy_s must be positive")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if self.workers > 1 and (self.broker == "memory" or self.store == "memory"):
+            raise ConfigError(
+                f"--workers {self.workers} needs a shared broker and a shared store: the "
+                "processes must reach each other and the same documents, so set --broker "
+                "redis://… and --store postgresql://… (or an SQLite file on this machine)")
         if self.room_grace_s < 0:
             raise ConfigError("room_grace_s cannot be negative")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from captify_ws import api
+from captify_ws.broker import Broker, broker_from_url
+from captify_ws.cluster import ClusterBridge
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject, StoreError
+from captify_ws.errors import BrokerError, CloseCode, Reject, StoreError
 from captify_ws.handlers import BUILTIN_HANDLERS
 from captify_ws.handlers.base import (
     Handler,
@@ -27,6 +29,7 @@ from captify_ws.handlers.base import (
     load_handler,
 )
 from captify_ws.protocol import envelope
+from captify_ws.protocol.cluster import ExternalSteps
 from captify_ws.rooms.document import SERVER_ORIGIN
 from captify_ws.rooms.manager import RoomManager
 from captify_ws.store import DocumentStore, store_from_url
@@ -40,12 +43,19 @@ class Server:
 
     def __init__(self, settings: Settings | None = None, *,
                  handlers: Iterable[Handler | HandlerFactory] = (),
-                 store: DocumentStore | None = None) -> None:
+                 store: DocumentStore | None = None, broker: Broker | None = None) -> None:
         self.settings = settings or Settings()
         self.instance_id = secrets.token_hex(6)
         self.store = store if store is not None else store_from_url(self.settings.store)
-        self.writer = StoreWriter(self.store)
+        # With the default in-process broker there is nobody to talk to: no cluster bridge.
+        # A broker passed in (tests sharing a MemoryHub) or configured (redis) gets one.
+        if broker is None and self.settings.broker != "memory":
+            broker = broker_from_url(self.settings.broker)
+        self.broker = broker
+        self.writer = StoreWriter(
+            self.store, commit_interval_s=self.settings.store_commit_interval_ms / 1000)
         self.rooms = RoomManager(self.store, self.writer, self.settings)
+        self.cluster = ClusterBridge(self, broker) if broker is not None else None
         self.registry = HandlerRegistry()
         for factory in BUILTIN_HANDLERS:
             self.registry.add(factory(self))
@@ -70,6 +80,12 @@ class Server:
             if self.started:
                 return
             await self.store.open()
+            if self.cluster is not None:
+                try:
+                    await self.cluster.start()
+                except BaseException:
+                    await self.store.close()
+                    raise
             self.writer.start()
             if self.settings.ping_interval_s > 0:
                 self._keepalive_task = asyncio.get_running_loop().create_task(
@@ -97,6 +113,8 @@ class Server:
             logger.warning("%d connections did not close in time", self.get_connection_count())
         await self.rooms.close()
         await self.writer.stop(timeout=timeout / 2)
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.store.close()
         self.started = False
         self.stopping = False
@@ -128,6 +146,11 @@ class Server:
         if self.writer.error is not None:
             reasons.append(f"store writes failing ({self.writer.pending} pending): "
                            f"{self.writer.error}")
+        if self.broker is not None:
+            try:
+                await self.broker.check()
+            except BrokerError as exc:
+                reasons.append(str(exc))
         return reasons
 
     # -- connections -----------------------------------------------------------------------
@@ -156,11 +179,19 @@ class Server:
     # -- counts ----------------------------------------------------------------------------
 
     def document_connection_count(self, document_id: str) -> int:
+        """Connections on a document, on every instance of the cluster."""
         room = self.rooms.get(document_id)
-        return len(room) if room is not None else 0
+        local = len(room) if room is not None else 0
+        if self.cluster is None:
+            return local
+        return local + self.cluster.remote_document_count(document_id)
 
     def handler_connection_count(self, name: str) -> int:
-        return len(self.connections.get(name, ()))
+        """Connections of a handler, on every instance of the cluster."""
+        local = len(self.connections.get(name, ()))
+        if self.cluster is None:
+            return local
+        return local + self.cluster.remote_handler_count(name)
 
     def get_connection_count(self, key: str | None = None, *, document_id: str | None = None,
                              handler: str | None = None) -> int:
@@ -175,7 +206,7 @@ class Server:
         if document_id is not None:
             return self.document_connection_count(document_id)
         if key is None:
-            return sum(len(conns) for conns in self.connections.values())
+            return sum(self.handler_connection_count(name) for name in self.connections)
         if key in self.connections:
             return self.handler_connection_count(key)
         return self.document_connection_count(key)
@@ -224,16 +255,37 @@ class Server:
                                        {"steps": steps, "changeId": change_id},
                                        client_id=client_id)
         room = self.rooms.get(document_id)
-        if room is None:
-            return 0
-        return room.relay_json(text, None)
+        if room is not None:
+            return room.relay_json(text, None)
+        if self.cluster is not None:
+            self.cluster.publish_json(document_id, text)
+        return 0
 
     async def broadcast_steps_to_client(self, document_id: str, client_id: str,
                                         steps: list[Any], change_id: Any) -> int:
         """Send ProseMirror steps to one client (by clientID) of a document only."""
-        room = self.rooms.get(document_id)
-        if room is None:
-            return 0
         text = envelope.encode_message("steps", document_id,
                                        {"steps": steps, "changeId": change_id})
-        return room.send_to_client(client_id, text)
+        room = self.rooms.get(document_id)
+        if room is not None:
+            return room.send_to_client(client_id, text)
+        if self.cluster is not None:
+            self.cluster.publish_json(document_id, text, client_id)
+        return 0
+
+    async def deliver_external_steps(self, message: ExternalSteps) -> None:
+        """Steps a backend published on the broker: every instance delivers them to its own
+        clients of the document (the message reached every instance)."""
+        room = self.rooms.get(message.document_id)
+        if room is None:
+            return
+        text = envelope.encode_message("steps", message.document_id,
+                                       {"steps": message.steps, "changeId": message.change_id})
+        if message.client_id is None:
+            room.relay_json(text, None, publish=False)
+        else:
+            room.send_to_client(message.client_id, text, publish=False)
+
+    def on_cluster_control(self, body: dict[str, Any]) -> None:
+        """A control message from another instance (see ``cluster.py``)."""
+        logger.debug("ignored cluster control message %r", body.get("type"))

@@ -1,1 +1,20 @@
-"""Brokers: how instances of a deployment tell each other about changes."""
+"""Brokers: how the instances of a deployment tell each other about changes."""
+
+from __future__ import annotations
+
+from captify_ws.broker.base import Broker
+from captify_ws.broker.memory import MemoryBroker, MemoryHub
+from captify_ws.errors import ConfigError
+
+__all__ = ["Broker", "MemoryBroker", "MemoryHub", "broker_from_url"]
+
+
+def broker_from_url(url: str) -> Broker:
+    """The broker a URL names: ``memory`` or ``redis://host:6379/0`` (``rediss://`` for TLS)."""
+    if url == "memory":
+        return MemoryBroker()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from captify_ws.broker.redis import RedisBroker
+
+        return RedisBroker(url)
+    raise ConfigError(f"unknown broker {url!r}: use 'memory' or 'redis://host:6379/0'")

@@ -62,6 +62,9 @@ SERVER_ORIGIN: Final = Origin("server")
 STORE_ORIGIN: Final = Origin("store")
 
 UpdateListener = Callable[["DocumentRoom", bytes, Origin], None]
+PresenceListener = Callable[["DocumentRoom", list[Change]], None]
+#: ``(room, json_text, client_id)``: a JSON relay for everyone (client_id None) or one client
+RelayListener = Callable[["DocumentRoom", str, str | None], None]
 
 
 def _apply(doc: Doc[Any], update: bytes) -> None:
@@ -86,6 +89,8 @@ class DocumentRoom:
         self._json: dict[Connection, Member] = {}
         self._full_state: bytes | None = None
         self._update_listeners: list[UpdateListener] = []
+        self.presence_listeners: list[PresenceListener] = []
+        self.relay_listeners: list[RelayListener] = []
         self.presence = Presence(self._broadcast_presence, flush_interval=awareness_flush_s,
                                  renewal_interval=awareness_renewal_s)
         #: a user of the room that is not a connection (API call, load); blocks unloading
@@ -178,24 +183,32 @@ class DocumentRoom:
 
     # -- relaying --------------------------------------------------------------------------
 
-    def relay_json(self, text: str, sender: Member | None) -> int:
-        """Send a JSON message to every JSON member except ``sender``; returns how many."""
+    def relay_json(self, text: str, sender: Member | None, *, publish: bool = True) -> int:
+        """Send a JSON message to every JSON member except ``sender`` (and, with ``publish``,
+        to the relay listeners: the other instances); returns how many got it here."""
         prepared = PreparedFrame.text(text)
         sent = 0
         for connection, member in self._json.items():
             if member is not sender:
                 connection.send_frame(prepared)
                 sent += 1
+        if publish:
+            for listener in self.relay_listeners:
+                listener(self, text, None)
         return sent
 
-    def send_to_client(self, client_id: str, text: str) -> int:
-        """Send a JSON message to the JSON members with this clientID; returns how many."""
+    def send_to_client(self, client_id: str, text: str, *, publish: bool = True) -> int:
+        """Send a JSON message to the JSON members with this clientID (here, and with
+        ``publish`` on the other instances); returns how many got it here."""
         prepared = PreparedFrame.text(text)
         sent = 0
         for connection, member in self._json.items():
             if member.client_id == client_id:
                 connection.send_frame(prepared)
                 sent += 1
+        if publish:
+            for listener in self.relay_listeners:
+                listener(self, text, client_id)
         return sent
 
     # -- presence --------------------------------------------------------------------------
@@ -222,6 +235,8 @@ class DocumentRoom:
         return envelope.encode_message("awareness", self.document_id, value, client_id=client_id)
 
     def _broadcast_presence(self, changes: list[Change]) -> None:
+        for listener in self.presence_listeners:
+            listener(self, changes)
         if self._yws:
             prepared = PreparedFrame.binary(
                 ywebsocket.encode_awareness(change.entry for change in changes))
@@ -241,3 +256,5 @@ class DocumentRoom:
         self.closed = True
         self.presence.close()
         self._update_listeners.clear()
+        self.presence_listeners.clear()
+        self.relay_listeners.clear()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from captify_ws.errors import InvalidMessage
 from captify_ws.protocol.ywebsocket import AwarenessEntry, parse_awareness_state
 
 #: Yjs clients drop a peer's state that has not been renewed for this long (y-protocols).
@@ -52,10 +53,11 @@ def awareness_id_for(client_id: str) -> int:
 class PresenceState:
     """One client's presence: its clock, its JSON text, and the connection that set it."""
 
-    __slots__ = ("client_id", "clock", "json_client_id", "owner", "state", "updated_at", "value")
+    __slots__ = ("client_id", "clock", "json_client_id", "owner", "remote", "state",
+                 "updated_at", "value")
 
     def __init__(self, client_id: int, clock: int, state: str, owner: object,
-                 json_client_id: str | None, value: Any = None) -> None:
+                 json_client_id: str | None, value: Any = None, *, remote: bool = False) -> None:
         self.client_id = client_id
         self.clock = clock
         self.state = state
@@ -63,6 +65,8 @@ class PresenceState:
         #: the string clientID when a JSON client owns this state
         self.json_client_id = json_client_id
         self.value = value
+        #: owned by a client of another instance (which keeps its clock)
+        self.remote = remote
         self.updated_at = time.monotonic()
 
     def entry(self) -> AwarenessEntry:
@@ -129,6 +133,25 @@ class Presence:
         for entry in accepted:
             self._accept(entry, owner, None)
 
+    def apply_remote(self, entries: list[tuple[AwarenessEntry, str | None]],
+                     owner: object) -> None:
+        """Apply presence changes that another instance's clients made (already validated
+        there). Renewals are forwarded to local clients at once: they were batched already."""
+        for entry, json_client_id in entries:
+            current = self.states.get(entry.client_id)
+            if current is None:
+                if entry.removed or entry.clock <= 0:
+                    continue
+            elif not (current.clock < entry.clock
+                      or (current.clock == entry.clock and entry.removed)):
+                continue
+            if not entry.removed:
+                try:
+                    parse_awareness_state(entry.state)
+                except InvalidMessage:
+                    continue
+            self._accept(entry, owner, json_client_id, remote=True)
+
     def set_json_state(self, client_id: str, value: Any, owner: object) -> None:
         """A JSON client's presence (``None`` withdraws it); the server keeps its clock."""
         awareness_id = awareness_id_for(client_id)
@@ -148,7 +171,7 @@ class Presence:
                          state.json_client_id)
 
     def _accept(self, entry: AwarenessEntry, owner: object, json_client_id: str | None,
-                value: Any = None) -> None:
+                value: Any = None, *, remote: bool = False) -> None:
         current = self.states.get(entry.client_id)
         if entry.removed:
             if current is None:
@@ -161,14 +184,21 @@ class Presence:
             # A renewal: newer clock, same state. Forward later, with other renewals.
             current.clock = entry.clock
             current.owner = owner
+            current.remote = remote
             current.updated_at = time.monotonic()
-            if entry.client_id not in self._changed:
-                self._renewed[entry.client_id] = None
-            self._schedule_renewal()
-            return
+            if remote:
+                # Another instance batched this renewal already; pass it on with the next flush.
+                if entry.client_id not in self._changed:
+                    self._changed[entry.client_id] = Change(entry, current, owner,
+                                                            current.json_client_id, renewal=True)
+            else:
+                if entry.client_id not in self._changed:
+                    self._renewed[entry.client_id] = None
+                self._schedule_renewal()
+                return
         else:
             state = PresenceState(entry.client_id, entry.clock, entry.state, owner,
-                                  json_client_id, value)
+                                  json_client_id, value, remote=remote)
             self.states[entry.client_id] = state
             self._renewed.pop(entry.client_id, None)
             self._changed[entry.client_id] = Change(entry, state, owner, json_client_id)
@@ -203,8 +233,8 @@ class Presence:
         changes: list[Change] = []
         for client_id in list(self.states):
             state = self.states[client_id]
-            if state.json_client_id is not None:
-                state.clock += 1  # the server renews on behalf of JSON clients
+            if state.json_client_id is not None and not state.remote:
+                state.clock += 1  # the server renews on behalf of its JSON clients
                 state.updated_at = now
                 changes.append(Change(state.entry(), state, state.owner, state.json_client_id,
                                       renewal=True))

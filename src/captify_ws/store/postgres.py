@@ -43,6 +43,7 @@ class PostgresStore:
         self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
+        self._known: set[str] = set()
 
     def _pool_or_fail(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -107,19 +108,22 @@ class PostgresStore:
         if not entries:
             return
         pool = self._pool_or_fail()
-        documents = sorted({document_id for document_id, _ in entries})
+        # Document rows are created once (see SqliteStore.append_updates).
+        documents = sorted({document_id for document_id, _ in entries} - self._known)
 
         async def work() -> None:
             async with pool.acquire(timeout=self._connect_timeout) as conn, \
                     conn.transaction():
-                await conn.execute(
-                    "INSERT INTO captify_documents (id) SELECT unnest($1::text[]) "
-                    "ON CONFLICT (id) DO UPDATE SET updated_at = now()", documents)
+                if documents:
+                    await conn.execute(
+                        "INSERT INTO captify_documents (id) SELECT unnest($1::text[]) "
+                        "ON CONFLICT (id) DO NOTHING", documents)
                 await conn.execute(
                     "INSERT INTO captify_updates (document_id, data) "
                     "SELECT * FROM unnest($1::text[], $2::bytea[])",
                     [e[0] for e in entries], [e[1] for e in entries])
         await self._call(work)
+        self._known.update(documents)
 
     async def compact(self, document_id: str) -> int:
         pool = self._pool_or_fail()
@@ -156,6 +160,7 @@ class PostgresStore:
 
     async def delete_document(self, document_id: str) -> bool:
         pool = self._pool_or_fail()
+        self._known.discard(document_id)
 
         async def work() -> bool:
             async with pool.acquire(timeout=self._connect_timeout) as conn, \

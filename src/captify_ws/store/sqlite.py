@@ -53,6 +53,8 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        #: documents whose row exists (so appends need not touch it)
+        self._known: set[str] = set()
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -122,14 +124,18 @@ class SqliteStore:
         if not entries:
             return
         now = time.time()
+        # Document rows are created once; a busy batch touches many documents, and updating
+        # each row on every commit cost more than the inserts themselves.
+        new = {document_id for document_id, _ in entries} - self._known
 
         def work(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(
-                    "INSERT INTO captify_documents (id, created_at, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
-                    [(document_id, now, now) for document_id in {e[0] for e in entries}])
+                if new:
+                    db.executemany(
+                        "INSERT INTO captify_documents (id, created_at, updated_at) "
+                        "VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                        [(document_id, now, now) for document_id in new])
                 db.executemany("INSERT INTO captify_updates (document_id, data) VALUES (?, ?)",
                                entries)
                 db.execute("COMMIT")
@@ -137,6 +143,7 @@ class SqliteStore:
                 db.execute("ROLLBACK")
                 raise
         await self._run(work)
+        self._known |= new
 
     async def compact(self, document_id: str) -> int:
         def work(db: sqlite3.Connection) -> int:
@@ -166,6 +173,8 @@ class SqliteStore:
             "SELECT id FROM captify_documents ORDER BY id")])
 
     async def delete_document(self, document_id: str) -> bool:
+        self._known.discard(document_id)
+
         def work(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
             try:

@@ -36,9 +36,11 @@ class StoreWriter:
 
     def __init__(self, store: DocumentStore, *, max_batch: int = 2000,
                  compact_after: int = 500, retry_max_s: float = 5.0,
+                 commit_interval_s: float = 0.0,
                  on_commit: Callable[[int, float], None] | None = None) -> None:
         self.store = store
         self._max_batch = max_batch
+        self._commit_interval_s = commit_interval_s
         self._compact_after = compact_after
         self._retry_max_s = retry_max_s
         self._on_commit = on_commit
@@ -50,6 +52,7 @@ class StoreWriter:
         self._log_lengths: dict[str, int] = {}
         self._compact_due: dict[str, None] = {}
         self._wake = asyncio.Event()
+        self._urgent = False  # someone waits in flush(): commit without waiting for the window
         self._task: asyncio.Task[None] | None = None
         self.error: str | None = None
         self.transactions = 0
@@ -93,6 +96,7 @@ class StoreWriter:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
         self._wake.set()
+        self._urgent = True
         await asyncio.shield(future)
 
     def note_loaded(self, document_id: str, log_length: int) -> None:
@@ -119,9 +123,16 @@ class StoreWriter:
 
     async def _run(self) -> None:
         delay = 0.1
+        last_commit = 0.0
         while True:
             await self._wake.wait()
             self._wake.clear()
+            # The commit window: at most one transaction per interval, so a busy server writes
+            # few large batches instead of many small ones (each costs a commit and an fsync).
+            wait = last_commit + self._commit_interval_s - time.monotonic()
+            if wait > 0 and not self._urgent:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._until_urgent(), wait)
             while self._queue:
                 if self.error is not None and len(self._queue) >= MERGE_QUEUE_AT:
                     self._merge_queue()
@@ -139,6 +150,7 @@ class StoreWriter:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._retry_max_s)
                     continue
+                last_commit = time.monotonic()
                 if self.error is not None:
                     logger.warning("store writes resumed")
                 self.error = None
@@ -151,7 +163,13 @@ class StoreWriter:
                 self._count(batch)
                 self._release_waiters()
             self._release_waiters()
+            self._urgent = False
             await self._compact_due_documents()
+
+    async def _until_urgent(self) -> None:
+        while not self._urgent:
+            await self._wake.wait()
+            self._wake.clear()
 
     def _count(self, batch: list[tuple[str, bytes, int]]) -> None:
         for document_id, _, _ in batch:

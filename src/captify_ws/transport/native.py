@@ -313,7 +313,7 @@ class NativeServer:
         settings = self.server.settings
         self._listener = await loop.create_server(
             lambda: _FrontDoor(self), settings.host, settings.port, backlog=4096,
-            reuse_address=True)
+            reuse_address=True, reuse_port=settings.reuse_port or None)
 
     def serves_websocket(self, path: str) -> bool:
         return path.startswith("/ws/") or self.server.route(path) is not None

@@ -1,0 +1,204 @@
+"""The Redis broker: Pub/Sub between instances, with redis-py's asyncio client.
+
+Publishing never waits on the hot path: messages go to an outbox that one task sends in
+pipelined batches. Receiving runs in one task that feeds :attr:`on_message`. When Redis goes
+away both tasks retry with backoff; on reconnect every channel is subscribed again and
+:attr:`on_reconnect` runs, so the cluster bridge can repair what Pub/Sub dropped meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from captify_ws.broker.base import MessageCallback
+from captify_ws.errors import BrokerError
+from captify_ws.store.postgres import mask_url
+
+logger = logging.getLogger("captify_ws.broker")
+
+#: Messages kept for publishing while Redis is unreachable; older ones are dropped.
+OUTBOX_LIMIT: Final = 100_000
+#: Commands per pipeline.
+BATCH: Final = 512
+
+
+def _ignore(channel: str, data: bytes) -> None:
+    return None
+
+
+def _nothing() -> None:
+    return None
+
+
+class RedisBroker:
+    """See the module docstring."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.url = mask_url(url)
+        self.error: str | None = None
+        self.on_message: MessageCallback = _ignore
+        self.on_reconnect: Callable[[], None] = _nothing
+        self.reconnects = 0
+        self.dropped = 0
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._channels: set[str] = set()
+        self._outbox: deque[tuple[str, bytes]] = deque(maxlen=OUTBOX_LIMIT)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = asyncio.Event()
+
+    def _new_client(self) -> Any:
+        return aioredis.from_url(self._url, socket_connect_timeout=3, socket_timeout=None,
+                                 health_check_interval=0, retry_on_timeout=False)
+
+    async def start(self) -> None:
+        self._client = self._new_client()
+        try:
+            await asyncio.wait_for(self._client.ping(), 5)
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            if self._channels:
+                await self._pubsub.subscribe(*self._channels)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._client.aclose()
+            raise BrokerError(f"cannot connect to the broker {self.url}: "
+                              f"{exc or type(exc).__name__}") from exc
+        self._connected.set()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read(), name="captify-broker-read"),
+                       loop.create_task(self._publish(), name="captify-broker-publish")]
+
+    async def stop(self) -> None:
+        if self._outbox and self.error is None:
+            self._wake.set()
+            for _ in range(50):
+                if not self._outbox:
+                    break
+                await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+
+    def publish(self, channel: str, data: bytes) -> None:
+        if len(self._outbox) == OUTBOX_LIMIT:
+            self.dropped += 1
+        self._outbox.append((channel, data))
+        self._wake.set()
+
+    async def subscribe(self, channel: str) -> None:
+        if channel in self._channels:
+            return
+        self._channels.add(channel)
+        if self._pubsub is not None and self.error is None:
+            try:
+                await self._pubsub.subscribe(channel)
+            except (RedisError, OSError) as exc:
+                self._failed(exc)  # the reader resubscribes everything when it reconnects
+
+    async def unsubscribe(self, channel: str) -> None:
+        if channel not in self._channels:
+            return
+        self._channels.discard(channel)
+        if self._pubsub is not None and self.error is None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def check(self) -> None:
+        if self.error is not None:
+            raise BrokerError(f"broker {self.url}: {self.error}")
+        try:
+            await asyncio.wait_for(self._client.ping(), 3)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerError(f"broker {self.url}: {exc or type(exc).__name__}") from exc
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.error is None:
+            logger.error("broker %s unreachable, retrying: %s", self.url, exc)
+        self.error = str(exc) or type(exc).__name__
+        self._connected.clear()
+
+    async def _publish(self) -> None:
+        delay = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                if self.error is not None:
+                    await self._connected.wait()
+                batch = [self._outbox.popleft() for _ in range(min(BATCH, len(self._outbox)))]
+                pipe = self._client.pipeline(transaction=False)
+                for channel, data in batch:
+                    pipe.publish(channel, data)
+                try:
+                    await pipe.execute()
+                    delay = 0.1
+                except (RedisError, OSError) as exc:
+                    # At most once: what could not be published is dropped; anti-entropy
+                    # after the reconnect repairs it.
+                    self.dropped += len(batch)
+                    self._failed(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    async def _read(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                if self.error is not None:
+                    await self._reconnect()
+                    delay = 0.1
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, RuntimeError) as exc:
+                self._failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            try:
+                self.on_message(channel.decode() if isinstance(channel, bytes) else channel,
+                                message["data"])
+            except Exception:
+                logger.exception("broker message handler failed")
+
+    async def _reconnect(self) -> None:
+        """A new Pub/Sub connection with every channel subscribed again."""
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+        self._client = self._new_client()
+        await asyncio.wait_for(self._client.ping(), 5)
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        if self._channels:
+            await pubsub.subscribe(*self._channels)
+        self._pubsub = pubsub
+        self.error = None
+        self.reconnects += 1
+        self._connected.set()
+        self._wake.set()
+        logger.warning("broker %s reconnected", self.url)
+        self.on_reconnect()

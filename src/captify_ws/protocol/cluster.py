@@ -1,0 +1,178 @@
+"""The wire format between captify-ws instances (over the broker), sans-I/O.
+
+Internal messages are binary::
+
+    0xCA  version(1)  kind(1)  varString(instance id)  body
+
+and every message names the instance that sent it, so an instance drops its own messages and
+never re-publishes what it received. Kinds:
+
+=====  ===================  ==============================================================
+kind   channel              body
+=====  ===================  ==============================================================
+``U``  document             a Yjs update accepted by the sender
+``A``  document             awareness entries the sender's clients changed (with the JSON
+                            clientID of entries owned by JSON clients)
+``J``  document             a JSON message for every JSON client of the document
+``C``  document             varString clientID + a JSON message for that client only
+``V``  document             the sender's state vector: receivers answer with what it lacks
+``Q``  document             "send me your presence" (an instance just loaded the document)
+``H``  cluster              heartbeat: JSON ``{"handlers":{…},"documents":{…}}`` counts
+``D``  cluster              state vectors of every document loaded by the sender
+``X``  cluster              JSON control message (revocation, …)
+=====  ===================  ==============================================================
+
+Backends in any language publish JSON (not this binary format) on the ``publish`` channel; see
+:func:`decode_external` and README "Scaling out".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pycrdt import write_message, write_var_uint
+
+from captify_ws.errors import InvalidMessage
+from captify_ws.protocol.ywebsocket import AwarenessEntry, _StrictDecoder
+
+MAGIC: Final = 0xCA
+VERSION: Final = 1
+
+UPDATE: Final = ord("U")
+AWARENESS: Final = ord("A")
+JSON_ALL: Final = ord("J")
+JSON_CLIENT: Final = ord("C")
+STATE_VECTOR: Final = ord("V")
+PRESENCE_QUERY: Final = ord("Q")
+HEARTBEAT: Final = ord("H")
+DIGEST: Final = ord("D")
+CONTROL: Final = ord("X")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMessage:
+    kind: int
+    instance: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAwareness:
+    entry: AwarenessEntry
+    json_client_id: str | None
+
+
+def encode(kind: int, instance: str, body: bytes = b"") -> bytes:
+    return bytes((MAGIC, VERSION, kind)) + write_message(instance.encode()) + body
+
+
+def decode(data: bytes) -> ClusterMessage:
+    """Raises :class:`InvalidMessage` for anything that is not a cluster message."""
+    if len(data) < 4 or data[0] != MAGIC or data[1] != VERSION:
+        raise InvalidMessage("not a captify-ws cluster message")
+    decoder = _StrictDecoder(data[3:])
+    instance = decoder.read_string()
+    return ClusterMessage(data[2], instance, bytes(data[3 + decoder.i0:]))
+
+
+def encode_awareness(entries: Iterable[tuple[AwarenessEntry, str | None]]) -> bytes:
+    items = list(entries)
+    parts = [write_var_uint(len(items))]
+    for entry, json_client_id in items:
+        parts += [write_var_uint(entry.client_id), write_var_uint(entry.clock),
+                  write_message(entry.state.encode()),
+                  write_message((json_client_id or "").encode())]
+    return b"".join(parts)
+
+
+def decode_awareness(body: bytes) -> list[RemoteAwareness]:
+    decoder = _StrictDecoder(body)
+    count = decoder.read_var_uint()
+    out = []
+    for _ in range(count):
+        entry = AwarenessEntry(decoder.read_var_uint(), decoder.read_var_uint(),
+                               decoder.read_string())
+        json_client_id = decoder.read_string()
+        out.append(RemoteAwareness(entry, json_client_id or None))
+    decoder.expect_end()
+    return out
+
+
+def encode_to_client(client_id: str, text: str) -> bytes:
+    return write_message(client_id.encode()) + text.encode()
+
+
+def decode_to_client(body: bytes) -> tuple[str, str]:
+    decoder = _StrictDecoder(body)
+    client_id = decoder.read_string()
+    return client_id, bytes(body[decoder.i0:]).decode()
+
+
+def encode_digest(vectors: Iterable[tuple[str, bytes]]) -> bytes:
+    items = list(vectors)
+    parts = [write_var_uint(len(items))]
+    for document_id, state_vector in items:
+        parts += [write_message(document_id.encode()), write_message(state_vector)]
+    return b"".join(parts)
+
+
+def decode_digest(body: bytes) -> list[tuple[str, bytes]]:
+    decoder = _StrictDecoder(body)
+    count = decoder.read_var_uint()
+    out = [(decoder.read_string(), decoder.read_bytes()) for _ in range(count)]
+    decoder.expect_end()
+    return out
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise InvalidMessage("cluster message body is not JSON") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalSteps:
+    """Steps published by a backend: to every client of a document, or to one clientID."""
+
+    document_id: str
+    steps: list[Any]
+    change_id: Any
+    client_id: str | None
+    version: int | None
+
+
+def decode_external(data: bytes) -> ExternalSteps:
+    """A backend's message on the publish channel (README "Scaling out" has the contract)::
+
+        {"type":"steps","documentId":"doc-1","steps":[…],"changeId":"c1"}
+        {"type":"steps","documentId":"doc-1","steps":[…],"changeId":"c1","clientID":"c-9"}
+    """
+    try:
+        message = json.loads(data)
+    except ValueError:
+        raise InvalidMessage("not JSON") from None
+    if not isinstance(message, dict) or message.get("type") != "steps":
+        raise InvalidMessage('expected {"type":"steps",…}')
+    document_id = message.get("documentId")
+    steps = message.get("steps")
+    client_id = message.get("clientID")
+    version = message.get("version")
+    if not isinstance(document_id, str) or not document_id:
+        raise InvalidMessage("'documentId' must be a non-empty string")
+    if not isinstance(steps, list):
+        raise InvalidMessage("'steps' must be a list")
+    if "changeId" not in message:
+        raise InvalidMessage("missing 'changeId'")
+    if client_id is not None and not isinstance(client_id, str):
+        raise InvalidMessage("'clientID' must be a string")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise InvalidMessage("'version' must be an integer")
+    return ExternalSteps(document_id, steps, message["changeId"], client_id, version)

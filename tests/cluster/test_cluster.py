@@ -1,0 +1,295 @@
+"""Several real server processes on the machine's Redis and PostgreSQL act as one server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import VENV_BIN, JsonClient, ProviderRepl, ServerProcess, providers
+from tests.services import (
+    REDIS_URL,
+    free_port,
+    fresh_database,
+    private_redis,
+    require_redis,
+)
+
+AUTH = {"Authorization": "Bearer k"}
+
+
+@contextlib.contextmanager
+def instances(count: int, store: str, broker: str = REDIS_URL, *extra: str,
+              prefix: str | None = None) -> Iterator[list[ServerProcess]]:
+    """``count`` captify-ws processes sharing a broker and a store."""
+    prefix = prefix or f"test-{secrets.token_hex(4)}"
+    procs = []
+    try:
+        for _ in range(count):
+            procs.append(ServerProcess([
+                "--port", "0", "--store", store, "--broker", broker, "--broker-prefix", prefix,
+                "--cluster-heartbeat-s", "0.5", "--anti-entropy-s", "1", "--api-key", "k",
+                "--room-grace-s", "30", *extra]).start())
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+@pytest.fixture
+def shared_store() -> Iterator[str]:
+    require_redis()
+    with fresh_database() as url:
+        yield url
+
+
+async def _json(proc: ServerProcess, document_id: str, client_id: str) -> Any:
+    from websockets.asyncio.client import connect
+
+    ws = await connect(f"{proc.ws}/ws/fabric?documentId={document_id}&clientID={client_id}",
+                       max_queue=None)
+    client = JsonClient(ws, document_id)
+    await client.expect("connected")
+    return client
+
+
+async def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def _converge(repl: ProviderRepl, names: list[str], timeout: float = 15) -> str:
+    texts: list[str] = []
+
+    async def same() -> bool:
+        nonlocal texts
+        texts = [(await repl.call("snapshot", name=n))["text"] for n in names]
+        return all(t == texts[0] for t in texts)
+    await _until(same, timeout, f"convergence of {names}: {texts}")
+    return texts[0]
+
+
+async def test_providers_and_json_clients_across_two_instances(shared_store: str) -> None:
+    """Edits and presence flow between clients of one document on different instances, in
+    both wire formats; counts are cluster-wide."""
+    with instances(2, shared_store) as (a, b):
+        async with providers() as repl:
+            await repl.call("open", name="pa", url=f"{a.ws}/ws/fabric", doc="shared")
+            await repl.call("open", name="pb", url=f"{b.ws}/ws/fabric", doc="shared")
+            await repl.call("waitSynced", name="pa")
+            await repl.call("waitSynced", name="pb")
+            json_b = await _json(b, "shared", "json-b")
+            await repl.call("insertTokens", name="pa", count=20, seed=1, delayMs=2)
+            await repl.call("insertTokens", name="pb", count=20, seed=2, delayMs=2)
+            await json_b.edit("from-json-b;")
+            text = await _converge(repl, ["pa", "pb"])
+            assert "from-json-b;" in text and "pa:19;" in text and "pb:19;" in text
+
+            async def json_has_all() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        json_b.apply(await json_b.expect("update", timeout=0.05))
+                return str(json_b.text) == text
+            await _until(json_has_all, 10, "the JSON client on B gets A's edits")
+
+            # presence across instances, both ways, and removal when a client leaves
+            await repl.call("setAwareness", name="pa", state={"user": "on-a"})
+            pa_id = str((await repl.call("awareness", name="pa"))["clientID"])
+
+            async def b_sees_a() -> bool:
+                states = (await repl.call("awareness", name="pb"))["states"]
+                return states.get(pa_id) == {"user": "on-a"}
+            await _until(b_sees_a, 10, "presence of A's provider on B")
+            seen = await json_b.expect("awareness", timeout=10,
+                                       where=lambda m: m["clientID"] == pa_id)
+            assert seen["data"] == {"user": "on-a"}
+            await json_b.send({"type": "awareness", "documentId": "shared",
+                               "data": {"user": "json-b"}})
+
+            async def a_sees_json() -> bool:
+                states = (await repl.call("awareness", name="pa"))["states"]
+                return {"user": "json-b"} in states.values()
+            await _until(a_sees_json, 10, "presence of B's JSON client on A")
+
+            async with httpx.AsyncClient(timeout=10) as http:
+                async def counted() -> bool:
+                    got = await http.get(f"{a.http}/api/v1/connections?documentId=shared",
+                                         headers=AUTH)
+                    return bool(got.json()["count"] == 3)
+                await _until(counted, 10, "cluster-wide count of 3 on A")
+
+            await repl.call("close", name="pa")
+            gone = await json_b.expect("awareness", timeout=10,
+                                       where=lambda m: m["clientID"] == pa_id
+                                       and m["data"] is None)
+            assert gone["data"] is None
+            await json_b.ws.close()
+
+
+async def test_dead_instance_disappears(shared_store: str) -> None:
+    """kill -9 of an instance: its clients' presence and connections vanish from the others
+    within the documented bound (3 heartbeats + 1)."""
+    with instances(2, shared_store) as (a, b):
+        async with providers() as repl, httpx.AsyncClient(timeout=10) as http:
+            await repl.call("open", name="pa", url=f"{a.ws}/ws/fabric", doc="mortal")
+            await repl.call("open", name="pb", url=f"{b.ws}/ws/fabric", doc="mortal")
+            await repl.call("waitSynced", name="pa")
+            await repl.call("waitSynced", name="pb")
+            await repl.call("setAwareness", name="pb", state={"user": "doomed"})
+            pb_id = str((await repl.call("awareness", name="pb"))["clientID"])
+
+            async def a_sees_b() -> bool:
+                return pb_id in (await repl.call("awareness", name="pa"))["states"]
+            await _until(a_sees_b, 10, "B's presence on A")
+
+            async def count_is(n: int) -> bool:
+                got = await http.get(f"{a.http}/api/v1/connections?handler=fabric",
+                                     headers=AUTH)
+                return bool(got.json()["count"] == n)
+            await _until(lambda: count_is(2), 10, "2 connections cluster-wide")
+            await repl.call("close", name="pb")  # its provider would reconnect elsewhere
+            b.kill9()
+            killed = time.monotonic()
+
+            async def a_forgot_b() -> bool:
+                return pb_id not in (await repl.call("awareness", name="pa"))["states"]
+            await _until(a_forgot_b, 5, "B's presence removed after B died")
+            await _until(lambda: count_is(1), 5, "B's connections dropped from the count")
+            assert time.monotonic() - killed < 4 * 0.5 + 2.5
+
+
+async def test_broadcast_api_reaches_clients_on_every_instance(shared_store: str) -> None:
+    """broadcast_steps through instance A reaches clients on B; to_client reaches one client
+    wherever it is connected."""
+    with instances(2, shared_store) as (a, b):
+        on_a = await _json(a, "steps-doc", "client-a")
+        on_b = await _json(b, "steps-doc", "client-b")
+        await asyncio.sleep(0.5)  # both instances subscribed
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(f"{a.http}/api/v1/documents/steps-doc/steps",
+                                       headers=AUTH, json={"steps": [{"n": 1}],
+                                                           "changeId": "c1"})
+            assert response.status_code == 200
+            for client in (on_a, on_b):
+                assert (await client.expect("steps", timeout=5))["data"]["changeId"] == "c1"
+            await http.post(f"{a.http}/api/v1/documents/steps-doc/steps", headers=AUTH,
+                            json={"steps": [], "changeId": "c2", "clientID": "client-b"})
+            assert (await on_b.expect("steps", timeout=5))["data"]["changeId"] == "c2"
+            assert [m for m in await on_a.quiet(0.5) if m["type"] == "steps"] == []
+        await on_a.ws.close()
+        await on_b.ws.close()
+
+
+async def test_redis_cli_publish_contract(shared_store: str) -> None:
+    """A backend in any language publishes steps with a plain PUBLISH (here: redis-cli)."""
+    if shutil.which("redis-cli") is None:
+        pytest.fail("redis-cli is not installed")
+    prefix = f"test-{secrets.token_hex(4)}"
+    with instances(2, shared_store, prefix=prefix) as (a, b):
+        on_a = await _json(a, "emitted", "ca")
+        on_b = await _json(b, "emitted", "cb")
+        await asyncio.sleep(0.3)
+        message = ('{"type":"steps","documentId":"emitted","steps":[{"stepType":"replace"}],'
+                   '"changeId":"from-redis-cli"}')
+        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "PUBLISH",
+                        f"{prefix}:publish", message], check=True, capture_output=True)
+        for client in (on_a, on_b):
+            got = await client.expect("steps", timeout=5)
+            assert got["data"] == {"steps": [{"stepType": "replace"}],
+                                   "changeId": "from-redis-cli"}
+        to_one = ('{"type":"steps","documentId":"emitted","steps":[],"changeId":"only-a",'
+                  '"clientID":"ca"}')
+        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "PUBLISH",
+                        f"{prefix}:publish", to_one], check=True, capture_output=True)
+        assert (await on_a.expect("steps", timeout=5))["data"]["changeId"] == "only-a"
+        assert [m for m in await on_b.quiet(0.5) if m["type"] == "steps"] == []
+        await on_a.ws.close()
+        await on_b.ws.close()
+
+
+async def test_redis_restart_during_editing_converges(shared_store: str) -> None:
+    """Restart Redis while clients on two instances type: everyone converges within the
+    documented bound and no token is lost."""
+    with private_redis() as redis, instances(2, shared_store, redis.url) as (a, b):
+        async with providers() as repl:
+            names = ["a1", "a2", "b1", "b2"]
+            for name in names:
+                server = a if name.startswith("a") else b
+                await repl.call("open", name=name, url=f"{server.ws}/ws/fabric", doc="storm")
+            for name in names:
+                await repl.call("waitSynced", name=name)
+            typing = asyncio.gather(*(repl.call("insertTokens", name=n, count=120, seed=i + 1,
+                                                delayMs=10, wait=60)
+                                      for i, n in enumerate(names)))
+            await asyncio.sleep(0.4)
+            redis.stop()
+            await asyncio.sleep(1.0)  # edits made now cross instances only after the restart
+            redis.start()
+            await typing
+            restarted = time.monotonic()
+            text = await _converge(repl, names, timeout=20)
+            converged_after = time.monotonic() - restarted
+            expected = {f"{n}:{i};" for n in names for i in range(120)}
+            assert all(token in text for token in expected)
+            assert converged_after < 10, converged_after  # broker retry + anti-entropy round
+
+
+def test_workers_share_one_port(shared_store: str) -> None:
+    """--workers 2 serves one port from two processes, which act as one server."""
+    port = free_port()
+    proc = ServerProcess(["--port", str(port), "--workers", "2", "--store", shared_store,
+                          "--broker", REDIS_URL, "--broker-prefix",
+                          f"test-{secrets.token_hex(4)}", "--api-key", "k"]).start()
+    try:
+        time.sleep(1.5)  # the second worker
+        assert proc.log.count("listening on") >= 1
+
+        async def many_clients() -> str:
+            clients = [await _json(proc, "workers-doc", f"c{i}") for i in range(8)]
+            for index, client in enumerate(clients):
+                await client.edit(f"w{index};")
+            final = clients[0]
+            await asyncio.sleep(1.0)
+            await final.sync()
+            for client in clients:
+                await client.ws.close()
+            return str(final.text)
+        text = asyncio.run(many_clients())
+        assert all(f"w{i};" in text for i in range(8)), text
+        pids = set()
+        for _ in range(30):
+            pids.add(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5,
+                               headers={"Connection": "close"}).headers.get("x-captify-instance"))
+        assert len(pids) == 2, pids
+    finally:
+        assert proc.stop() == 0
+
+
+def test_workers_refuse_without_shared_services() -> None:
+    """--workers with the memory broker or store refuses to start and says why."""
+    result = subprocess.run([str(VENV_BIN / "captify-ws"), "serve", "--workers", "2",
+                             "--store", "memory"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "needs a shared broker and a shared store" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_broker_unreachable_at_start_is_one_line() -> None:
+    """serve exits with one line naming the broker URL when Redis is not there."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = subprocess.run([str(VENV_BIN / "captify-ws"), "serve", "--port", "0",
+                             "--store", "memory", "--broker", url], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("captify-ws:")]
+    assert len(lines) == 1 and url in lines[0], result.stderr
