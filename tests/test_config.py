@@ -16,7 +16,7 @@ def test_defaults_bind_loopback_port_3000() -> None:
 
 def test_environment_then_overrides() -> None:
     """CAPTIFY_WS_* variables override defaults; CLI overrides win over both."""
-    env = {"CAPTIFY_WS_PORT": "4000", "CAPTIFY_WS_HOST": "0.0.0.0",
+    env = {"CAPTIFY_WS_PORT": "4000", "CAPTIFY_WS_HOST": "0.0.0.0", "CAPTIFY_WS_AUTH": "jwt",
            "CAPTIFY_WS_HANDLERS": "a.b:c, d.e:f", "CAPTIFY_WS_MAX_MESSAGE_SIZE": "2m"}
     settings = Settings.load(env, {"port": 5000, "host": None})
     assert settings.port == 5000

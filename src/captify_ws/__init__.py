@@ -18,8 +18,10 @@ from captify_ws.api import (
     current_server,
     get_connection_count,
     get_document,
+    revoke,
 )
 from captify_ws.app import CaptifyApp, create_app
+from captify_ws.auth import Access, Authenticator, Authorizer, Principal
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
 from captify_ws.errors import (
@@ -37,6 +39,9 @@ from captify_ws.handlers.base import Handler
 from captify_ws.server import Server
 
 __all__ = [
+    "Access",
+    "Authenticator",
+    "Authorizer",
     "BadRequest",
     "CaptifyApp",
     "CaptifyError",
@@ -46,6 +51,7 @@ __all__ = [
     "Handler",
     "InvalidMessage",
     "PreparedFrame",
+    "Principal",
     "ProtocolError",
     "Reject",
     "Server",
@@ -61,4 +67,5 @@ __all__ = [
     "current_server",
     "get_connection_count",
     "get_document",
+    "revoke",
 ]

@@ -66,6 +66,12 @@ async def get_document(document_id: str) -> bytes | None:
     return await current_server().get_document(document_id)
 
 
+async def revoke(document_id: str, user_id: str, to: str = "none") -> int:
+    """Take a user's access to a document away (``"none"``) or down to ``"read"``, on every
+    instance; their connections close with 4403 or turn read-only at once."""
+    return await current_server().revoke(document_id, user_id, to)
+
+
 def get_connection_count(key: str | None = None, *, document_id: str | None = None,
                          handler: str | None = None) -> int:
     """Connections on a document, or of a handler (``get_connection_count("fabric")``)."""

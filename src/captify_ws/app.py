@@ -58,6 +58,8 @@ class CaptifyApp:
                   methods=["POST"]),
             Route("/api/v1/documents/{document_id:path}/updates", self._post_update,
                   methods=["POST"]),
+            Route("/api/v1/documents/{document_id:path}/revoke", self._post_revoke,
+                  methods=["POST"]),
             Route("/api/v1/documents", self._list_documents, methods=["GET"]),
             Route("/api/v1/documents/{document_id:path}", self._get_document,
                   methods=["GET"]),
@@ -187,6 +189,23 @@ class CaptifyApp:
         except StoreError as exc:
             return JSONResponse({"error": f"not stored: {exc}"}, status_code=503)
         return JSONResponse({"documentId": document_id, "stored": True})
+
+    async def _post_revoke(self, request: Request) -> Response:
+        refused = self._check_api_key(request)
+        if refused is not None:
+            return refused
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("userId"), str) or \
+                body.get("to", "none") not in ("none", "read"):
+            return JSONResponse({"error": 'body must be {"userId": "...", '
+                                 '"to": "none" | "read"}'}, status_code=400)
+        document_id = request.path_params["document_id"]
+        changed = await self.server.revoke(document_id, body["userId"], body.get("to", "none"))
+        return JSONResponse({"documentId": document_id, "userId": body["userId"],
+                             "to": body.get("to", "none"), "connections": changed})
 
     async def _list_documents(self, request: Request) -> Response:
         refused = self._check_api_key(request)

@@ -10,6 +10,7 @@ Precedence, lowest first: the default, the environment variable, the command-lin
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,67 @@ class Settings:
     reuse_port: bool = _setting(
         False, "let several processes listen on the same port (SO_REUSEPORT; --workers sets it "
         "for its processes)", _parse_bool)
+    auth: str = _setting(
+        "", "authenticator: 'none' (everyone anonymous; development), 'session-proxy', 'jwt', or "
+        "'module:function'. Unset: 'none' on a loopback bind, and a refusal to start on any "
+        "other address", metavar="KIND")
+    auth_session_url: str | None = _setting(
+        None, "session-proxy: the product's session endpoint, e.g. "
+        "http://127.0.0.1:8000/api/auth/session", metavar="URL")
+    auth_user_path: str = _setting(
+        "user.id", "session-proxy: where the user id is in the endpoint's JSON answer "
+        "(dotted path; NextAuth: user.email or user.id)")
+    auth_cache_s: float = _setting(
+        10.0, "seconds an answer of the session or access endpoint is reused", float)
+    auth_timeout_s: float = _setting(
+        5.0, "an authenticator that does not answer within this many seconds refuses the "
+        "connection with 4408", float)
+    jwt_secret: str | None = _setting(
+        None, "jwt: the HS256 secret", secret=True, metavar="SECRET")
+    jwt_public_key: str | None = _setting(
+        None, "jwt: the RS256/ES256 public key, PEM text or @/path/to/key.pem", metavar="PEM")
+    jwt_algorithms: tuple[str, ...] = _setting(
+        ("HS256",), "jwt: accepted algorithms, comma-separated (HS256, RS256, ES256, …)",
+        _parse_list, metavar="ALG,...")
+    jwt_audience: str | None = _setting(None, "jwt: required 'aud'", metavar="AUD")
+    jwt_issuer: str | None = _setting(None, "jwt: required 'iss'", metavar="ISS")
+    jwt_cookie: str = _setting("captify_token", "jwt: the cookie that may carry the token")
+    jwt_leeway_s: float = _setting(30.0, "jwt: clock skew allowed for exp/nbf, seconds", float)
+    jwt_docs_claim: str = _setting(
+        "docs", "jwt-claims authorizer: the claim naming documents or patterns")
+    authorizer: str = _setting(
+        "allow", "per-document access: 'allow' (every authenticated user may write), "
+        "'jwt-claims', 'access-proxy', or 'module:function'", metavar="KIND")
+    auth_access_url: str | None = _setting(
+        None, "access-proxy: the product's endpoint answering "
+        "{\"access\":\"write\"|\"read\"|\"none\"}", metavar="URL")
+    revocation_ttl_s: float = _setting(
+        3600.0, "a revocation keeps that user out of (or read-only on) the document this long, "
+        "on every instance, whatever the authorizer says", float)
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "browser origins allowed to open WebSockets, comma-separated "
+        "(https://app.example.com, https://*.example.com); unset: any", _parse_list,
+        metavar="ORIGIN,...")
+    trusted_proxies: tuple[str, ...] = _setting(
+        ("127.0.0.1", "::1"), "peers whose X-Forwarded-For names the real client address",
+        _parse_list, metavar="IP,...")
+    max_connections: int = _setting(
+        20000, "connections this instance accepts; more are closed with 1013", int)
+    max_connections_per_user: int = _setting(
+        100, "connections per authenticated user on this instance; more → 4429", int)
+    max_connections_per_ip: int = _setting(
+        500, "connections per client address on this instance (loopback exempt); more → 4429",
+        int)
+    message_rate: float = _setting(
+        1000.0, "messages per second a connection may send on average; faster → 4429", float)
+    message_burst: int = _setting(
+        20000, "messages a connection may send in a burst above message_rate", int)
+    max_awareness_size: int = _setting(
+        16 << 10, "largest presence state, bytes; larger → close 1009 (y-websocket) or an "
+        "error (JSON)", _parse_size, metavar="BYTES")
+    max_document_size: int = _setting(
+        256 << 20, "quota: bytes of updates a document may hold; updates beyond it are "
+        "refused", _parse_size, metavar="BYTES")
     max_message_size: int = _setting(
         16 << 20, "largest accepted WebSocket message, bytes (k/m suffixes); larger → close 1009",
         _parse_size, metavar="BYTES")
@@ -165,9 +227,30 @@ class Settings:
                 "redis://… and --store postgresql://… (or an SQLite file on this machine)")
         if self.room_grace_s < 0:
             raise ConfigError("room_grace_s cannot be negative")
+        if self.auth == "" and not self.loopback:
+            raise ConfigError(
+                f"binding {self.host} (not loopback) needs an authenticator: --auth "
+                "session-proxy, --auth jwt, --auth module:function, or --auth none to let "
+                "anyone in (development only)")
+        if self.message_rate <= 0 or self.message_burst < 1:
+            raise ConfigError("message_rate must be positive and message_burst at least 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, "
                               f"not {self.log_level!r}")
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the bind address is only reachable from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def effective_auth(self) -> str:
+        return self.auth or "none"
 
     def replace(self, **changes: Any) -> Settings:
         new = dataclasses.replace(self, **changes)

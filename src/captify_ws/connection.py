@@ -24,7 +24,9 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qsl
 
@@ -155,17 +157,30 @@ def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Limits shared by every connection of a server (one object, not one per connection)."""
+
+    send_budget: int = 8 << 20
+    message_rate: float = 1000.0
+    message_burst: int = 20000
+
+
+Gate = Callable[["Connection"], Awaitable[None]]
+
+
 class Connection:
     """One WebSocket, whatever transport carries it. See the module docstring."""
 
     transport_name: ClassVar[str] = "abstract"
 
-    __slots__ = ("_closing", "_inbox", "_on_closed", "_paused", "_pending", "_pending_bytes",
-                 "_ping_outstanding", "_reading_paused", "_send_budget", "active", "close_code",
-                 "closed", "handler", "id", "principal", "request", "state", "subpath")
+    __slots__ = ("_closing", "_inbox", "_limits", "_on_closed", "_paused", "_pending",
+                 "_pending_bytes", "_ping_outstanding", "_reading_paused", "_send_budget",
+                 "_stamp", "_tokens", "active", "close_code", "closed", "handler", "id",
+                 "principal", "request", "state", "subpath")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, *,
-                 send_budget: int) -> None:
+                 limits: ConnectionLimits) -> None:
         self.id = secrets.token_hex(6)
         self.request = request
         self.handler = handler
@@ -178,7 +193,10 @@ class Connection:
         self.close_code: int | None = None
         self.closed = False
         self._closing = False
-        self._send_budget = send_budget
+        self._limits = limits
+        self._send_budget = limits.send_budget
+        self._tokens = float(limits.message_burst)
+        self._stamp = _monotonic()
         self._paused = False
         self._pending: deque[PreparedFrame] = _NO_FRAMES  # a real deque once something waits
         self._pending_bytes = 0
@@ -281,7 +299,7 @@ class Connection:
             self._ping_outstanding = False
         elif self._ping_outstanding:
             logger.info("closing %s: no answer to ping", self.id)
-            self._abort(CloseCode.GOING_AWAY, "no answer to ping")
+            self.abort(CloseCode.GOING_AWAY, "no answer to ping")
         else:
             self._ping_outstanding = True
             self._ping()
@@ -294,9 +312,13 @@ class Connection:
 
     # -- receiving (called by the transport) -----------------------------------------------
 
-    def opened(self) -> None:
-        """The upgrade is done: run the handler's ``on_connect``; messages wait until it ends."""
+    def opened(self, gate: Gate | None = None) -> None:
+        """The upgrade is done: pass ``gate`` (authentication, limits), then run the handler's
+        ``on_connect``; messages wait, in order, until both are done."""
         self._inbox = deque()
+        if gate is not None:
+            asyncio.get_running_loop().create_task(self._drain(self._connect(gate)))
+            return
         try:
             result = self.handler.on_connect(self)
         except Exception as exc:
@@ -304,10 +326,29 @@ class Connection:
             result = None
         self._continue(result)
 
+    async def _connect(self, gate: Gate) -> None:
+        await gate(self)
+        if self._closing:
+            return
+        result = self.handler.on_connect(self)
+        if result is not None:
+            await result
+
     def deliver(self, message: str | bytes) -> None:
         """One complete message from the peer."""
         if self._closing:
             return
+        # Token bucket: message_rate per second on average, message_burst at once.
+        now = _monotonic()
+        tokens = self._tokens + (now - self._stamp) * self._limits.message_rate
+        self._stamp = now
+        if tokens < 1.0:
+            logger.info("closing %s: more than %g messages per second", self.id,
+                        self._limits.message_rate)
+            self.close(CloseCode.RATE_LIMITED, "rate limited")
+            return
+        burst = self._limits.message_burst
+        self._tokens = (burst if tokens > burst else tokens) - 1.0
         if self._inbox is not None:
             self._inbox.append(message)
             if len(self._inbox) >= INBOX_HIGH_WATER and not self._reading_paused:
@@ -427,8 +468,8 @@ class Connection:
     def _ping(self) -> None:
         """Send a WebSocket ping (transports whose server pings by itself do nothing)."""
 
-    def _abort(self, code: int, reason: str) -> None:
-        """Close a connection whose peer seems dead, without waiting for it."""
+    def abort(self, code: int, reason: str) -> None:
+        """Close without waiting for the peer (it seems dead, or does not read)."""
         self.close(code, reason)
 
 

@@ -7,6 +7,7 @@ Hierarchy::
     ├── ProtocolError            a peer sent something we cannot accept; carries `close_code`
     │   ├── InvalidMessage       malformed frame, JSON, base64 or Yjs update (1007)
     │   ├── MessageTooBig        a message past the size limit (1009)
+    │   │   └── QuotaExceeded    an update past the document's size quota (1009)
     │   └── BadRequest           a request the handler cannot serve, e.g. no documentId (4400)
     ├── Reject                   a connection refused by policy (auth, origin, limits); `code`
     ├── StoreError               the document store failed (the caller retries or reports)
@@ -78,6 +79,10 @@ class MessageTooBig(ProtocolError):
     """A message larger than the configured limit."""
 
     close_code = CloseCode.MESSAGE_TOO_BIG
+
+
+class QuotaExceeded(MessageTooBig):
+    """An update that would take a document past its size quota."""
 
 
 class BadRequest(ProtocolError):

@@ -9,16 +9,32 @@ state in captify-ws (DESIGN.md, layer 8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fnmatch
+import ipaddress
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from captify_ws import api
+from captify_ws.auth import (
+    ANONYMOUS,
+    Access,
+    Authenticator,
+    Authorizer,
+    NoAuth,
+    Principal,
+    build_authenticator,
+    build_authorizer,
+    choose_subprotocol,
+    with_timeout,
+)
 from captify_ws.broker import Broker, broker_from_url
 from captify_ws.cluster import ClusterBridge
 from captify_ws.config import Settings
-from captify_ws.connection import Connection, UpgradeRequest
+from captify_ws.connection import Connection, ConnectionLimits, UpgradeRequest
 from captify_ws.errors import BrokerError, CloseCode, Reject, StoreError
 from captify_ws.handlers import BUILTIN_HANDLERS
 from captify_ws.handlers.base import (
@@ -38,13 +54,49 @@ from captify_ws.store.writer import StoreWriter
 logger = logging.getLogger("captify_ws.server")
 
 
+def _count(table: dict[str, int], key: str, delta: int) -> None:
+    value = table.get(key, 0) + delta
+    if value > 0:
+        table[key] = value
+    else:
+        table.pop(key, None)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
+    """Whether a browser Origin matches the allowlist (``*`` and ``https://*.example.com``)."""
+    origin = origin.rstrip("/").lower()
+    for entry in allowed:
+        pattern = entry.rstrip("/").lower()
+        if pattern == "*" or fnmatch.fnmatchcase(origin, pattern):
+            return True
+    return False
+
+
 class Server:
     """Everything one captify-ws process runs. Start with :meth:`start`, end with :meth:`stop`."""
 
     def __init__(self, settings: Settings | None = None, *,
                  handlers: Iterable[Handler | HandlerFactory] = (),
-                 store: DocumentStore | None = None, broker: Broker | None = None) -> None:
+                 store: DocumentStore | None = None, broker: Broker | None = None,
+                 authenticator: Authenticator | None = None,
+                 authorizer: Authorizer | None = None) -> None:
         self.settings = settings or Settings()
+        self.authenticator = authenticator or build_authenticator(self.settings)
+        self.authorizer = authorizer or build_authorizer(self.settings)
+        self.connection_limits = ConnectionLimits(
+            send_budget=self.settings.send_budget, message_rate=self.settings.message_rate,
+            message_burst=self.settings.message_burst)
+        self._per_user: dict[str, int] = {}
+        self._per_address: dict[str, int] = {}
+        #: (document_id, user_id) → (expires at, "none" | "read")
+        self._revoked: dict[tuple[str, str], tuple[float, str]] = {}
         self.instance_id = secrets.token_hex(6)
         self.store = store if store is not None else store_from_url(self.settings.store)
         # With the default in-process broker there is nobody to talk to: no cluster bridge.
@@ -92,6 +144,10 @@ class Server:
                     self._keepalive(), name="captify-keepalive")
             self.started = True
             api.set_current_server(self)
+            if isinstance(self.authenticator, NoAuth):
+                logger.warning("authentication is off (--auth none): anyone who can reach "
+                               "%s:%s may read and write every document",
+                               self.settings.host, self.settings.port)
             logger.info("captify-ws %s started: handlers %s, store %s", self.instance_id,
                         ", ".join(handler.path for handler in self.registry), self.store.url)
 
@@ -110,12 +166,21 @@ class Server:
         try:
             await asyncio.wait_for(self._no_connections.wait(), timeout / 2)
         except TimeoutError:
-            logger.warning("%d connections did not close in time", self.get_connection_count())
+            stuck = [conn for conns in self.connections.values() for conn in conns]
+            logger.warning("%d connections did not close in time; dropping them", len(stuck))
+            for conn in stuck:
+                conn.abort(code, reason)
+            await asyncio.sleep(0.05)
         await self.rooms.close()
         await self.writer.stop(timeout=timeout / 2)
         if self.cluster is not None:
             await self.cluster.stop()
         await self.store.close()
+        for hook in (self.authenticator, self.authorizer):
+            close = getattr(hook, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
         self.started = False
         self.stopping = False
         api.clear_current_server(self)
@@ -160,16 +225,123 @@ class Server:
         return self.registry.resolve(path)
 
     def admit(self, request: UpgradeRequest) -> None:
-        """Refuse an upgrade before it is accepted (raise :class:`~captify_ws.errors.Reject`)."""
+        """Refuse an upgrade before it is accepted (raise :class:`~captify_ws.errors.Reject`):
+        a server shutting down, or a browser page from an origin not allowed (cross-site
+        WebSocket hijacking)."""
         if self.stopping:
             raise Reject(CloseCode.GOING_AWAY, "server is shutting down")
+        allowed = self.settings.allowed_origins
+        if allowed:
+            origin = request.header("origin")
+            if origin is not None and not origin_allowed(origin, allowed):
+                logger.info("refused an upgrade from origin %s", origin)
+                raise Reject(CloseCode.POLICY, f"origin {origin} is not allowed")
+
+    def subprotocol_for(self, request: UpgradeRequest) -> str | None:
+        """The ``Sec-WebSocket-Protocol`` to accept, when the client offered some."""
+        return choose_subprotocol(request)
 
     def open_connection(self, conn: Connection) -> None:
-        """A transport accepted ``conn``: track it and run its handler's ``on_connect``."""
+        """A transport accepted ``conn``: track it, authenticate it, run ``on_connect``."""
         self.connections[handler_name(conn.handler)].add(conn)
         self._no_connections.clear()
         conn.on_closed(self._connection_closed)
-        conn.opened()
+        conn.opened(self._gate)
+
+    def client_address(self, request: UpgradeRequest) -> str | None:
+        """The client's address; behind a trusted proxy, from X-Forwarded-For."""
+        if request.client is None:
+            return None
+        address = request.client[0]
+        trusted = self.settings.trusted_proxies
+        if address in trusted:
+            forwarded = [part.strip() for part in
+                         (request.header("x-forwarded-for") or "").split(",") if part.strip()]
+            for hop in reversed(forwarded):
+                if hop not in trusted:
+                    return hop
+        return address
+
+    async def _gate(self, conn: Connection) -> None:
+        """Limits and authentication, before the handler sees the connection."""
+        settings = self.settings
+        local = sum(len(conns) for conns in self.connections.values())
+        if local > settings.max_connections:
+            raise Reject(CloseCode.OVERLOADED, "server is full")
+        address = self.client_address(conn.request)
+        if address is not None and not _is_loopback(address):
+            if self._per_address.get(address, 0) >= settings.max_connections_per_ip:
+                raise Reject(CloseCode.RATE_LIMITED, "too many connections from this address")
+            _count(self._per_address, address, +1)
+            conn.on_closed(lambda _: _count(self._per_address, address, -1))
+        principal = await with_timeout(self.authenticator.authenticate(conn.request),
+                                       settings.auth_timeout_s)
+        conn.principal = principal
+        user = principal.user_id
+        if user is not None:
+            if self._per_user.get(user, 0) >= settings.max_connections_per_user:
+                raise Reject(CloseCode.RATE_LIMITED, "too many connections for this user")
+            _count(self._per_user, user, +1)
+            conn.on_closed(lambda _: _count(self._per_user, user, -1))
+
+    async def authorize(self, conn: Connection, document_id: str) -> Access:
+        """What ``conn`` may do with ``document_id``; raises ``Reject(4403)`` for nothing."""
+        principal = conn.principal if isinstance(conn.principal, Principal) else ANONYMOUS
+        revoked = self._revocation(document_id, principal.user_id)
+        if revoked == "none":
+            raise Reject(CloseCode.FORBIDDEN, "Access denied")
+        try:
+            access = await asyncio.wait_for(
+                self.authorizer.authorize(principal, document_id, conn.request),
+                self.settings.auth_timeout_s)
+        except TimeoutError:
+            raise Reject(CloseCode.AUTH_TIMEOUT, "authorization timed out") from None
+        return "read" if revoked == "read" else access
+
+    def _revocation(self, document_id: str, user_id: str | None) -> str | None:
+        if user_id is None or not self._revoked:
+            return None
+        entry = self._revoked.get((document_id, user_id))
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self._revoked[(document_id, user_id)]
+            return None
+        return entry[1]
+
+    async def revoke(self, document_id: str, user_id: str, to: str = "none") -> int:
+        """Take a user's access to a document away (``to="none"``: their connections close
+        with 4403) or down to read-only (``to="read"``), on every instance, for
+        ``revocation_ttl_s`` seconds whatever the authorizer says. Returns the connections
+        changed on this instance."""
+        if to not in ("none", "read"):
+            raise ValueError("to must be 'none' or 'read'")
+        changed = self._apply_revocation(document_id, user_id, to)
+        if self.cluster is not None:
+            self.cluster.publish_control({"type": "revoke", "documentId": document_id,
+                                          "userId": user_id, "to": to})
+        return changed
+
+    def _apply_revocation(self, document_id: str, user_id: str, to: str) -> int:
+        self._revoked[(document_id, user_id)] = (
+            time.monotonic() + self.settings.revocation_ttl_s, to)
+        forget = getattr(self.authorizer, "forget", None)
+        if callable(forget):
+            forget(document_id, user_id)
+        room = self.rooms.get(document_id)
+        if room is None:
+            return 0
+        changed = 0
+        for conn, member in list(room.members.items()):
+            principal = conn.principal
+            if not isinstance(principal, Principal) or principal.user_id != user_id:
+                continue
+            changed += 1
+            if to == "none":
+                conn.close(CloseCode.FORBIDDEN, "access revoked")
+            else:
+                member.access = "read"
+        return changed
 
     def _connection_closed(self, conn: Connection) -> None:
         self.connections[handler_name(conn.handler)].discard(conn)
@@ -288,4 +460,10 @@ class Server:
 
     def on_cluster_control(self, body: dict[str, Any]) -> None:
         """A control message from another instance (see ``cluster.py``)."""
+        if body.get("type") == "revoke":
+            document_id, user_id, to = body.get("documentId"), body.get("userId"), body.get("to")
+            if isinstance(document_id, str) and isinstance(user_id, str) and \
+                    to in ("none", "read"):
+                self._apply_revocation(document_id, user_id, to)
+            return
         logger.debug("ignored cluster control message %r", body.get("type"))

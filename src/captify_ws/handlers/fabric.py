@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from captify_ws.auth import Access
 from captify_ws.connection import Connection, PreparedFrame
-from captify_ws.errors import BadRequest, InvalidMessage, ProtocolError
+from captify_ws.errors import BadRequest, InvalidMessage, MessageTooBig, ProtocolError
 from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
 
@@ -32,8 +33,10 @@ class FabricMember(Member):
 
     __slots__ = ("origin",)
 
-    def __init__(self, connection: Connection, client_id: str, wire: str) -> None:
-        super().__init__(connection, client_id, "yws" if wire == "yws" else "json")
+    def __init__(self, connection: Connection, client_id: str, wire: str,
+                 access: Access) -> None:
+        super().__init__(connection, client_id, "yws" if wire == "yws" else "json",
+                         access=access)
         self.origin = Origin("member", member=self)
 
 
@@ -62,12 +65,15 @@ class FabricHandler:
             client_id = conn.request.query.get("clientID") or f"client-{conn.id}"
         if len(document_id) > MAX_DOCUMENT_ID:
             raise BadRequest(f"documentId is longer than {MAX_DOCUMENT_ID} characters")
+        access = await self._server.authorize(conn, document_id)
+        if conn.closed or conn.close_code is not None:
+            return
         rooms = self._server.rooms
         room = await rooms.acquire(document_id)
         if conn.closed or conn.close_code is not None:
             rooms.release(room)
             return
-        member = FabricMember(conn, client_id, wire)
+        member = FabricMember(conn, client_id, wire, access)
         room.join(member)
         conn.state = member
         if member.wire == "yws":
@@ -105,18 +111,34 @@ class FabricHandler:
             raise InvalidMessage("y-websocket messages are binary frames")
         event = ywebsocket.decode_message(message)
         if isinstance(event, ywebsocket.SyncUpdate):
-            room.apply_update(event.update, member.origin, frame=event.frame)
+            if self._may_write(conn, member):
+                room.apply_update(event.update, member.origin, frame=event.frame)
         elif isinstance(event, ywebsocket.SyncStep1):
             conn.send_frame(PreparedFrame.binary(
                 ywebsocket.encode_sync_step2(room.encode_state(event.state_vector))))
         elif isinstance(event, ywebsocket.SyncStep2):
-            room.apply_update(event.update, member.origin)
+            if event.update != ywebsocket.EMPTY_UPDATE and self._may_write(conn, member):
+                room.apply_update(event.update, member.origin)
         elif isinstance(event, ywebsocket.AwarenessUpdate):
+            limit = self._server.settings.max_awareness_size
+            if any(len(entry.state) > limit for entry in event.entries):
+                raise MessageTooBig(f"presence state larger than {limit} bytes")
             room.presence.apply(event.entries, member)
         elif isinstance(event, ywebsocket.QueryAwareness):
             for frame in room.presence_frames_for("yws"):
                 conn.send_frame(frame)
         # AuthMessage and unknown message types are tolerated and ignored, as y-websocket does.
+
+    @staticmethod
+    def _may_write(conn: Connection, member: FabricMember) -> bool:
+        """Read-only y-websocket members: their edits are dropped, and they are told once
+        with y-websocket's auth message (permission denied)."""
+        if member.access == "write":
+            return True
+        if not member.told_read_only:
+            member.told_read_only = True
+            conn.send_bytes(ywebsocket.encode_permission_denied("read-only"))
+        return False
 
     def _on_json(self, conn: Connection, member: FabricMember, room: DocumentRoom,
                  message: str | bytes) -> None:
@@ -133,12 +155,20 @@ class FabricHandler:
     def _handle_json(self, conn: Connection, member: FabricMember, room: DocumentRoom,
                      event: envelope.ClientMessage) -> None:
         document_id = room.document_id
+        if isinstance(event, (envelope.UpdateMessage, envelope.StepsMessage)) and \
+                member.access != "write":
+            conn.send_text(envelope.encode_error(document_id, "Access denied",
+                                                 {"code": "read_only"}))
+            return
         if isinstance(event, envelope.UpdateMessage):
             room.apply_update(event.update, member.origin)
         elif isinstance(event, envelope.SyncRequest):
             update = room.encode_state(event.state_vector)
             conn.send_text(envelope.encode_synced(document_id, update, room.state_vector()))
         elif isinstance(event, envelope.AwarenessMessage):
+            limit = self._server.settings.max_awareness_size
+            if event.state is not None and len(envelope.dumps(event.state)) > limit:
+                raise MessageTooBig(f"presence state larger than {limit} bytes")
             room.presence.set_json_state(member.client_id, event.state, member)
         elif isinstance(event, envelope.SelectionMessage):
             room.relay_json(envelope.encode_message("selection", document_id, event.selection,

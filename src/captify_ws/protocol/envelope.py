@@ -92,6 +92,11 @@ ClientMessage = SyncRequest | UpdateMessage | AwarenessMessage | SelectionMessag
 CLIENT_TYPES: Final = ("sync", "update", "awareness", "selection", "steps", "doc", "steps-since")
 
 
+def dumps(value: JsonValue) -> str:
+    """Compact JSON, as the server writes it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(value: JsonValue) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 

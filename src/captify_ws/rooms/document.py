@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 from pycrdt import Doc
 
 from captify_ws.connection import Connection, PreparedFrame
-from captify_ws.errors import InvalidMessage
+from captify_ws.errors import InvalidMessage, QuotaExceeded
 from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms.presence import Change, Presence, PresenceState
 
@@ -34,13 +34,17 @@ EMPTY_STATE_VECTOR: Final = b"\x00"
 class Member:
     """A connection's membership in a room."""
 
-    __slots__ = ("client_id", "connection", "room", "wire")
+    __slots__ = ("access", "client_id", "connection", "room", "told_read_only", "wire")
 
-    def __init__(self, connection: Connection, client_id: str, wire: Wire) -> None:
+    def __init__(self, connection: Connection, client_id: str, wire: Wire, *,
+                 access: Literal["read", "write"] = "write") -> None:
         self.connection = connection
         self.client_id = client_id
         self.wire: Wire = wire
         self.room: DocumentRoom | None = None
+        #: "write", or "read" for a read-only member (its edits are refused)
+        self.access: Literal["read", "write"] = access
+        self.told_read_only = False
 
 
 class Origin:
@@ -82,8 +86,11 @@ class DocumentRoom:
     """One document loaded in this process; created by ``RoomManager``."""
 
     def __init__(self, document_id: str, *, awareness_flush_s: float,
-                 awareness_renewal_s: float) -> None:
+                 awareness_renewal_s: float, max_size: int = 0) -> None:
         self.document_id = document_id
+        #: bytes of updates applied since load (stored state included): the quota's measure
+        self.size = 0
+        self.max_size = max_size
         self.doc: Doc[Any] = Doc()
         self._yws: dict[Connection, Member] = {}
         self._json: dict[Connection, Member] = {}
@@ -135,6 +142,7 @@ class DocumentRoom:
     def load_state(self, update: bytes) -> None:
         """Apply stored state while loading; nobody is told."""
         _apply(self.doc, update)
+        self.size += len(update)
         self._full_state = None
 
     def apply_update(self, update: bytes, origin: Origin, *, frame: bytes | None = None) -> None:
@@ -145,7 +153,11 @@ class DocumentRoom:
         received y-websocket message when there is one, relayed as it is. Raises
         :class:`InvalidMessage` and leaves the document unchanged if Yjs cannot apply it.
         """
+        if self.max_size and origin.kind != "broker" and \
+                self.size + len(update) > self.max_size:
+            raise QuotaExceeded(f"document size quota of {self.max_size} bytes exceeded")
         _apply(self.doc, update)
+        self.size += len(update)
         self._full_state = None
         if update == ywebsocket.EMPTY_UPDATE:
             return

@@ -86,7 +86,8 @@ class RoomManager:
             stored = await self.store.load(document_id)
             room = DocumentRoom(document_id,
                                 awareness_flush_s=self._settings.awareness_flush_ms / 1000,
-                                awareness_renewal_s=self._settings.awareness_renewal_s)
+                                awareness_renewal_s=self._settings.awareness_renewal_s,
+                                max_size=self._settings.max_document_size)
             if stored is not None:
                 if stored.snapshot:
                     room.load_state(stored.snapshot)

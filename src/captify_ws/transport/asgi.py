@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
+from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
 from captify_ws.errors import CloseCode, Reject
 from captify_ws.handlers.base import Handler
 from captify_ws.types import Receive, Scope, Send
@@ -31,8 +31,8 @@ class AsgiConnection(Connection):
     __slots__ = ("_close_frame", "_final_frames", "_readable", "_send", "_wake", "_writer")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, send: Send, *,
-                 send_budget: int) -> None:
-        super().__init__(request, handler, subpath, send_budget=send_budget)
+                 limits: ConnectionLimits) -> None:
+        super().__init__(request, handler, subpath, limits=limits)
         self._send = send
         self._wake = asyncio.Event()
         self._readable = asyncio.Event()
@@ -136,9 +136,13 @@ async def serve_websocket(server: Server, scope: Scope, receive: Receive, send: 
                    else 503, exc.reason)
         return
     handler, subpath = route
-    await send({"type": "websocket.accept"})
+    accept: dict[str, object] = {"type": "websocket.accept"}
+    subprotocol = server.subprotocol_for(request)
+    if subprotocol is not None:
+        accept["subprotocol"] = subprotocol
+    await send(accept)
     conn = AsgiConnection(request, handler, subpath, send,
-                          send_budget=server.settings.send_budget)
+                          limits=server.connection_limits)
     server.open_connection(conn)
     limit = server.settings.max_message_size
     code = 1006

@@ -36,7 +36,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
+from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
 from captify_ws.errors import CloseCode, Reject
 from captify_ws.handlers.base import Handler
 
@@ -68,8 +68,8 @@ class NativeConnection(Connection):
     __slots__ = ("_raw", "_raw_write", "_ws")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str,
-                 ws: WSTransport, *, send_budget: int) -> None:
-        super().__init__(request, handler, subpath, send_budget=send_budget)
+                 ws: WSTransport, *, limits: ConnectionLimits) -> None:
+        super().__init__(request, handler, subpath, limits=limits)
         self._ws = ws
         raw = ws.underlying_transport
         self._raw = raw
@@ -104,7 +104,7 @@ class NativeConnection(Connection):
         if not self._raw.is_closing():
             self._ws.send_ping()
 
-    def _abort(self, code: int, reason: str) -> None:
+    def abort(self, code: int, reason: str) -> None:
         self.close(code, reason)
         if not self._ws.is_disconnected:
             self._raw.abort()
@@ -131,7 +131,7 @@ class _Listener(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.conn = NativeConnection(self._request, self._handler, self._subpath, transport,
-                                     send_budget=self._server.settings.send_budget)
+                                     limits=self._server.connection_limits)
         self._server.open_connection(self.conn)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -351,7 +351,12 @@ class NativeServer:
             return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
                 status, (exc.reason + "\n").encode()), None)
         handler, subpath = route
-        return _Listener(self.server, upgrade, handler, subpath)
+        listener = _Listener(self.server, upgrade, handler, subpath)
+        subprotocol = self.server.subprotocol_for(upgrade)
+        if subprotocol is None:
+            return listener
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(
+            extra_headers={"Sec-WebSocket-Protocol": subprotocol}), listener)
 
     def hand_to_http(self, transport: asyncio.Transport, received: bytes) -> None:
         protocol = HttpToolsProtocol(config=self._config, server_state=self._http_state,
