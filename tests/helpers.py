@@ -178,9 +178,9 @@ class ProviderRepl:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def start(cls, impl: str = "v3") -> ProviderRepl:
+    async def start(cls, impl: str = "v3", script: str = "provider_repl.mjs") -> ProviderRepl:
         process = await asyncio.create_subprocess_exec(
-            "node", str(JS / "provider_repl.mjs"), "--impl", impl, cwd=str(JS),
+            "node", str(JS / script), "--impl", impl, cwd=str(JS),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=64 * 1024 * 1024)
         assert process.stdout is not None
@@ -223,6 +223,16 @@ class ProviderRepl:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+@contextlib.asynccontextmanager
+async def editors() -> AsyncIterator[ProviderRepl]:
+    """Real prosemirror-collab editors in a Node process (tests/js/pm_repl.mjs)."""
+    repl = await ProviderRepl.start(script="pm_repl.mjs")
+    try:
+        yield repl
+    finally:
+        await repl.close()
 
 
 @contextlib.asynccontextmanager

@@ -83,13 +83,24 @@ async def test_post_steps_reaches_clients(transport: str) -> None:
             json_client(srv, "doc/with slash", "a") as a, \
             json_client(srv, "doc/with slash", "b") as b:
         url = f"{srv.http}/api/v1/documents/doc%2Fwith%20slash/steps"
-        response = await http.post(url, headers=auth,
-                                   json={"steps": [{"stepType": "replace"}], "changeId": "c1"})
+        step = {"stepType": "replace", "from": 1, "to": 1,
+                "slice": {"content": [{"type": "text", "text": "hi"}]}}
+        response = await http.post(url, headers=auth, json={"steps": [step], "changeId": "c1"})
         assert response.status_code == 200, response.text
+        assert response.json()["applied"] is True
         for client in (a, b):
             steps = await client.expect("steps")
-            assert steps["data"] == {"steps": [{"stepType": "replace"}], "changeId": "c1"}
+            assert steps["data"] == {"version": 0, "steps": [step], "clientIDs": ["server"],
+                                     "changeId": "c1"}
             assert steps["documentId"] == "doc/with slash"
+        again = await http.post(url, headers=auth, json={"steps": [step], "changeId": "c1"})
+        assert again.json()["duplicate"] is True  # idempotent on changeId
+        stale = await http.post(url, headers=auth, json={"steps": [step], "changeId": "c3",
+                                                         "version": 0})
+        assert stale.status_code == 409 and stale.json()["version"] == 1
+        invalid = await http.post(url, headers=auth, json={"changeId": "c4", "steps": [
+            {"stepType": "replace", "from": 50, "to": 50}]})
+        assert invalid.status_code == 400 and invalid.json()["code"] == "invalid_steps"
         response = await http.post(url, headers=auth, json={"steps": [], "changeId": "c2",
                                                              "clientID": "b"})
         assert response.json()["delivered"] == 1

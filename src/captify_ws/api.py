@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from captify_ws.errors import ServerNotRunning
 
 if TYPE_CHECKING:
-    from captify_ws.server import Server
+    from captify_ws.server import Server, StepsResult
 
 _current: Server | None = None
 
@@ -44,9 +44,10 @@ def current_server() -> Server:
 
 
 async def broadcast_steps(document_id: str, steps: list[Any], change_id: Any,
-                          client_id: str | None = None) -> int:
-    """Send ProseMirror steps to every client of ``document_id``."""
-    return await current_server().broadcast_steps(document_id, steps, change_id, client_id)
+                          version: int | None = None) -> StepsResult:
+    """Apply ProseMirror steps to ``document_id`` through its step authority and send them to
+    every client (and to its Yjs editors). Idempotent on ``change_id``."""
+    return await current_server().broadcast_steps(document_id, steps, change_id, version)
 
 
 async def broadcast_steps_to_client(document_id: str, client_id: str, steps: list[Any],

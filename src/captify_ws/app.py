@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from captify_ws.config import Settings
-from captify_ws.errors import InvalidMessage, StoreError
+from captify_ws.errors import InvalidMessage, ProtocolError, StaleVersion, StoreError
 from captify_ws.protocol import envelope
 from captify_ws.server import Server
 from captify_ws.transport.asgi import deny, serve_websocket
@@ -160,13 +160,24 @@ class CaptifyApp:
         client_id = body.get("clientID")
         if client_id is not None and not isinstance(client_id, str):
             return JSONResponse({"error": "'clientID' must be a string"}, status_code=400)
-        if client_id is None:
-            delivered = await self.server.broadcast_steps(document_id, body["steps"],
-                                                          body["changeId"])
-        else:
+        version = body.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            return JSONResponse({"error": "'version' must be an integer"}, status_code=400)
+        if client_id is not None:
             delivered = await self.server.broadcast_steps_to_client(
                 document_id, client_id, body["steps"], body["changeId"])
-        return JSONResponse({"documentId": document_id, "delivered": delivered})
+            return JSONResponse({"documentId": document_id, "delivered": delivered})
+        try:
+            result = await self.server.broadcast_steps(document_id, body["steps"],
+                                                       body["changeId"], version)
+        except StaleVersion as exc:
+            return JSONResponse({"error": str(exc), "version": exc.current}, status_code=409)
+        except ProtocolError as exc:
+            return JSONResponse({"error": exc.message, **(getattr(exc, "data", None) or {})},
+                                status_code=400)
+        return JSONResponse({"documentId": document_id, "version": result.version,
+                             "applied": result.applied, "duplicate": result.duplicate,
+                             "yjs": result.yjs})
 
     async def _post_update(self, request: Request) -> Response:
         refused = self._check_api_key(request)

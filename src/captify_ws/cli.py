@@ -101,6 +101,11 @@ async def _serve(settings: Settings) -> int:
         sock = config.bind_socket()
         port = sock.getsockname()[1]
         task = loop.create_task(uv.serve(sockets=[sock]))
+        while not uv.started and not task.done():
+            await asyncio.sleep(0.01)
+        if task.done():
+            await task
+            return 1
         _announce(settings, port, "asgi")
         await stop.wait()
         uv.should_exit = True

@@ -39,6 +39,7 @@ from captify_ws.protocol import cluster as wire
 from captify_ws.protocol.ywebsocket import EMPTY_UPDATE, _StrictDecoder
 from captify_ws.rooms.document import DocumentRoom, Origin
 from captify_ws.rooms.presence import Change
+from captify_ws.rooms.steps import Accepted
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
@@ -180,6 +181,13 @@ class ClusterBridge:
                                   wire.encode_to_client(client_id, text))
         self.broker.publish(self.channel(document_id), message)
 
+    def publish_steps(self, document_id: str, accepted: Accepted) -> None:
+        """Steps this instance's authority accepted, for the other instances."""
+        self.broker.publish(self.channel(document_id), wire.encode(
+            wire.STEPS, self.instance, wire.encode_json({
+                "version": accepted.version, "steps": accepted.steps,
+                "clientIDs": accepted.client_ids, "changeId": accepted.change_id})))
+
     def publish_control(self, body: dict[str, Any]) -> None:
         self.broker.publish(self.cluster_channel, wire.encode(
             wire.CONTROL, self.instance, wire.encode_json(body)))
@@ -218,6 +226,11 @@ class ClusterBridge:
             room.send_to_client(client_id, text, publish=False)
         elif kind == wire.STATE_VECTOR:
             self._answer_vector(room, message.body)
+        elif kind == wire.STEPS:
+            body = wire.decode_json(message.body)
+            self.server.apply_remote_steps(room, Accepted(
+                int(body["version"]), list(body["steps"]), list(body["clientIDs"]),
+                body.get("changeId")))
         elif kind == wire.PRESENCE_QUERY:
             states = [(s.entry(), s.json_client_id) for s in room.presence.snapshot()
                       if not isinstance(s.owner, RemoteOwner)]

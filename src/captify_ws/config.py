@@ -153,6 +153,13 @@ class Settings:
     max_document_size: int = _setting(
         256 << 20, "quota: bytes of updates a document may hold; updates beyond it are "
         "refused", _parse_size, metavar="BYTES")
+    pm_schema: str | None = _setting(
+        None, "the ProseMirror schema of the step authority, 'module:attribute' naming a "
+        "prosemirror.model.Schema; default: prosemirror-schema-basic with the list nodes",
+        metavar="MOD:ATTR")
+    pm_fragment: str = _setting(
+        "prosemirror", "the Y.XmlFragment that y-prosemirror editors share (Tiptap: 'default'); "
+        "server-originated steps are applied to it too")
     max_message_size: int = _setting(
         16 << 20, "largest accepted WebSocket message, bytes (k/m suffixes); larger → close 1009",
         _parse_size, metavar="BYTES")

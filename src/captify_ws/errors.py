@@ -9,6 +9,7 @@ Hierarchy::
     │   ├── MessageTooBig        a message past the size limit (1009)
     │   │   └── QuotaExceeded    an update past the document's size quota (1009)
     │   └── BadRequest           a request the handler cannot serve, e.g. no documentId (4400)
+    ├── StaleVersion             server steps for a version that is not current (HTTP 409)
     ├── Reject                   a connection refused by policy (auth, origin, limits); `code`
     ├── StoreError               the document store failed (the caller retries or reports)
     ├── BrokerError              the broker failed
@@ -89,6 +90,15 @@ class BadRequest(ProtocolError):
     """A request the handler cannot serve, such as a connection without a documentId."""
 
     close_code = CloseCode.BAD_REQUEST
+
+
+class StaleVersion(CaptifyError):
+    """Steps were submitted for an old version of the document (HTTP 409)."""
+
+    def __init__(self, version: int, current: int) -> None:
+        super().__init__(f"version {version} is behind the document's version {current}")
+        self.version = version
+        self.current = current
 
 
 class Reject(CaptifyError):

@@ -16,7 +16,10 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from pycrdt import XmlFragment
 
 from captify_ws import api
 from captify_ws.auth import (
@@ -35,23 +38,52 @@ from captify_ws.broker import Broker, broker_from_url
 from captify_ws.cluster import ClusterBridge
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, ConnectionLimits, UpgradeRequest
-from captify_ws.errors import BrokerError, CloseCode, Reject, StoreError
+from captify_ws.errors import (
+    BrokerError,
+    CaptifyError,
+    CloseCode,
+    Reject,
+    StaleVersion,
+    StoreError,
+)
 from captify_ws.handlers import BUILTIN_HANDLERS
 from captify_ws.handlers.base import (
     Handler,
     HandlerFactory,
     HandlerRegistry,
     handler_name,
+    import_attribute,
     load_handler,
 )
 from captify_ws.protocol import envelope
 from captify_ws.protocol.cluster import ExternalSteps
-from captify_ws.rooms.document import SERVER_ORIGIN
+from captify_ws.rooms.document import SERVER_ORIGIN, DocumentRoom
 from captify_ws.rooms.manager import RoomManager
+from captify_ws.rooms.pm_yjs import fragment_to_node, update_fragment
+from captify_ws.rooms.steps import Accepted, Behind, Duplicate, StepAuthority
 from captify_ws.store import DocumentStore, store_from_url
 from captify_ws.store.writer import StoreWriter
 
 logger = logging.getLogger("captify_ws.server")
+
+
+@dataclass(frozen=True)
+class StepsResult:
+    """What :meth:`Server.broadcast_steps` did."""
+
+    version: int
+    applied: bool
+    duplicate: bool = False
+    #: whether the document's Y.XmlFragment was changed too
+    yjs: bool = False
+
+
+def _steps_text(document_id: str, accepted: Accepted) -> str:
+    data: dict[str, Any] = {"version": accepted.version, "steps": accepted.steps,
+                            "clientIDs": accepted.client_ids}
+    if accepted.change_id is not None:
+        data["changeId"] = accepted.change_id
+    return envelope.encode_message("steps", document_id, data)
 
 
 def _count(table: dict[str, int], key: str, delta: int) -> None:
@@ -106,7 +138,10 @@ class Server:
         self.broker = broker
         self.writer = StoreWriter(
             self.store, commit_interval_s=self.settings.store_commit_interval_ms / 1000)
-        self.rooms = RoomManager(self.store, self.writer, self.settings)
+        schema = None
+        if self.settings.pm_schema:
+            schema = import_attribute(self.settings.pm_schema, "pm_schema")
+        self.rooms = RoomManager(self.store, self.writer, self.settings, schema)
         self.cluster = ClusterBridge(self, broker) if broker is not None else None
         self.registry = HandlerRegistry()
         for factory in BUILTIN_HANDLERS:
@@ -421,17 +456,68 @@ class Server:
     # -- broadcast API ---------------------------------------------------------------------
 
     async def broadcast_steps(self, document_id: str, steps: list[Any], change_id: Any,
-                              client_id: str | None = None) -> int:
-        """Send ProseMirror steps to every client of a document; returns how many got them."""
-        text = envelope.encode_message("steps", document_id,
-                                       {"steps": steps, "changeId": change_id},
-                                       client_id=client_id)
-        room = self.rooms.get(document_id)
-        if room is not None:
-            return room.relay_json(text, None)
+                              version: int | None = None) -> StepsResult:
+        """ProseMirror steps from server code, through the document's step authority.
+
+        Without ``version`` the steps apply to the current document; with it, only if it is
+        the current version (else :class:`~captify_ws.errors.StaleVersion`). A ``change_id``
+        seen before is not applied again. Every client of the document gets
+        ``{"type":"steps","data":{"version","steps","clientIDs","changeId"}}``, on every
+        instance; when the document is edited through Yjs (y-prosemirror, Tiptap), the steps
+        are applied to its Y.XmlFragment too. Raises
+        :class:`~captify_ws.rooms.steps.StepsRefused` if the steps do not apply.
+        """
+        async with self.rooms.hold(document_id) as room:
+            authority = await self.rooms.authority(room)
+            fragment = room.doc.get(self.settings.pm_fragment, type=XmlFragment)
+            bridged = len(fragment.children) > 0 or room.has_yjs_members
+            async with authority.lock:
+                if bridged:
+                    await self._fold_yjs_edits(room, authority, fragment)
+                for _ in range(10):
+                    at = authority.version if version is None else version
+                    outcome = await authority.submit(at, steps, "server", change_id)
+                    if not (isinstance(outcome, Behind) and version is None):
+                        break
+            if isinstance(outcome, Duplicate):
+                return StepsResult(authority.version, applied=False, duplicate=True)
+            if isinstance(outcome, Behind):
+                raise StaleVersion(outcome.version, authority.version)
+            self.publish_steps(room, outcome)
+            written = False
+            if bridged:
+                new_doc = authority.doc
+                written = room.transact(lambda: update_fragment(fragment, new_doc),
+                                        SERVER_ORIGIN)
+        await self.writer.flush()
+        return StepsResult(outcome.version, applied=True, yjs=written)
+
+    async def _fold_yjs_edits(self, room: DocumentRoom, authority: StepAuthority,
+                              fragment: XmlFragment) -> None:
+        """Yjs editors changed the document without steps: append one whole-document replace
+        step so that the authority's document equals the Yjs one before server steps apply.
+        Call with the authority's lock held."""
+        if len(fragment.children) == 0:
+            return
+        try:
+            yjs_doc = fragment_to_node(authority.schema, fragment)
+        except Exception as exc:  # a fragment of another schema: no bridge
+            logger.warning("document %r: Y.XmlFragment %r does not fit the step schema: %s",
+                           room.document_id, self.settings.pm_fragment, exc)
+            return
+        if yjs_doc.eq(authority.doc):
+            return
+        outcome = await authority.submit(authority.version,
+                                         [authority.replace_all_step(yjs_doc)], "yjs")
+        if isinstance(outcome, Accepted):
+            self.publish_steps(room, outcome)
+
+    def publish_steps(self, room: DocumentRoom, accepted: Accepted) -> None:
+        """Steps the authority accepted: to every JSON client here and on other instances."""
+        text = _steps_text(room.document_id, accepted)
+        room.relay_json(text, None, publish=False)
         if self.cluster is not None:
-            self.cluster.publish_json(document_id, text)
-        return 0
+            self.cluster.publish_steps(room.document_id, accepted)
 
     async def broadcast_steps_to_client(self, document_id: str, client_id: str,
                                         steps: list[Any], change_id: Any) -> int:
@@ -446,17 +532,29 @@ class Server:
         return 0
 
     async def deliver_external_steps(self, message: ExternalSteps) -> None:
-        """Steps a backend published on the broker: every instance delivers them to its own
-        clients of the document (the message reached every instance)."""
-        room = self.rooms.get(message.document_id)
-        if room is None:
+        """Steps a backend published on the broker. Every instance receives the message: to
+        one client, each delivers to its own clients; to everyone, each submits them to the
+        step authority and the change id makes sure they are applied once."""
+        if message.client_id is not None:
+            room = self.rooms.get(message.document_id)
+            if room is not None:
+                text = envelope.encode_message("steps", message.document_id,
+                                               {"steps": message.steps,
+                                                "changeId": message.change_id})
+                room.send_to_client(message.client_id, text, publish=False)
             return
-        text = envelope.encode_message("steps", message.document_id,
-                                       {"steps": message.steps, "changeId": message.change_id})
-        if message.client_id is None:
-            room.relay_json(text, None, publish=False)
-        else:
-            room.send_to_client(message.client_id, text, publish=False)
+        try:
+            await self.broadcast_steps(message.document_id, message.steps, message.change_id,
+                                       message.version)
+        except (CaptifyError, ValueError) as exc:
+            logger.warning("steps published for %r not applied: %s", message.document_id, exc)
+
+    def apply_remote_steps(self, room: DocumentRoom, accepted: Accepted) -> None:
+        """Steps another instance's authority accepted (from the broker)."""
+        if room.steps is not None and not room.steps.apply_remote(accepted):
+            logger.debug("document %r: step authority behind, catching up on next use",
+                         room.document_id)
+        room.relay_json(_steps_text(room.document_id, accepted), None, publish=False)
 
     def on_cluster_control(self, body: dict[str, Any]) -> None:
         """A control message from another instance (see ``cluster.py``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import shutil
 import subprocess
@@ -24,6 +25,8 @@ from tests.services import (
 )
 
 AUTH = {"Authorization": "Bearer k"}
+STEP = {"stepType": "replace", "from": 1, "to": 1,
+        "slice": {"content": [{"type": "text", "text": "hi"}]}}
 
 
 @contextlib.contextmanager
@@ -177,8 +180,7 @@ async def test_broadcast_api_reaches_clients_on_every_instance(shared_store: str
         await asyncio.sleep(0.5)  # both instances subscribed
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(f"{a.http}/api/v1/documents/steps-doc/steps",
-                                       headers=AUTH, json={"steps": [{"n": 1}],
-                                                           "changeId": "c1"})
+                                       headers=AUTH, json={"steps": [STEP], "changeId": "c1"})
             assert response.status_code == 200
             for client in (on_a, on_b):
                 assert (await client.expect("steps", timeout=5))["data"]["changeId"] == "c1"
@@ -199,14 +201,16 @@ async def test_redis_cli_publish_contract(shared_store: str) -> None:
         on_a = await _json(a, "emitted", "ca")
         on_b = await _json(b, "emitted", "cb")
         await asyncio.sleep(0.3)
-        message = ('{"type":"steps","documentId":"emitted","steps":[{"stepType":"replace"}],'
-                   '"changeId":"from-redis-cli"}')
+        message = json.dumps({"type": "steps", "documentId": "emitted", "steps": [STEP],
+                              "changeId": "from-redis-cli"})
         subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "PUBLISH",
                         f"{prefix}:publish", message], check=True, capture_output=True)
         for client in (on_a, on_b):
             got = await client.expect("steps", timeout=5)
-            assert got["data"] == {"steps": [{"stepType": "replace"}],
+            assert got["data"] == {"version": 0, "steps": [STEP], "clientIDs": ["server"],
                                    "changeId": "from-redis-cli"}
+        # every instance got the PUBLISH; the change id made sure it was applied once
+        assert [m for m in await on_a.quiet(0.5) if m["type"] == "steps"] == []
         to_one = ('{"type":"steps","documentId":"emitted","steps":[],"changeId":"only-a",'
                   '"clientID":"ca"}')
         subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "PUBLISH",

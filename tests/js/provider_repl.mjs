@@ -13,6 +13,8 @@
 import * as Y from 'yjs'
 import WebSocket from 'ws'
 import readline from 'node:readline'
+import { prosemirrorJSONToYXmlFragment, yXmlFragmentToProsemirrorJSON } from 'y-prosemirror'
+import { schema as pmSchema } from './pm_schema.mjs'
 
 const implArg = process.argv.indexOf('--impl')
 const impl = implArg >= 0 ? process.argv[implArg + 1] : 'v3'
@@ -133,6 +135,24 @@ const commands = {
       text.insert(boundaries[Math.floor(rand() * boundaries.length)], `${name}:${i};`)
       if (delayMs) await sleep(delayMs)
     }
+    return {}
+  },
+  // y-prosemirror's own view of a Y.XmlFragment (what a Tiptap/y-prosemirror editor shows).
+  async pmJSON ({ name, fragment }) {
+    return { doc: yXmlFragmentToProsemirrorJSON(get(name).doc.getXmlFragment(fragment || 'prosemirror')) }
+  },
+  // Fill an empty fragment from ProseMirror JSON, as y-prosemirror does.
+  async pmInit ({ name, fragment, doc }) {
+    prosemirrorJSONToYXmlFragment(pmSchema, doc, get(name).doc.getXmlFragment(fragment || 'prosemirror'))
+    return {}
+  },
+  // Type into the text of the block at `block` (what an editor bound to Yjs does).
+  async pmType ({ name, fragment, block, index, text }) {
+    const frag = get(name).doc.getXmlFragment(fragment || 'prosemirror')
+    const element = frag.get(block || 0)
+    let ytext = element.get(0)
+    if (!ytext) { ytext = new Y.XmlText(); element.insert(0, [ytext]) }
+    ytext.insert(index || 0, text)
     return {}
   },
   async snapshot ({ name }) {

@@ -70,6 +70,20 @@ def _check(handler: object, origin: str) -> Handler:
     return handler  # type: ignore[return-value]
 
 
+def import_attribute(spec: str, what: str) -> Any:
+    """The object ``module:attribute`` names; :class:`ConfigError` naming ``what`` if none."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"{what} {spec!r}: expected 'module:attribute'")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{what} {spec!r}: cannot import it: {exc}") from None
+    return target
+
+
 def load_handler(spec: str, server: Server) -> Handler:
     """Import ``module:attribute`` and return the handler it names (calling it if a factory)."""
     module_name, _, attribute = spec.partition(":")

@@ -2,6 +2,7 @@
 
 * ``/ws/fabric?documentId=D&clientID=C`` — the seed's JSON protocol (``protocol/envelope.py``).
   Errors in a message are answered with an ``error`` message; the connection stays open.
+  ``steps``, ``doc`` and ``steps-since`` go to the ProseMirror step authority.
 * ``/ws/fabric/D`` — the y-websocket binary protocol (``protocol/ywebsocket.py``), what the npm
   ``WebsocketProvider`` speaks. A malformed message closes the connection with 1007 (the
   protocol has no error message); the provider reconnects and resynchronises.
@@ -12,7 +13,8 @@ one document see each other's edits and presence.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from captify_ws.auth import Access
@@ -20,12 +22,26 @@ from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import BadRequest, InvalidMessage, MessageTooBig, ProtocolError
 from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
+from captify_ws.rooms.steps import Accepted, Behind
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
 
 #: Longest accepted documentId, in characters.
 MAX_DOCUMENT_ID: int = 512
+
+
+def _steps_text(document_id: str, outcome: Accepted | Behind) -> str:
+    data: dict[str, Any] = {"version": outcome.version, "steps": outcome.steps,
+                            "clientIDs": outcome.client_ids}
+    if isinstance(outcome, Accepted) and outcome.change_id is not None:
+        data["changeId"] = outcome.change_id
+    return envelope.encode_message("steps", document_id, data)
+
+
+def _send_error(conn: Connection, document_id: str, exc: ProtocolError) -> None:
+    conn.send_text(envelope.encode_error(document_id, exc.message,
+                                         getattr(exc, "data", None)))
 
 
 class FabricMember(Member):
@@ -96,15 +112,6 @@ class FabricHandler:
 
     # -- messages --------------------------------------------------------------------------
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
-        member = conn.state
-        if not isinstance(member, FabricMember) or member.room is None:
-            return
-        if member.wire == "yws":
-            self._on_yws(conn, member, member.room, message)
-        else:
-            self._on_json(conn, member, member.room, message)
-
     def _on_yws(self, conn: Connection, member: FabricMember, room: DocumentRoom,
                 message: str | bytes) -> None:
         if isinstance(message, str):
@@ -129,6 +136,15 @@ class FabricHandler:
                 conn.send_frame(frame)
         # AuthMessage and unknown message types are tolerated and ignored, as y-websocket does.
 
+    def on_message(self, conn: Connection, message: str | bytes) -> Awaitable[None] | None:
+        member = conn.state
+        if not isinstance(member, FabricMember) or member.room is None:
+            return None
+        if member.wire == "yws":
+            self._on_yws(conn, member, member.room, message)
+            return None
+        return self._on_json(conn, member, member.room, message)
+
     @staticmethod
     def _may_write(conn: Connection, member: FabricMember) -> bool:
         """Read-only y-websocket members: their edits are dropped, and they are told once
@@ -141,22 +157,52 @@ class FabricHandler:
         return False
 
     def _on_json(self, conn: Connection, member: FabricMember, room: DocumentRoom,
-                 message: str | bytes) -> None:
+                 message: str | bytes) -> Awaitable[None] | None:
         document_id = room.document_id
         try:
             event = envelope.decode_client_message(message)
             if event.document_id != document_id:
                 raise InvalidMessage(f"documentId {event.document_id!r} is not this "
                                      f"connection's document {document_id!r}")
+            if isinstance(event, (envelope.StepsMessage, envelope.DocRequest,
+                                  envelope.StepsSinceRequest)):
+                return self._step_request(conn, member, room, event)
             self._handle_json(conn, member, room, event)
         except ProtocolError as exc:
-            conn.send_text(envelope.encode_error(document_id, exc.message))
+            _send_error(conn, document_id, exc)
+        return None
+
+    async def _step_request(self, conn: Connection, member: FabricMember, room: DocumentRoom,
+                            event: envelope.StepsMessage | envelope.DocRequest
+                            | envelope.StepsSinceRequest) -> None:
+        """The ProseMirror step authority: doc, steps-since and steps (rooms/steps.py)."""
+        document_id = room.document_id
+        server = self._server
+        try:
+            authority = await server.rooms.authority(room)
+            if isinstance(event, envelope.DocRequest):
+                conn.send_text(envelope.encode_message("doc", document_id, {
+                    "doc": authority.doc.to_json(), "version": authority.version}))
+            elif isinstance(event, envelope.StepsSinceRequest):
+                conn.send_text(_steps_text(document_id, authority.since(event.version)))
+            elif member.access != "write":
+                conn.send_text(envelope.encode_error(document_id, "Access denied",
+                                                     {"code": "read_only"}))
+            else:
+                version, steps, client_id = envelope.decode_steps(event.data)
+                async with authority.lock:
+                    outcome = await authority.submit(version, steps, client_id)
+                if isinstance(outcome, Accepted):
+                    server.publish_steps(room, outcome)
+                elif isinstance(outcome, Behind):
+                    conn.send_text(_steps_text(document_id, outcome))
+        except ProtocolError as exc:
+            _send_error(conn, document_id, exc)
 
     def _handle_json(self, conn: Connection, member: FabricMember, room: DocumentRoom,
                      event: envelope.ClientMessage) -> None:
         document_id = room.document_id
-        if isinstance(event, (envelope.UpdateMessage, envelope.StepsMessage)) and \
-                member.access != "write":
+        if isinstance(event, envelope.UpdateMessage) and member.access != "write":
             conn.send_text(envelope.encode_error(document_id, "Access denied",
                                                  {"code": "read_only"}))
             return
@@ -173,8 +219,3 @@ class FabricHandler:
         elif isinstance(event, envelope.SelectionMessage):
             room.relay_json(envelope.encode_message("selection", document_id, event.selection,
                                                     client_id=member.client_id), member)
-        elif isinstance(event, envelope.StepsMessage):
-            room.relay_json(envelope.encode_message("steps", document_id, event.data,
-                                                    client_id=member.client_id), member)
-        else:
-            raise InvalidMessage(f"{type(event).__name__} is not supported on this server")

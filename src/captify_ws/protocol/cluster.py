@@ -17,6 +17,8 @@ kind   channel              body
 ``C``  document             varString clientID + a JSON message for that client only
 ``V``  document             the sender's state vector: receivers answer with what it lacks
 ``Q``  document             "send me your presence" (an instance just loaded the document)
+``P``  document             JSON ``{"version","steps","clientIDs","changeId"}``: steps the
+                            sender's step authority accepted
 ``H``  cluster              heartbeat: JSON ``{"handlers":{…},"documents":{…}}`` counts
 ``D``  cluster              state vectors of every document loaded by the sender
 ``X``  cluster              JSON control message (revocation, …)
@@ -50,6 +52,7 @@ PRESENCE_QUERY: Final = ord("Q")
 HEARTBEAT: Final = ord("H")
 DIGEST: Final = ord("D")
 CONTROL: Final = ord("X")
+STEPS: Final = ord("P")
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,6 +181,21 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     return StepsSinceRequest(document_id, version)
 
 
+def decode_steps(data: JsonValue) -> tuple[int, list[JsonValue], JsonValue]:
+    """``(version, steps, clientID)`` of a ``steps`` message's data."""
+    if not isinstance(data, dict):
+        raise InvalidMessage("'data' of steps must be an object with version, steps, clientID")
+    version = data.get("version")
+    steps = data.get("steps")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise InvalidMessage("'data.version' must be a non-negative integer")
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise InvalidMessage("'data.steps' must be a list of step objects")
+    if "clientID" not in data:
+        raise InvalidMessage("missing field 'data.clientID'")
+    return version, steps, data["clientID"]
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

@@ -22,6 +22,7 @@ from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import InvalidMessage, QuotaExceeded
 from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms.presence import Change, Presence, PresenceState
+from captify_ws.rooms.steps import StepAuthority
 
 logger = logging.getLogger("captify_ws.rooms")
 
@@ -100,6 +101,8 @@ class DocumentRoom:
         self.relay_listeners: list[RelayListener] = []
         self.presence = Presence(self._broadcast_presence, flush_interval=awareness_flush_s,
                                  renewal_interval=awareness_renewal_s)
+        #: the ProseMirror step authority, loaded on first use (RoomManager.authority)
+        self.steps: StepAuthority | None = None
         #: a user of the room that is not a connection (API call, load); blocks unloading
         self.holds = 0
         self.closed = False
@@ -116,6 +119,10 @@ class DocumentRoom:
 
     def __len__(self) -> int:
         return len(self._yws) + len(self._json)
+
+    @property
+    def has_yjs_members(self) -> bool:
+        return bool(self._yws)
 
     def join(self, member: Member) -> None:
         member.room = self
@@ -157,6 +164,24 @@ class DocumentRoom:
                 self.size + len(update) > self.max_size:
             raise QuotaExceeded(f"document size quota of {self.max_size} bytes exceeded")
         _apply(self.doc, update)
+        self._applied(update, origin, frame)
+
+    def transact(self, edit: Callable[[], None], origin: Origin) -> bool:
+        """Change the document from server code (``edit`` runs in one transaction) and send
+        the resulting update like any other; returns whether anything changed."""
+        updates: list[bytes] = []
+        subscription = self.doc.observe(lambda event: updates.append(event.update))
+        try:
+            with self.doc.transaction():
+                edit()
+        finally:
+            self.doc.unobserve(subscription)
+        for update in updates:
+            self._applied(update, origin, None)
+        return bool(updates)
+
+    def _applied(self, update: bytes, origin: Origin, frame: bytes | None) -> None:
+        """An update is in the document: tell the members and the listeners."""
         self.size += len(update)
         self._full_state = None
         if update == ywebsocket.EMPTY_UPDATE:

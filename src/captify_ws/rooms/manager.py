@@ -13,9 +13,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from prosemirror.model import Schema
 
 from captify_ws.config import Settings
 from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.rooms.steps import StepAuthority, default_schema
 from captify_ws.store.base import DocumentStore
 from captify_ws.store.writer import StoreWriter
 
@@ -27,10 +31,12 @@ RoomListener = Callable[[DocumentRoom], None]
 class RoomManager:
     """The rooms of this process, by document id."""
 
-    def __init__(self, store: DocumentStore, writer: StoreWriter, settings: Settings) -> None:
+    def __init__(self, store: DocumentStore, writer: StoreWriter, settings: Settings,
+                 schema: Schema[Any, Any] | None = None) -> None:
         self.store = store
         self.writer = writer
         self._settings = settings
+        self.schema = schema if schema is not None else default_schema()
         self.rooms: dict[str, DocumentRoom] = {}
         self._loading: dict[str, asyncio.Task[DocumentRoom]] = {}
         self._unloads: dict[str, asyncio.TimerHandle] = {}
@@ -72,6 +78,15 @@ class RoomManager:
         finally:
             room.holds -= 1
             self.release(room)
+
+    async def authority(self, room: DocumentRoom) -> StepAuthority:
+        """The room's ProseMirror step authority, loaded from the store on first use."""
+        if room.steps is None:
+            authority = StepAuthority(room.document_id, self.schema, self.store)
+            await authority.load()
+            if room.steps is None:  # nobody loaded it meanwhile
+                room.steps = authority
+        return room.steps
 
     def release(self, room: DocumentRoom) -> None:
         """A member left or a hold ended: unload after the grace period if nobody is left."""
@@ -127,6 +142,8 @@ class RoomManager:
             await asyncio.wait_for(self.writer.flush(), timeout=10)
             if room.idle:
                 await self.store.compact(room.document_id)
+            if room.idle and room.steps is not None and room.steps.unsaved:
+                await room.steps.snapshot()
         except Exception as exc:  # store trouble: keep the room and try again later
             logger.warning("keeping %r loaded, store not ready: %s", room.document_id, exc)
             self.release(room)

@@ -31,6 +31,36 @@ class StoredDocument:
         return merge_into_snapshot(self.snapshot, self.updates)
 
 
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One accepted ProseMirror step; ``version`` is the version it applies to."""
+
+    version: int
+    step: str
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepLog:
+    """What the store holds of a document's step authority."""
+
+    #: the snapshot the log starts from: (version, ProseMirror doc JSON), or None (version 0)
+    snapshot: tuple[int, str] | None
+    #: steps with version >= the snapshot's version, in order
+    steps: list[StepRecord]
+
+    @property
+    def version(self) -> int:
+        base = self.snapshot[0] if self.snapshot else 0
+        return self.steps[-1].version + 1 if self.steps else base
+
+
+#: append_steps outcomes
+APPENDED = "appended"
+CONFLICT = "conflict"    # a step for one of these versions exists already
+DUPLICATE = "duplicate"  # this change id was applied already
+
+
 def merge_into_snapshot(snapshot: bytes | None, updates: Sequence[bytes]) -> bytes:
     """Apply a snapshot and updates to a fresh Doc and encode it again (garbage-collected)."""
     doc: Doc[Any] = Doc()
@@ -92,4 +122,25 @@ class DocumentStore(Protocol):
 
     async def delete_document(self, document_id: str) -> bool:
         """Delete a document and its steps; ``True`` if it existed."""
+        ...
+
+    async def load_steps(self, document_id: str, since: int = 0) -> StepLog:
+        """The step authority's snapshot and the steps from version ``since`` (or from the
+        snapshot, whichever is later). Reflects every append that returned before."""
+        ...
+
+    async def append_steps(self, document_id: str, version: int, steps: Sequence[str],
+                           client_id: str, change_id: str | None = None) -> str:
+        """Compare-and-append, in one transaction: steps at ``version``, ``version + 1``, ….
+
+        Returns ``CONFLICT`` and stores nothing if any of these versions is taken (another
+        writer, on any instance, got there first), ``DUPLICATE`` and stores nothing if
+        ``change_id`` was applied before, else ``APPENDED``.
+        """
+        ...
+
+    async def save_step_snapshot(self, document_id: str, version: int, doc: str,
+                                 keep_steps: int) -> None:
+        """Record the ProseMirror doc at ``version``, and forget all steps but the last
+        ``keep_steps`` before it (clients further behind reload the document)."""
         ...

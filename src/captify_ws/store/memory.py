@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from captify_ws.store.base import StoredDocument, merge_into_snapshot
+from captify_ws.store.base import (
+    APPENDED,
+    CONFLICT,
+    DUPLICATE,
+    StepLog,
+    StepRecord,
+    StoredDocument,
+    merge_into_snapshot,
+)
 
 
 class MemoryStore:
@@ -19,6 +27,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self._snapshots: dict[str, bytes | None] = {}
         self._logs: dict[str, list[bytes]] = {}
+        self._steps: dict[str, dict[int, StepRecord]] = {}
+        self._pm: dict[str, tuple[int, str]] = {}
+        self._changes: dict[str, set[str]] = {}
 
     async def open(self) -> None:
         return None
@@ -52,4 +63,33 @@ class MemoryStore:
 
     async def delete_document(self, document_id: str) -> bool:
         self._snapshots.pop(document_id, None)
-        return self._logs.pop(document_id, None) is not None
+        existed = self._logs.pop(document_id, None) is not None
+        existed = self._steps.pop(document_id, None) is not None or existed
+        self._pm.pop(document_id, None)
+        self._changes.pop(document_id, None)
+        return existed
+
+    async def load_steps(self, document_id: str, since: int = 0) -> StepLog:
+        steps = self._steps.get(document_id, {})
+        return StepLog(self._pm.get(document_id),
+                       [steps[v] for v in sorted(steps) if v >= since])
+
+    async def append_steps(self, document_id: str, version: int, steps: Sequence[str],
+                           client_id: str, change_id: str | None = None) -> str:
+        if change_id is not None and change_id in self._changes.get(document_id, set()):
+            return DUPLICATE
+        log = self._steps.setdefault(document_id, {})
+        if any(version + offset in log for offset in range(len(steps))):
+            return CONFLICT
+        for offset, step in enumerate(steps):
+            log[version + offset] = StepRecord(version + offset, step, client_id)
+        if change_id is not None:
+            self._changes.setdefault(document_id, set()).add(change_id)
+        return APPENDED
+
+    async def save_step_snapshot(self, document_id: str, version: int, doc: str,
+                                 keep_steps: int) -> None:
+        self._pm[document_id] = (version, doc)
+        log = self._steps.get(document_id, {})
+        for old in [v for v in log if v < version - keep_steps]:
+            del log[old]

@@ -16,8 +16,21 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from captify_ws.errors import StoreError
-from captify_ws.store.base import StoredDocument, merge_into_snapshot
+from captify_ws.store.base import (
+    APPENDED,
+    CONFLICT,
+    DUPLICATE,
+    StepLog,
+    StepRecord,
+    StoredDocument,
+    merge_into_snapshot,
+)
 from captify_ws.store.schema import POSTGRES_MIGRATIONS
+
+
+class _Duplicate(Exception):
+    """Rolls back an append whose change id was applied before."""
+
 
 #: Any constant: the advisory lock that serialises migrations across instances.
 _MIGRATION_LOCK = 0x43415054
@@ -169,9 +182,76 @@ class PostgresStore:
                                    document_id)
                 status = await conn.execute("DELETE FROM captify_documents WHERE id = $1",
                                             document_id)
-                return bool(status != "DELETE 0")
+                steps = await conn.execute("DELETE FROM captify_steps WHERE document_id = $1",
+                                           document_id)
+                for table in ("captify_pm_snapshots", "captify_changes"):
+                    await conn.execute(f"DELETE FROM {table} WHERE document_id = $1",
+                                       document_id)
+                return bool(status != "DELETE 0" or steps != "DELETE 0")
         result: bool = await self._call(work)
         return result
+
+    async def load_steps(self, document_id: str, since: int = 0) -> StepLog:
+        pool = self._pool_or_fail()
+
+        async def work() -> StepLog:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow("SELECT version, doc FROM captify_pm_snapshots "
+                                          "WHERE document_id = $1", document_id)
+                rows = await conn.fetch("SELECT version, step, client_id FROM captify_steps "
+                                        "WHERE document_id = $1 AND version >= $2 "
+                                        "ORDER BY version", document_id, since)
+                return StepLog((int(row["version"]), row["doc"]) if row else None,
+                               [StepRecord(int(r["version"]), r["step"], r["client_id"])
+                                for r in rows])
+        result: StepLog = await self._call(work)
+        return result
+
+    async def append_steps(self, document_id: str, version: int, steps: Sequence[str],
+                           client_id: str, change_id: str | None = None) -> str:
+        pool = self._pool_or_fail()
+
+        async def work() -> str:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                try:
+                    async with conn.transaction():
+                        if change_id is not None:
+                            inserted = await conn.fetchval(
+                                "INSERT INTO captify_changes (document_id, change_id, version) "
+                                "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
+                                document_id, change_id, version)
+                            if inserted is None:
+                                raise _Duplicate
+                        await conn.execute(
+                            "INSERT INTO captify_steps (document_id, version, step, client_id) "
+                            "SELECT $1, v, s, $4 FROM unnest($2::bigint[], $3::text[]) "
+                            "AS t(v, s)", document_id,
+                            [version + i for i in range(len(steps))], list(steps), client_id)
+                except _Duplicate:
+                    return DUPLICATE
+                except asyncpg.UniqueViolationError:
+                    return CONFLICT
+                return APPENDED
+        result: str = await self._call(work)
+        return result
+
+    async def save_step_snapshot(self, document_id: str, version: int, doc: str,
+                                 keep_steps: int) -> None:
+        pool = self._pool_or_fail()
+
+        async def work() -> None:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction():
+                await conn.execute(
+                    "INSERT INTO captify_pm_snapshots (document_id, version, doc) "
+                    "VALUES ($1, $2, $3) ON CONFLICT (document_id) DO UPDATE SET "
+                    "version = excluded.version, doc = excluded.doc "
+                    "WHERE excluded.version > captify_pm_snapshots.version",
+                    document_id, version, doc)
+                await conn.execute("DELETE FROM captify_steps WHERE document_id = $1 "
+                                   "AND version < $2", document_id, version - keep_steps)
+        await self._call(work)
 
     async def log_length(self, document_id: str) -> int:
         pool = self._pool_or_fail()

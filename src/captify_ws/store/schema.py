@@ -17,6 +17,15 @@ SQLITE_MIGRATIONS: Final[list[list[str]]] = [
         "document_id TEXT NOT NULL, data BLOB NOT NULL)",
         "CREATE INDEX captify_updates_by_document ON captify_updates (document_id, seq)",
     ],
+    # 2: the ProseMirror step authority: its log, snapshots, and applied change ids
+    [
+        "CREATE TABLE captify_steps (document_id TEXT NOT NULL, version INTEGER NOT NULL, "
+        "step TEXT NOT NULL, client_id TEXT NOT NULL, PRIMARY KEY (document_id, version))",
+        "CREATE TABLE captify_pm_snapshots (document_id TEXT PRIMARY KEY, "
+        "version INTEGER NOT NULL, doc TEXT NOT NULL)",
+        "CREATE TABLE captify_changes (document_id TEXT NOT NULL, change_id TEXT NOT NULL, "
+        "version INTEGER NOT NULL, PRIMARY KEY (document_id, change_id))",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
@@ -27,5 +36,13 @@ POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
         "CREATE TABLE captify_updates (seq BIGSERIAL PRIMARY KEY, document_id TEXT NOT NULL, "
         "data BYTEA NOT NULL)",
         "CREATE INDEX captify_updates_by_document ON captify_updates (document_id, seq)",
+    ],
+    [
+        "CREATE TABLE captify_steps (document_id TEXT NOT NULL, version BIGINT NOT NULL, "
+        "step TEXT NOT NULL, client_id TEXT NOT NULL, PRIMARY KEY (document_id, version))",
+        "CREATE TABLE captify_pm_snapshots (document_id TEXT PRIMARY KEY, "
+        "version BIGINT NOT NULL, doc TEXT NOT NULL)",
+        "CREATE TABLE captify_changes (document_id TEXT NOT NULL, change_id TEXT NOT NULL, "
+        "version BIGINT NOT NULL, PRIMARY KEY (document_id, change_id))",
     ],
 ]

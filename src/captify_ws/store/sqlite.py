@@ -21,7 +21,15 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from captify_ws.errors import ConfigError, StoreError
-from captify_ws.store.base import StoredDocument, merge_into_snapshot
+from captify_ws.store.base import (
+    APPENDED,
+    CONFLICT,
+    DUPLICATE,
+    StepLog,
+    StepRecord,
+    StoredDocument,
+    merge_into_snapshot,
+)
 from captify_ws.store.schema import SQLITE_MIGRATIONS
 
 T = TypeVar("T")
@@ -181,12 +189,76 @@ class SqliteStore:
                 db.execute("DELETE FROM captify_updates WHERE document_id = ?", (document_id,))
                 deleted = db.execute("DELETE FROM captify_documents WHERE id = ?",
                                      (document_id,)).rowcount
+                deleted += db.execute("DELETE FROM captify_steps WHERE document_id = ?",
+                                      (document_id,)).rowcount
+                for table in ("captify_pm_snapshots", "captify_changes"):
+                    db.execute(f"DELETE FROM {table} WHERE document_id = ?", (document_id,))
                 db.execute("COMMIT")
                 return bool(deleted)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         return await self._run(work)
+
+    # -- the step authority ----------------------------------------------------------------
+
+    async def load_steps(self, document_id: str, since: int = 0) -> StepLog:
+        def work(db: sqlite3.Connection) -> StepLog:
+            row = db.execute("SELECT version, doc FROM captify_pm_snapshots "
+                             "WHERE document_id = ?", (document_id,)).fetchone()
+            steps = [StepRecord(int(v), step, client) for v, step, client in db.execute(
+                "SELECT version, step, client_id FROM captify_steps WHERE document_id = ? "
+                "AND version >= ? ORDER BY version", (document_id, since))]
+            return StepLog((int(row[0]), row[1]) if row else None, steps)
+        return await self._run(work)
+
+    async def append_steps(self, document_id: str, version: int, steps: Sequence[str],
+                           client_id: str, change_id: str | None = None) -> str:
+        def work(db: sqlite3.Connection) -> str:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if change_id is not None:
+                    try:
+                        db.execute("INSERT INTO captify_changes (document_id, change_id, "
+                                   "version) VALUES (?, ?, ?)", (document_id, change_id,
+                                                                 version))
+                    except sqlite3.IntegrityError:
+                        db.execute("ROLLBACK")
+                        return DUPLICATE
+                try:
+                    db.executemany(
+                        "INSERT INTO captify_steps (document_id, version, step, client_id) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(document_id, version + i, step, client_id)
+                         for i, step in enumerate(steps)])
+                except sqlite3.IntegrityError:
+                    db.execute("ROLLBACK")
+                    return CONFLICT
+                db.execute("COMMIT")
+                return APPENDED
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return await self._run(work)
+
+    async def save_step_snapshot(self, document_id: str, version: int, doc: str,
+                                 keep_steps: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT INTO captify_pm_snapshots (document_id, version, doc) "
+                           "VALUES (?, ?, ?) ON CONFLICT (document_id) DO UPDATE SET "
+                           "version = excluded.version, doc = excluded.doc "
+                           "WHERE excluded.version > captify_pm_snapshots.version",
+                           (document_id, version, doc))
+                db.execute("DELETE FROM captify_steps WHERE document_id = ? AND version < ?",
+                           (document_id, version - keep_steps))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        await self._run(work)
 
     # -- for tests and tools ---------------------------------------------------------------
 

@@ -1,0 +1,219 @@
+"""The ProseMirror step authority of one document (what prosemirror-collab needs centrally).
+
+Steps are ordered by version. A submission for the current version whose steps all apply to
+the server's document is appended; one for an older version gets the steps it is missing
+instead (the client rebases and resubmits); steps that do not apply are refused.
+
+The log is kept in the store with a compare-and-append on ``(document, version)``: when two
+instances share a PostgreSQL store, only one of them can accept steps for a given version;
+the other catches up from the store and answers its client "behind". Server-originated steps
+carry a change id, stored with them, so a retried call is never applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from prosemirror.model import Node, Schema, Slice
+from prosemirror.transform import ReplaceStep, Step
+
+from captify_ws.errors import InvalidMessage
+from captify_ws.store.base import APPENDED, CONFLICT, DocumentStore, StepRecord
+
+logger = logging.getLogger("captify_ws.steps")
+
+#: Steps kept (in memory and in the store) behind the latest snapshot, for clients catching up.
+KEEP_STEPS: Final = 1000
+#: A snapshot of the ProseMirror document is stored every this many steps.
+SNAPSHOT_EVERY: Final = 200
+
+
+class StepsRefused(InvalidMessage):
+    """Steps that cannot be accepted; ``code`` goes into the error message's data."""
+
+    def __init__(self, message: str, code: str, **data: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = {"code": code, **data}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Steps appended at ``version`` (the version the first one applies to)."""
+
+    version: int
+    steps: list[Any]
+    client_ids: list[Any]
+    change_id: Any = None
+
+
+@dataclass(frozen=True)
+class Behind:
+    """The submission was for an older version: here is what happened since."""
+
+    version: int
+    steps: list[Any] = field(default_factory=list)
+    client_ids: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """This change id was applied before: nothing was done."""
+
+    change_id: Any
+
+
+Outcome = Accepted | Behind | Duplicate
+
+
+def default_schema() -> Schema[Any, Any]:
+    """prosemirror-schema-basic with the list nodes, as prosemirror-example-setup builds it."""
+    from prosemirror.schema.basic import schema as basic
+    from prosemirror.schema.list import add_list_nodes
+
+    return Schema({"nodes": add_list_nodes(basic.spec["nodes"], "paragraph block*", "block"),
+                   "marks": basic.spec["marks"]})
+
+
+def _apply(schema: Schema[Any, Any], doc: Node, steps_json: Sequence[Any]) -> Node:
+    for index, step_json in enumerate(steps_json):
+        try:
+            step = Step.from_json(schema, step_json)
+            result = step.apply(doc)
+        except Exception as exc:  # the prosemirror port raises several kinds
+            raise StepsRefused(f"step {index} is invalid: {exc}", "invalid_steps") from None
+        if result.failed or result.doc is None:
+            raise StepsRefused(f"step {index} does not apply: {result.failed}",
+                               "invalid_steps")
+        doc = result.doc
+    return doc
+
+
+class StepAuthority:
+    """The versioned step log of one document. Load with :meth:`load` before use."""
+
+    def __init__(self, document_id: str, schema: Schema[Any, Any],
+                 store: DocumentStore) -> None:
+        self.document_id = document_id
+        self.schema = schema
+        self.store = store
+        self.doc: Node = schema.top_node_type.create_and_fill()  # type: ignore[assignment]
+        self.version = 0
+        #: accepted steps still kept, oldest first (versions history_start … version - 1)
+        self.history: list[StepRecord] = []
+        self.history_start = 0
+        self.lock = asyncio.Lock()
+        self._since_snapshot = 0
+
+    async def load(self) -> None:
+        log = await self.store.load_steps(self.document_id, 0)
+        base = 0
+        if log.snapshot is not None:
+            base = log.snapshot[0]
+            self.doc = Node.from_json(self.schema, json.loads(log.snapshot[1]))
+        self.version = base
+        self.history = list(log.steps)
+        self.history_start = log.steps[0].version if log.steps else base
+        for record in log.steps:
+            if record.version >= base:
+                self._replay(record)
+
+    def _replay(self, record: StepRecord) -> None:
+        if record.version != self.version:
+            raise StepsRefused(f"gap in the step log at {self.version}", "corrupt_log")
+        self.doc = _apply(self.schema, self.doc, [json.loads(record.step)])
+        self.version += 1
+
+    async def catch_up(self) -> list[StepRecord]:
+        """Apply what other instances appended to the shared store since our version."""
+        log = await self.store.load_steps(self.document_id, self.version)
+        new = [record for record in log.steps if record.version >= self.version]
+        for record in new:
+            self._replay(record)
+            self.history.append(record)
+        return new
+
+    def since(self, version: int) -> Behind:
+        """The steps after ``version``; refuses with ``history_trimmed`` when forgotten."""
+        if version > self.version:
+            raise StepsRefused(f"version {version} is ahead of the document ({self.version})",
+                               "invalid_version", version=self.version)
+        if version < self.history_start:
+            raise StepsRefused(f"steps before version {self.history_start} are no longer "
+                               "kept; reload the document", "history_trimmed",
+                               version=self.version)
+        records = self.history[version - self.history_start:]
+        return Behind(version, [json.loads(r.step) for r in records],
+                      [json.loads(r.client_id) for r in records])
+
+    def apply_remote(self, accepted: Accepted) -> bool:
+        """Steps another instance accepted (from the broker); False if we are out of step
+        (the next submission catches up from the store)."""
+        if accepted.version != self.version:
+            return False
+        new_doc = _apply(self.schema, self.doc, accepted.steps)
+        for offset, (step, client) in enumerate(zip(accepted.steps, accepted.client_ids,
+                                                    strict=True)):
+            self.history.append(StepRecord(accepted.version + offset, json.dumps(step),
+                                           json.dumps(client)))
+        self.doc = new_doc
+        self.version += len(accepted.steps)
+        return True
+
+    async def submit(self, version: int, steps: Sequence[Any], client_id: Any,
+                     change_id: Any = None) -> Outcome:
+        """Compare-and-append; see the module docstring. Call with :attr:`lock` held."""
+        if not steps:
+            raise StepsRefused("no steps", "invalid_steps")
+        if version > self.version:
+            await self.catch_up()
+        if version < self.version:
+            return self.since(version)
+        if version > self.version:
+            raise StepsRefused(f"version {version} is ahead of the document ({self.version})",
+                               "invalid_version", version=self.version)
+        new_doc = _apply(self.schema, self.doc, steps)
+        client_text = json.dumps(client_id)
+        texts = [json.dumps(step, separators=(",", ":")) for step in steps]
+        result = await self.store.append_steps(
+            self.document_id, version, texts, client_text,
+            None if change_id is None else json.dumps(change_id))
+        if result == CONFLICT:
+            # Another instance took this version: catch up, and tell the client it is behind.
+            await self.catch_up()
+            return self.since(version)
+        if result != APPENDED:
+            return Duplicate(change_id)
+        self.doc = new_doc
+        for offset, text in enumerate(texts):
+            self.history.append(StepRecord(version + offset, text, client_text))
+        self.version += len(steps)
+        self._since_snapshot += len(steps)
+        if self._since_snapshot >= SNAPSHOT_EVERY:
+            await self.snapshot()
+        return Accepted(version, list(steps), [client_id] * len(steps), change_id)
+
+    @property
+    def unsaved(self) -> bool:
+        """Steps since the last snapshot (loading replays them; a snapshot makes it quick)."""
+        return self._since_snapshot > 0
+
+    async def snapshot(self) -> None:
+        """Store the document at the current version and trim the kept history."""
+        self._since_snapshot = 0
+        await self.store.save_step_snapshot(
+            self.document_id, self.version, json.dumps(self.doc.to_json()), KEEP_STEPS)
+        keep_from = max(self.history_start, self.version - KEEP_STEPS)
+        self.history = self.history[keep_from - self.history_start:]
+        self.history_start = keep_from
+
+    def replace_all_step(self, doc: Node) -> dict[str, Any]:
+        """A step that replaces the whole document content with ``doc``'s (used to fold edits
+        made through Yjs into the step log)."""
+        step = ReplaceStep(0, self.doc.content.size, Slice(doc.content, 0, 0))
+        return dict(step.to_json())
