@@ -101,7 +101,7 @@ async def _serve(settings: Settings) -> int:
         sock = config.bind_socket()
         port = sock.getsockname()[1]
         task = loop.create_task(uv.serve(sockets=[sock]))
-        while not uv.started and not task.done():
+        while not uv.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.01)
         if task.done():
             await task
