@@ -24,6 +24,7 @@ serve: $(VENV)/.installed
 	$(VENV)/bin/captify-ws serve
 
 services:
+	bash scripts/system-deps.sh
 	bash scripts/services.sh
 
 lint: $(VENV)/.installed

@@ -74,7 +74,7 @@ json_frames = st.one_of(
 
 
 @given(frame=binary_frames)
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_binary_codec_never_raises_anything_else(frame: bytes) -> None:
     """decode_message answers an event or raises ProtocolError, for any bytes."""
     with contextlib.suppress(ProtocolError):
@@ -82,7 +82,7 @@ def test_binary_codec_never_raises_anything_else(frame: bytes) -> None:
 
 
 @given(frame=json_frames)
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_json_codec_never_raises_anything_else(frame: str) -> None:
     """decode_client_message answers an event or raises ProtocolError, for any text."""
     with contextlib.suppress(ProtocolError):
@@ -97,7 +97,7 @@ def _replay(accepted: list[bytes]) -> str:
 
 
 @given(updates=st.lists(st.one_of(st.sampled_from(VALID), mutated(VALID)), max_size=12))
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_room_equals_replay_of_valid_updates(updates: list[bytes]) -> None:
     """Applying valid and corrupted updates: the room equals a replay of those it accepted,
     and a refused update changes nothing."""

@@ -15,17 +15,29 @@ somewhere that does not forward lifespan events (Starlette's ``Mount``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import inspect
 import json
 import logging
+from importlib import resources
 from typing import Any, Final
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route, Router
 
 from captify_ws.config import Settings
-from captify_ws.errors import InvalidMessage, ProtocolError, StaleVersion, StoreError
+from captify_ws.errors import InvalidMessage, ProtocolError, Reject, StaleVersion, StoreError
+from captify_ws.handlers.base import import_attribute
+from captify_ws.metrics import build_registry, snapshot
 from captify_ws.protocol import envelope
 from captify_ws.server import Server
 from captify_ws.transport.asgi import deny, serve_websocket
@@ -34,7 +46,8 @@ from captify_ws.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger("captify_ws.app")
 
 #: Paths captify-ws answers itself; everything else goes to the user's http_app.
-OWN_PREFIXES: Final = ("/healthz", "/readyz", "/api/v1/")
+OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/")
+ADMIN_COOKIE: Final = "captify_admin"
 
 
 def _route_path(scope: Scope) -> str:
@@ -51,9 +64,14 @@ class CaptifyApp:
     def __init__(self, server: Server, http_app: ASGIApp | None = None) -> None:
         self.server = server
         self.http_app = http_app
+        self._registry: CollectorRegistry | None = None
         self._router = Router(routes=[
             Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
             Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+            Route("/admin", self._admin_redirect, methods=["GET"]),
+            Route("/admin/", self._admin_page, methods=["GET"]),
+            Route("/admin/api/stats", self._admin_stats, methods=["GET"]),
             Route("/api/v1/documents/{document_id:path}/steps", self._post_steps,
                   methods=["POST"]),
             Route("/api/v1/documents/{document_id:path}/updates", self._post_update,
@@ -127,6 +145,61 @@ class CaptifyApp:
         if reasons:
             return JSONResponse({"status": "unavailable", "reasons": reasons}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    async def _metrics(self, request: Request) -> Response:
+        if self._registry is None:
+            self._registry = build_registry(self.server)
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _admin_token(self) -> str:
+        key = self.server.settings.api_key or ""
+        return hmac.new(key.encode(), b"captify-admin", hashlib.sha256).hexdigest()
+
+    async def _check_admin(self, request: Request) -> Response | None:
+        """The dashboard needs the API key (``?key=``, a Bearer header, or the cookie set on
+        the first visit) or passes the admin hook (``--admin-auth``)."""
+        hook = self.server.settings.admin_auth
+        if hook:
+            try:
+                result = import_attribute(hook, "admin_auth")(request)
+                if inspect.isawaitable(result):
+                    await result
+            except Reject as exc:
+                return PlainTextResponse(exc.reason, status_code=403)
+            return None
+        key = self.server.settings.api_key
+        if not key:
+            return PlainTextResponse("The admin dashboard is off: set CAPTIFY_WS_API_KEY (or "
+                                     "--admin-auth module:function).", status_code=404)
+        given = request.query_params.get("key") or \
+            request.headers.get("authorization", "").partition(" ")[2].strip()
+        if given and hmac.compare_digest(given.encode(), key.encode()):
+            return None
+        cookie = request.cookies.get(ADMIN_COOKIE, "")
+        if cookie and hmac.compare_digest(cookie, self._admin_token()):
+            return None
+        return PlainTextResponse("Open /admin/?key=<CAPTIFY_WS_API_KEY>", status_code=401)
+
+    async def _admin_redirect(self, request: Request) -> Response:
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"{request.url.path}/{query}", status_code=307)
+
+    async def _admin_page(self, request: Request) -> Response:
+        refused = await self._check_admin(request)
+        if refused is not None:
+            return refused
+        page = (resources.files("captify_ws") / "static" / "admin.html").read_text()
+        response = HTMLResponse(page, headers={"Cache-Control": "no-store"})
+        if self.server.settings.api_key:
+            response.set_cookie(ADMIN_COOKIE, self._admin_token(), httponly=True,
+                                samesite="strict", path="/admin")
+        return response
+
+    async def _admin_stats(self, request: Request) -> Response:
+        refused = await self._check_admin(request)
+        if refused is not None:
+            return refused
+        return JSONResponse(snapshot(self.server), headers={"Cache-Control": "no-store"})
 
     def _check_api_key(self, request: Request) -> Response | None:
         key = self.server.settings.api_key

@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from captify_ws import __version__
+from captify_ws import __version__, logs
 from captify_ws.config import Settings
 from captify_ws.errors import CaptifyError, ConfigError
 
@@ -71,10 +71,7 @@ def import_string(spec: str) -> Any:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("captify_ws.picows").setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)
 
 
 async def _serve(settings: Settings) -> int:
@@ -126,11 +123,19 @@ async def _serve(settings: Settings) -> int:
         raise
     _announce(settings, native.port, "native")
     await stop.wait()
-    logger.info("shutting down")
-    await native.stop()
-    if inner is not None:
-        await inner.shutdown()
-    await server.stop()
+    logger.info("shutting down: closing %d connections with 1012",
+                server.get_connection_count())
+    bound = settings.shutdown_timeout_s
+    try:
+        async with asyncio.timeout(bound):
+            await native.stop()
+            if inner is not None:
+                await inner.shutdown()
+            await server.stop(timeout=bound * 0.8)
+    except TimeoutError:
+        logger.error("shutdown took longer than %.0f s; exiting anyway", bound)
+        return 1
+    logger.info("stopped")
     return 0
 
 

@@ -62,6 +62,7 @@ class RemoteOwner:
 @dataclass
 class InstanceInfo:
     last_seen: float
+    lag: float = 0.0
     handlers: dict[str, int] = field(default_factory=dict)
     documents: dict[str, int] = field(default_factory=dict)
 
@@ -247,6 +248,9 @@ class ClusterBridge:
                 logger.info("instance %s joined the cluster", message.instance)
                 info = self.instances[message.instance] = InstanceInfo(time.monotonic())
             info.last_seen = time.monotonic()
+            sent_at = body.get("sentAt")
+            if isinstance(sent_at, (int, float)):
+                info.lag = max(0.0, time.time() - sent_at)
             info.handlers = dict(body.get("handlers", {}))
             info.documents = dict(body.get("documents", {}))
         elif kind == wire.DIGEST:
@@ -337,7 +341,8 @@ class ClusterBridge:
         handlers = {name: len(conns) for name, conns in server.connections.items()}
         self.broker.publish(self.cluster_channel, wire.encode(
             wire.HEARTBEAT, self.instance,
-            wire.encode_json({"handlers": handlers, "documents": documents})))
+            wire.encode_json({"handlers": handlers, "documents": documents,
+                              "sentAt": time.time()})))
 
     async def _heartbeats(self) -> None:
         while True:
@@ -356,6 +361,10 @@ class ClusterBridge:
         if owner is not None:
             for room in self.server.rooms.rooms.values():
                 room.presence.remove_owned_by(owner)
+
+    @property
+    def max_lag(self) -> float:
+        return max((info.lag for info in self.instances.values()), default=0.0)
 
     def remote_document_count(self, document_id: str) -> int:
         return sum(info.documents.get(document_id, 0) for info in self.instances.values())

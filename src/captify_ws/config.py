@@ -68,6 +68,13 @@ class Settings:
     api_key: str | None = _setting(
         None, "bearer key for the HTTP API under /api/v1 (the API is off without one)",
         secret=True, metavar="KEY")
+    admin_auth: str | None = _setting(
+        None, "the admin dashboard's own check, 'module:function' taking the request and raising "
+        "captify_ws.Reject to refuse; default: the API key", metavar="MOD:ATTR")
+    log_format: str = _setting("text", "'text' (readable) or 'json' (one object per line)")
+    shutdown_timeout_s: float = _setting(
+        10.0, "on SIGTERM/SIGINT: seconds to close clients (1012), write what is pending and "
+        "leave the broker before exiting", float)
     store: str = _setting(
         "sqlite:///./data/captify-ws.db",
         "document store URL: 'sqlite:///path.db' (the embedded default), "
@@ -241,6 +248,8 @@ class Settings:
                 "anyone in (development only)")
         if self.message_rate <= 0 or self.message_burst < 1:
             raise ConfigError("message_rate must be positive and message_burst at least 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, "
                               f"not {self.log_level!r}")

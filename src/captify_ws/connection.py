@@ -25,14 +25,21 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import parse_qsl
 
 from pycrdt import merge_updates
 
-from captify_ws.errors import CloseCode, close_code_for, close_reason_for, truncate_reason
+from captify_ws.errors import (
+    CloseCode,
+    Reject,
+    close_code_for,
+    close_reason_for,
+    truncate_reason,
+)
+from captify_ws.metrics import Stats
 from captify_ws.protocol import ywebsocket
 
 if TYPE_CHECKING:
@@ -159,11 +166,13 @@ def _text(value: str | bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """Limits shared by every connection of a server (one object, not one per connection)."""
+    """Limits shared by every connection of a server (one object, not one per connection),
+    and the server's counters."""
 
     send_budget: int = 8 << 20
     message_rate: float = 1000.0
     message_burst: int = 20000
+    stats: Stats = field(default_factory=Stats)
 
 
 Gate = Callable[["Connection"], Awaitable[None]]
@@ -216,6 +225,9 @@ class Connection:
         """Queue ``frame`` for this connection; the hot path of every broadcast."""
         if self._closing:
             return
+        stats = self._limits.stats
+        stats.frames_out += 1
+        stats.bytes_out += len(frame.payload)
         if self._paused:
             self._enqueue(frame)
         else:
@@ -242,6 +254,7 @@ class Connection:
             if self._pending_bytes > self._send_budget:
                 logger.warning("closing %s: %d bytes waiting, budget %d", self.id,
                                self._pending_bytes, self._send_budget)
+                self._limits.stats.slow_consumers += 1
                 self._drop_pending()
                 self.close(CloseCode.OVERLOADED, "too slow to keep up")
 
@@ -302,6 +315,7 @@ class Connection:
             self.abort(CloseCode.GOING_AWAY, "no answer to ping")
         else:
             self._ping_outstanding = True
+            logger.debug("ping %s", self.id)
             self._ping()
 
     def on_closed(self, callback: Any) -> None:
@@ -414,6 +428,8 @@ class Connection:
 
     def _handler_failed(self, exc: Exception) -> None:
         code = close_code_for(exc)
+        if isinstance(exc, Reject):
+            self._limits.stats.refused(str(exc.code))
         if code == CloseCode.INTERNAL_ERROR:
             logger.exception("handler %s failed on connection %s", self.handler.path, self.id,
                              exc_info=exc)

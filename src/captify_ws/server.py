@@ -55,6 +55,7 @@ from captify_ws.handlers.base import (
     import_attribute,
     load_handler,
 )
+from captify_ws.metrics import Stats
 from captify_ws.protocol import envelope
 from captify_ws.protocol.cluster import ExternalSteps
 from captify_ws.rooms.document import SERVER_ORIGIN, DocumentRoom
@@ -122,9 +123,10 @@ class Server:
         self.settings = settings or Settings()
         self.authenticator = authenticator or build_authenticator(self.settings)
         self.authorizer = authorizer or build_authorizer(self.settings)
+        self.stats = Stats()
         self.connection_limits = ConnectionLimits(
             send_budget=self.settings.send_budget, message_rate=self.settings.message_rate,
-            message_burst=self.settings.message_burst)
+            message_burst=self.settings.message_burst, stats=self.stats)
         self._per_user: dict[str, int] = {}
         self._per_address: dict[str, int] = {}
         #: (document_id, user_id) → (expires at, "none" | "read")
@@ -137,11 +139,13 @@ class Server:
             broker = broker_from_url(self.settings.broker)
         self.broker = broker
         self.writer = StoreWriter(
-            self.store, commit_interval_s=self.settings.store_commit_interval_ms / 1000)
+            self.store, commit_interval_s=self.settings.store_commit_interval_ms / 1000,
+            on_commit=lambda count, seconds: self.stats.store_writes.observe(seconds))
         schema = None
         if self.settings.pm_schema:
             schema = import_attribute(self.settings.pm_schema, "pm_schema")
-        self.rooms = RoomManager(self.store, self.writer, self.settings, schema)
+        self.rooms = RoomManager(self.store, self.writer, self.settings, schema,
+                                 stats=self.stats)
         self.cluster = ClusterBridge(self, broker) if broker is not None else None
         self.registry = HandlerRegistry()
         for factory in BUILTIN_HANDLERS:
@@ -270,6 +274,7 @@ class Server:
             origin = request.header("origin")
             if origin is not None and not origin_allowed(origin, allowed):
                 logger.info("refused an upgrade from origin %s", origin)
+                self.stats.refused("origin")
                 raise Reject(CloseCode.POLICY, f"origin {origin} is not allowed")
 
     def subprotocol_for(self, request: UpgradeRequest) -> str | None:
@@ -280,6 +285,7 @@ class Server:
         """A transport accepted ``conn``: track it, authenticate it, run ``on_connect``."""
         self.connections[handler_name(conn.handler)].add(conn)
         self._no_connections.clear()
+        self.stats.connections_opened += 1
         conn.on_closed(self._connection_closed)
         conn.opened(self._gate)
 
@@ -380,6 +386,10 @@ class Server:
 
     def _connection_closed(self, conn: Connection) -> None:
         self.connections[handler_name(conn.handler)].discard(conn)
+        self.stats.connections_closed += 1
+        logger.debug("closed %s %s code=%s", conn.id, conn.request.path, conn.close_code,
+                     extra={"connection": conn.id, "path": conn.request.path,
+                            "close_code": conn.close_code})
         if not any(self.connections.values()):
             self._no_connections.set()
 

@@ -13,6 +13,7 @@ one document see each other's edits and presence.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -27,8 +28,23 @@ from captify_ws.rooms.steps import Accepted, Behind
 if TYPE_CHECKING:
     from captify_ws.server import Server
 
+logger = logging.getLogger("captify_ws.fabric")
+
 #: Longest accepted documentId, in characters.
 MAX_DOCUMENT_ID: int = 512
+
+
+_YWS_KINDS: dict[type, str] = {
+    ywebsocket.SyncUpdate: "update", ywebsocket.SyncStep1: "sync-step1",
+    ywebsocket.SyncStep2: "sync-step2", ywebsocket.AwarenessUpdate: "awareness",
+    ywebsocket.QueryAwareness: "query-awareness", ywebsocket.AuthMessage: "auth",
+}
+_JSON_KINDS: dict[type, str] = {
+    envelope.UpdateMessage: "update", envelope.SyncRequest: "sync",
+    envelope.AwarenessMessage: "awareness", envelope.SelectionMessage: "selection",
+    envelope.StepsMessage: "steps", envelope.DocRequest: "doc",
+    envelope.StepsSinceRequest: "steps-since",
+}
 
 
 def _steps_text(document_id: str, outcome: Accepted | Behind) -> str:
@@ -64,6 +80,7 @@ class FabricHandler:
 
     def __init__(self, server: Server) -> None:
         self._server = server
+        self._stats = server.stats
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -99,6 +116,8 @@ class FabricHandler:
                 document_id, client_id, self._server.document_connection_count(document_id)))
         for frame in room.presence_frames_for(member.wire):
             conn.send_frame(frame)
+        logger.debug("%s joined %r (%s, %s)", conn.id, document_id, member.wire, access,
+                     extra={"connection": conn.id, "document": document_id})
 
     def on_close(self, conn: Connection, code: int) -> None:
         member = conn.state
@@ -106,6 +125,9 @@ class FabricHandler:
             room = member.room
             room.leave(conn)
             self._server.rooms.release(room)
+            logger.info("%s left %r (%s) code=%s", conn.id, room.document_id, member.wire, code,
+                        extra={"connection": conn.id, "document": room.document_id,
+                               "close_code": code})
 
     def on_error(self, conn: Connection, error: Exception) -> None:
         return None
@@ -117,6 +139,7 @@ class FabricHandler:
         if isinstance(message, str):
             raise InvalidMessage("y-websocket messages are binary frames")
         event = ywebsocket.decode_message(message)
+        self._stats.received(_YWS_KINDS.get(type(event), "other"), len(message))
         if isinstance(event, ywebsocket.SyncUpdate):
             if self._may_write(conn, member):
                 room.apply_update(event.update, member.origin, frame=event.frame)
@@ -161,6 +184,7 @@ class FabricHandler:
         document_id = room.document_id
         try:
             event = envelope.decode_client_message(message)
+            self._stats.received(_JSON_KINDS.get(type(event), "other"), len(message))
             if event.document_id != document_id:
                 raise InvalidMessage(f"documentId {event.document_id!r} is not this "
                                      f"connection's document {document_id!r}")

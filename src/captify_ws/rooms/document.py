@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Final, Literal
 
 from pycrdt import Doc
 
 from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import InvalidMessage, QuotaExceeded
+from captify_ws.metrics import Stats
 from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms.presence import Change, Presence, PresenceState
 from captify_ws.rooms.steps import StepAuthority
@@ -87,8 +89,10 @@ class DocumentRoom:
     """One document loaded in this process; created by ``RoomManager``."""
 
     def __init__(self, document_id: str, *, awareness_flush_s: float,
-                 awareness_renewal_s: float, max_size: int = 0) -> None:
+                 awareness_renewal_s: float, max_size: int = 0,
+                 stats: Stats | None = None) -> None:
         self.document_id = document_id
+        self.stats = stats if stats is not None else Stats()
         #: bytes of updates applied since load (stored state included): the quota's measure
         self.size = 0
         self.max_size = max_size
@@ -186,6 +190,7 @@ class DocumentRoom:
         self._full_state = None
         if update == ywebsocket.EMPTY_UPDATE:
             return
+        started = perf_counter()
         if self._yws:
             prepared = PreparedFrame.binary(frame or ywebsocket.encode_sync_update(update),
                                             yjs_update=update)
@@ -198,6 +203,8 @@ class DocumentRoom:
             for connection, member in self._json.items():
                 if member is not sender:
                     connection.send_frame(text)
+        self.stats.broadcast("update", len(self._yws) + len(self._json),
+                             perf_counter() - started)
         for listener in self._update_listeners:
             listener(self, update, origin)
 
@@ -274,6 +281,7 @@ class DocumentRoom:
     def _broadcast_presence(self, changes: list[Change]) -> None:
         for listener in self.presence_listeners:
             listener(self, changes)
+        self.stats.broadcast("awareness", len(self._yws) + len(self._json), 0.0)
         if self._yws:
             prepared = PreparedFrame.binary(
                 ywebsocket.encode_awareness(change.entry for change in changes))

@@ -18,6 +18,7 @@ from typing import Any
 from prosemirror.model import Schema
 
 from captify_ws.config import Settings
+from captify_ws.metrics import Stats
 from captify_ws.rooms.document import DocumentRoom, Origin
 from captify_ws.rooms.steps import StepAuthority, default_schema
 from captify_ws.store.base import DocumentStore
@@ -32,7 +33,8 @@ class RoomManager:
     """The rooms of this process, by document id."""
 
     def __init__(self, store: DocumentStore, writer: StoreWriter, settings: Settings,
-                 schema: Schema[Any, Any] | None = None) -> None:
+                 schema: Schema[Any, Any] | None = None, *, stats: Stats | None = None) -> None:
+        self.stats = stats if stats is not None else Stats()
         self.store = store
         self.writer = writer
         self._settings = settings
@@ -102,7 +104,8 @@ class RoomManager:
             room = DocumentRoom(document_id,
                                 awareness_flush_s=self._settings.awareness_flush_ms / 1000,
                                 awareness_renewal_s=self._settings.awareness_renewal_s,
-                                max_size=self._settings.max_document_size)
+                                max_size=self._settings.max_document_size,
+                                stats=self.stats)
             if stored is not None:
                 if stored.snapshot:
                     room.load_state(stored.snapshot)

@@ -54,6 +54,10 @@ class AsgiConnection(Connection):
     def _set_paused(self, paused: bool) -> None:
         return None
 
+    def keepalive(self) -> None:
+        """The ASGI server pings and times out its own WebSockets (uvicorn's ws_ping_*);
+        pongs never reach the application, so the server's sweep must leave these alone."""
+
     def _transport_buffered(self) -> int:
         return 0
 
