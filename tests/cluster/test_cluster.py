@@ -297,3 +297,33 @@ def test_broker_unreachable_at_start_is_one_line() -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("captify-ws:")]
     assert len(lines) == 1 and url in lines[0], result.stderr
+
+
+async def test_revocation_reaches_every_instance(shared_store: str) -> None:
+    """POST …/revoke on instance A closes the user's connection on instance B (4403) and
+    keeps it out there too."""
+    import jwt as pyjwt
+
+    secret = "cluster-revocation-secret-long-enough!!"
+    token = pyjwt.encode({"sub": "mallory", "exp": int(time.time()) + 600}, secret,
+                         algorithm="HS256")
+    with instances(2, shared_store, REDIS_URL, "--auth", "jwt",
+                   "--jwt-secret", secret) as (a, b):
+        from websockets.asyncio.client import connect
+
+        async with connect(f"{b.ws}/ws/fabric?documentId=vault&token={token}") as on_b:
+            assert '"connected"' in str(await on_b.recv())
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.post(f"{a.http}/api/v1/documents/vault/revoke",
+                                         headers=AUTH, json={"userId": "mallory", "to": "none"})
+                assert answer.status_code == 200
+            with contextlib.suppress(Exception):
+                while True:
+                    await asyncio.wait_for(on_b.recv(), 5)
+            assert on_b.close_code == 4403
+        async with connect(f"{b.ws}/ws/fabric?documentId=vault&token={token}") as again:
+            with contextlib.suppress(Exception):
+                while True:
+                    await asyncio.wait_for(again.recv(), 5)
+            assert again.close_code == 4403
