@@ -32,6 +32,7 @@ RESULTS = ROOT / "bench" / "results"
 CAPTIFY = str(ROOT / ".venv" / "bin" / "captify-ws")
 
 FANOUT = ["--scenario", "fanout", "--edits", "200", "--rate", "20", "--settle", "30"]
+CLUSTER_ARGS = [*FANOUT, "--readers", "1000", "--probes", "50"]
 
 #: set name → list of (tag, peers, loadgen args); peers from PEERS below.
 MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
@@ -74,6 +75,12 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
          ["--scenario", "large-doc", "--ld-updates", "20000", "--ld-chunk", "50",
           "--sync-repeats", "5", "--duration", "60"]),
     ],
+    "store": [
+        ("store-load-20000", ["store-load"], []),
+    ],
+    "cluster": [
+        ("fanout-1000-2-instances", ["captify-2"], CLUSTER_ARGS),
+    ],
     "join": [
         ("join-storm-20x10", ["captify", "ywss"],
          ["--scenario", "join-storm", "--docs", "20", "--clients-per-doc", "10",
@@ -83,6 +90,65 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
           "--settle", "10"]),
     ],
 }
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(x) for x in out.split()]
+
+
+def run_cluster(port: int, workdir: Path) -> dict[str, Any]:
+    """Fan-out across two processes (--workers 2: SO_REUSEPORT splits the readers over both,
+    the writer lands on one), Redis between them; CPU summed over both workers."""
+    redis_pid = subprocess.run(["pgrep", "-x", "redis-server"], capture_output=True,
+                               text=True, check=False).stdout.split()
+    db = workdir / f"cluster-{port}.db"
+    server = subprocess.Popen(
+        ["taskset", "-c", "0", CAPTIFY, "serve", "--port", str(port), "--workers", "2",
+         "--broker", "redis://127.0.0.1:6379/0", "--broker-prefix", f"bench{port}",
+         "--store", f"sqlite:///{db}", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        workers = _children(server.pid)
+        redis = [int(p) for p in redis_pid[:1]]
+        before = sum(_cpu_seconds(p) for p in workers)
+        redis_before = sum(_cpu_seconds(p) for p in redis)
+        result = subprocess.run(
+            [str(BENCH / "loadgen.sh"), "--url", f"ws://127.0.0.1:{port}/ws/fabric",
+             "--label", "captify-ws-2-workers", "--max-seconds", "120", *CLUSTER_ARGS],
+            capture_output=True, text=True, timeout=600, check=False)
+        cpu = sum(_cpu_seconds(p) for p in workers) - before
+        redis_cpu = sum(_cpu_seconds(p) for p in redis) - redis_before
+    finally:
+        server.terminate()
+        server.wait(30)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    data: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": result.stderr[-500:]}
+    copies = (data.get("deliveries") or 0) + (data.get("edits_sent") or 0)
+    data["peer"] = "captify-2"
+    data["tag"] = "fanout-1000-2-instances"
+    data["server_cpu_us_per_delivery"] = round(cpu / copies * 1e6, 2) if copies else None
+    data["server"] = {"cpu_s": round(cpu, 2), "workers": len(workers),
+                      "redis_cpu_s": round(redis_cpu, 2),
+                      "cpu_pct_of_core": None}
+    return data
+
+
+def run_store_load() -> dict[str, Any]:
+    out = subprocess.run(["taskset", "-c", "0", sys.executable,
+                          str(ROOT / "bench" / "store_load.py")],
+                         capture_output=True, text=True, timeout=600, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    data: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": out.stderr[-500:]}
+    data.update({"peer": "store-load", "tag": "store-load-20000"})
+    return data
 
 
 def peer_command(peer: str, port: int, workdir: Path) -> tuple[str, list[str]]:
@@ -157,8 +223,12 @@ def render(results: list[dict[str, Any]], command: str) -> str:
             for peer, r in by_tag[tag].items():
                 lat = r.get("latency_ms") or {}
                 params = r.get("params") or {}
+                note = ""
+                if peer == "captify-2":
+                    note = (f" (2 workers; Redis used {r['server'].get('redis_cpu_s')} s CPU "
+                            "besides)")
                 lines.append("| " + " | ".join([
-                    tag, r.get("label") or peer, _fmt(params.get("readers")),
+                    tag + note, r.get("label") or peer, _fmt(params.get("readers")),
                     _fmt(params.get("rate")), _fmt(lat.get("p50")), _fmt(lat.get("p99")),
                     _fmt(lat.get("max")), _fmt(r.get("server_cpu_us_per_delivery")),
                     _ratio(r.get("server_cpu_us_per_delivery"),
@@ -220,6 +290,16 @@ def render(results: list[dict[str, Any]], command: str) -> str:
                     _ratio(sync.get("median"), ref_sync), _fmt(r.get("sync_identical")),
                 ]) + " |")
         lines.append("")
+    store = [t for t in by_tag if t.startswith("store")]
+    if store:
+        r = by_tag[store[0]]["store-load"]
+        lines += ["## Loading a document built from 20,000 updates (SQLite store)", "",
+                  "| updates | snapshot bytes | load from the raw log ms | load after "
+                  "compaction ms |", "|---|---|---|---|",
+                  f"| {_fmt(r.get('updates'))} | {_fmt(r.get('snapshot_bytes'))} | "
+                  f"{_fmt(r.get('load_raw_log_ms'))} | {_fmt(r.get('load_after_compaction_ms'))} |",
+                  "", "(`bench/store_load.py`; the room compacts its log after 500 updates and "
+                  "on unload, so the second figure is what a load costs.)", ""]
     join = [t for t in by_tag if t.startswith("join")]
     if join:
         lines += ["## Join storm (all clients join new documents at once)", "",
@@ -271,7 +351,12 @@ def main() -> int:
                     continue
                 for peer in peers:
                     port += 1
-                    result = run_one(peer, port, tag, args, workdir)
+                    if peer == "captify-2":
+                        result = run_cluster(port, workdir)
+                    elif peer == "store-load":
+                        result = run_store_load()
+                    else:
+                        result = run_one(peer, port, tag, args, workdir)
                     results.append(result)
                     with jsonl.open("a") as out:
                         out.write(json.dumps(result) + "\n")
