@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from captify_ws.auth import Access
-from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.connection import Connection
 from captify_ws.errors import BadRequest, InvalidMessage, MessageTooBig, ProtocolError
 from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
@@ -144,8 +144,7 @@ class FabricHandler:
             if self._may_write(conn, member):
                 room.apply_update(event.update, member.origin, frame=event.frame)
         elif isinstance(event, ywebsocket.SyncStep1):
-            conn.send_frame(PreparedFrame.binary(
-                ywebsocket.encode_sync_step2(room.encode_state(event.state_vector))))
+            conn.send_frame(room.sync_step2(event.state_vector))
         elif isinstance(event, ywebsocket.SyncStep2):
             if event.update != ywebsocket.EMPTY_UPDATE and self._may_write(conn, member):
                 room.apply_update(event.update, member.origin)

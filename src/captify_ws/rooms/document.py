@@ -100,6 +100,7 @@ class DocumentRoom:
         self._yws: dict[Connection, Member] = {}
         self._json: dict[Connection, Member] = {}
         self._full_state: bytes | None = None
+        self._full_step2: PreparedFrame | None = None
         self._update_listeners: list[UpdateListener] = []
         self.presence_listeners: list[PresenceListener] = []
         self.relay_listeners: list[RelayListener] = []
@@ -155,6 +156,7 @@ class DocumentRoom:
         _apply(self.doc, update)
         self.size += len(update)
         self._full_state = None
+        self._full_step2 = None
 
     def apply_update(self, update: bytes, origin: Origin, *, frame: bytes | None = None) -> None:
         """Apply a Yjs update and send it to the members (and to the update listeners).
@@ -188,6 +190,7 @@ class DocumentRoom:
         """An update is in the document: tell the members and the listeners."""
         self.size += len(update)
         self._full_state = None
+        self._full_step2 = None
         if update == ywebsocket.EMPTY_UPDATE:
             return
         started = perf_counter()
@@ -221,6 +224,17 @@ class DocumentRoom:
             return self.doc.get_update(state_vector)
         except ValueError:
             raise InvalidMessage("not a valid Yjs state vector") from None
+
+    def sync_step2(self, state_vector: bytes) -> PreparedFrame:
+        """The y-websocket answer to a sync step 1; for a fresh client (empty state vector)
+        the frame is built once and reused until the next update."""
+        if state_vector == EMPTY_STATE_VECTOR:
+            if self._full_step2 is None:
+                self._full_step2 = PreparedFrame.binary(
+                    ywebsocket.encode_sync_step2(self.encode_state()))
+            return self._full_step2
+        return PreparedFrame.binary(ywebsocket.encode_sync_step2(
+            self.encode_state(state_vector)))
 
     def state_vector(self) -> bytes:
         return self.doc.get_state()
