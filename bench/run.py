@@ -42,9 +42,11 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
         ("fanout-1000", ["captify", "captify-sqlite", "ywss", "hocuspocus"],
          [*FANOUT, "--readers", "1000", "--probes", "50"]),
         ("fanout-1000-r2", ["captify", "ywss"], [*FANOUT, "--readers", "1000", "--probes", "50"]),
+        ("fanout-1000-r3", ["captify", "captify-sqlite", "ywss"],
+         [*FANOUT, "--readers", "1000", "--probes", "50"]),
     ],
     "rate100": [
-        ("fanout-1000-lean-r100", ["captify", "ywss"],
+        ("fanout-1000-lean-r100", ["captify", "captify-sqlite", "ywss"],
          ["--scenario", "fanout", "--readers", "1000", "--edits", "500", "--rate", "100",
           "--probes", "50", "--settle", "30", "--client", "lean"]),
     ],
@@ -59,6 +61,9 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
     ],
     "many": [
         ("many-docs-200", ["captify", "captify-sqlite", "ywss"],
+         ["--scenario", "many-docs", "--docs", "200", "--rate", "5", "--duration", "15",
+          "--settle", "30"]),
+        ("many-docs-200-r2", ["captify", "captify-sqlite", "ywss"],
          ["--scenario", "many-docs", "--docs", "200", "--rate", "5", "--duration", "15",
           "--settle", "30"]),
     ],
@@ -347,7 +352,7 @@ def main() -> int:
     try:
         for name in options.sets.split(","):
             for tag, peers, args in MATRIX[name.strip()]:
-                if options.quick and tag.endswith("-r2"):
+                if options.quick and tag[-3:] in ("-r2", "-r3"):
                     continue
                 for peer in peers:
                     port += 1
