@@ -114,21 +114,30 @@ async def test_check_passes_when_open(store: DocumentStore) -> None:
 
 
 async def test_sqlite_opens_twice_and_upgrades_an_older_schema(tmp_path: Path) -> None:
-    """A second start works; a file at an older schema version is migrated on open."""
+    """A file written with schema version 1 is migrated on open, its documents intact; a
+    second start works."""
     path = tmp_path / "old.db"
+    doc, updates = _updates(30)
     raw = sqlite3.connect(path, isolation_level=None)
-    assert migrate_sqlite(raw, target=0) == 0
+    assert migrate_sqlite(raw, target=1) == 1
+    raw.execute("INSERT INTO captify_documents (id, snapshot, created_at, updated_at) "
+                "VALUES ('kept', NULL, 0, 0)")
+    raw.executemany("INSERT INTO captify_updates (document_id, data) VALUES ('kept', ?)",
+                    [(update,) for update in updates])
     raw.close()
     for _ in range(2):
         store = store_from_url(f"sqlite:///{path}")
         await store.open()
-        _, updates = _updates(2)
-        await store.append_updates([("d", updates[0])])
+        loaded = await store.load("kept")
+        assert loaded is not None
+        assert _text(loaded.as_update()) == str(doc.get("t", type=Text))
+        await store.append_updates([("new", updates[0])])
         await store.close()
     raw = sqlite3.connect(path)
     version = raw.execute("SELECT value FROM captify_meta WHERE key='schema_version'").fetchone()
     raw.close()
-    assert int(version[0]) >= 1
+    from captify_ws.store.schema import SQLITE_MIGRATIONS
+    assert int(version[0]) == len(SQLITE_MIGRATIONS)
 
 
 async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:

@@ -156,6 +156,16 @@ class _StrictDecoder(Decoder):
 
 def decode_message(frame: bytes) -> YMessage:
     """Decode one binary frame into its event; raises :class:`InvalidMessage` if malformed."""
+    # Fast path for the message that dominates traffic: a sync update whose length fits in one
+    # or two varuint bytes. Anything else takes the general path below.
+    if len(frame) > 3 and frame[0] == MESSAGE_SYNC and frame[1] == SYNC_UPDATE:
+        first = frame[2]
+        if first < 0x80:
+            if len(frame) == 3 + first:
+                return SyncUpdate(frame[3:], frame)
+        elif len(frame) > 4 and frame[3] < 0x80 and \
+                len(frame) == 4 + ((first & 0x7F) | (frame[3] << 7)):
+            return SyncUpdate(frame[4:], frame)
     if not frame:
         raise InvalidMessage("empty frame")
     decoder = _StrictDecoder(frame)

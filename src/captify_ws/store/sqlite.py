@@ -61,8 +61,8 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        #: documents whose row exists (so appends need not touch it)
-        self._known: set[str] = set()
+        #: document id → its integer key (the log refers to documents by it)
+        self._numbers: dict[str, int] = {}
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -118,53 +118,57 @@ class SqliteStore:
 
     async def load(self, document_id: str) -> StoredDocument | None:
         def work(db: sqlite3.Connection) -> StoredDocument | None:
-            row = db.execute("SELECT snapshot FROM captify_documents WHERE id = ?",
+            row = db.execute("SELECT num, snapshot FROM captify_documents WHERE id = ?",
                              (document_id,)).fetchone()
             if row is None:
                 return None
             updates = [bytes(data) for (data,) in db.execute(
-                "SELECT data FROM captify_updates WHERE document_id = ? ORDER BY seq",
-                (document_id,))]
-            return StoredDocument(bytes(row[0]) if row[0] is not None else None, updates)
+                "SELECT data FROM captify_updates WHERE doc = ? ORDER BY seq", (row[0],))]
+            return StoredDocument(bytes(row[1]) if row[1] is not None else None, updates)
         return await self._run(work)
 
     async def append_updates(self, entries: Sequence[tuple[str, bytes]]) -> None:
         if not entries:
             return
         now = time.time()
+        numbers = self._numbers
         # Document rows are created once; a busy batch touches many documents, and updating
         # each row on every commit cost more than the inserts themselves.
-        new = {document_id for document_id, _ in entries} - self._known
+        new = {document_id for document_id, _ in entries if document_id not in numbers}
 
         def work(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                if new:
-                    db.executemany(
-                        "INSERT INTO captify_documents (id, created_at, updated_at) "
-                        "VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                        [(document_id, now, now) for document_id in new])
-                db.executemany("INSERT INTO captify_updates (document_id, data) VALUES (?, ?)",
-                               entries)
+                for document_id in new:
+                    db.execute("INSERT INTO captify_documents (id, created_at, updated_at) "
+                               "VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                               (document_id, now, now))
+                    numbers[document_id] = db.execute(
+                        "SELECT num FROM captify_documents WHERE id = ?",
+                        (document_id,)).fetchone()[0]
+                db.executemany("INSERT INTO captify_updates (doc, data) VALUES (?, ?)",
+                               [(numbers[document_id], update)
+                                for document_id, update in entries])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                for document_id in new:
+                    numbers.pop(document_id, None)
                 raise
         await self._run(work)
-        self._known |= new
 
     async def compact(self, document_id: str) -> int:
         def work(db: sqlite3.Connection) -> int:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT snapshot FROM captify_documents WHERE id = ?",
+                row = db.execute("SELECT num, snapshot FROM captify_documents WHERE id = ?",
                                  (document_id,)).fetchone()
-                rows = db.execute("SELECT seq, data FROM captify_updates WHERE document_id = ? "
-                                  "ORDER BY seq", (document_id,)).fetchall()
+                rows = db.execute("SELECT seq, data FROM captify_updates WHERE doc = ? "
+                                  "ORDER BY seq", (row[0],)).fetchall() if row else []
                 if row is None or not rows:
                     db.execute("ROLLBACK")
                     return 0
-                snapshot = merge_into_snapshot(row[0], [bytes(data) for _, data in rows])
+                snapshot = merge_into_snapshot(row[1], [bytes(data) for _, data in rows])
                 db.execute("UPDATE captify_documents SET snapshot = ?, updated_at = ? WHERE id = ?",
                            (snapshot, time.time(), document_id))
                 db.executemany("DELETE FROM captify_updates WHERE seq = ?",
@@ -181,12 +185,13 @@ class SqliteStore:
             "SELECT id FROM captify_documents ORDER BY id")])
 
     async def delete_document(self, document_id: str) -> bool:
-        self._known.discard(document_id)
+        self._numbers.pop(document_id, None)
 
         def work(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("DELETE FROM captify_updates WHERE document_id = ?", (document_id,))
+                db.execute("DELETE FROM captify_updates WHERE doc IN "
+                           "(SELECT num FROM captify_documents WHERE id = ?)", (document_id,))
                 deleted = db.execute("DELETE FROM captify_documents WHERE id = ?",
                                      (document_id,)).rowcount
                 deleted += db.execute("DELETE FROM captify_steps WHERE document_id = ?",
@@ -264,8 +269,9 @@ class SqliteStore:
 
     async def log_length(self, document_id: str) -> int:
         def work(db: sqlite3.Connection) -> int:
-            row: Any = db.execute("SELECT count(*) FROM captify_updates WHERE document_id = ?",
-                                  (document_id,)).fetchone()
+            row: Any = db.execute(
+                "SELECT count(*) FROM captify_updates WHERE doc IN "
+                "(SELECT num FROM captify_documents WHERE id = ?)", (document_id,)).fetchone()
             return int(row[0])
         return await self._run(work)
 

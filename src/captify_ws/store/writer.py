@@ -52,7 +52,7 @@ class StoreWriter:
         self._log_lengths: dict[str, int] = {}
         self._compact_due: dict[str, None] = {}
         self._wake = asyncio.Event()
-        self._urgent = False  # someone waits in flush(): commit without waiting for the window
+        self._urgent = asyncio.Event()  # someone waits in flush(): commit without the window
         self._task: asyncio.Task[None] | None = None
         self.error: str | None = None
         self.transactions = 0
@@ -86,7 +86,8 @@ class StoreWriter:
         """Queue an update for the next batch. Never blocks, never fails."""
         self._enqueued += 1
         self._queue.append((document_id, update, self._enqueued))
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     async def flush(self) -> None:
         """Return once everything enqueued before this call is committed."""
@@ -95,8 +96,8 @@ class StoreWriter:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
+        self._urgent.set()
         self._wake.set()
-        self._urgent = True
         await asyncio.shield(future)
 
     def note_loaded(self, document_id: str, log_length: int) -> None:
@@ -129,10 +130,12 @@ class StoreWriter:
             self._wake.clear()
             # The commit window: at most one transaction per interval, so a busy server writes
             # few large batches instead of many small ones (each costs a commit and an fsync).
+            # Enqueues during the window only set _wake (nobody waits on it meanwhile), so the
+            # hot path never wakes this task; flush() cuts the window short through _urgent.
             wait = last_commit + self._commit_interval_s - time.monotonic()
-            if wait > 0 and not self._urgent:
+            if wait > 0 and not self._urgent.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._until_urgent(), wait)
+                    await asyncio.wait_for(self._urgent.wait(), wait)
             while self._queue:
                 if self.error is not None and len(self._queue) >= MERGE_QUEUE_AT:
                     self._merge_queue()
@@ -163,13 +166,8 @@ class StoreWriter:
                 self._count(batch)
                 self._release_waiters()
             self._release_waiters()
-            self._urgent = False
+            self._urgent.clear()
             await self._compact_due_documents()
-
-    async def _until_urgent(self) -> None:
-        while not self._urgent:
-            await self._wake.wait()
-            self._wake.clear()
 
     def _count(self, batch: list[tuple[str, bytes, int]]) -> None:
         for document_id, _, _ in batch:
