@@ -36,7 +36,7 @@ from starlette.routing import Route, Router
 
 from captify_ws.config import Settings
 from captify_ws.errors import InvalidMessage, ProtocolError, Reject, StaleVersion, StoreError
-from captify_ws.handlers.base import import_attribute
+from captify_ws.imports import import_attribute
 from captify_ws.metrics import build_registry, snapshot
 from captify_ws.protocol import envelope
 from captify_ws.server import Server

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hashlib
-import importlib
 import inspect
 import json
 import logging
@@ -46,6 +45,7 @@ import jwt
 from captify_ws.config import Settings
 from captify_ws.connection import UpgradeRequest
 from captify_ws.errors import CloseCode, ConfigError, Reject
+from captify_ws.imports import import_attribute
 
 logger = logging.getLogger("captify_ws.auth")
 
@@ -384,17 +384,6 @@ class CallableAuthorizer:
 # -- construction from settings ----------------------------------------------------------------
 
 
-def _import(spec: str, what: str) -> Any:
-    module_name, _, attribute = spec.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"{what} {spec!r}: cannot import it: {exc}") from None
-    return target
-
-
 def _key_material(settings: Settings) -> str:
     if settings.jwt_public_key:
         value = settings.jwt_public_key
@@ -426,7 +415,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
                                 algorithms=list(settings.jwt_algorithms),
                                 audience=settings.jwt_audience, issuer=settings.jwt_issuer,
                                 cookie=settings.jwt_cookie, leeway_s=settings.jwt_leeway_s)
-    target = _import(kind, "authenticator")
+    target = import_attribute(kind, "authenticator")
     if isinstance(target, Authenticator):
         return target
     if callable(target):
@@ -445,7 +434,7 @@ def build_authorizer(settings: Settings) -> Authorizer:
             raise ConfigError("--authorizer access-proxy needs CAPTIFY_WS_AUTH_ACCESS_URL")
         return AccessProxyAuthorizer(settings.auth_access_url, cache_s=settings.auth_cache_s,
                                      timeout_s=settings.auth_timeout_s)
-    target = _import(kind, "authorizer")
+    target = import_attribute(kind, "authorizer")
     if isinstance(target, Authorizer):
         return target
     if callable(target):

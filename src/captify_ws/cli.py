@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import importlib
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ import uvicorn
 from captify_ws import __version__, logs
 from captify_ws.config import Settings
 from captify_ws.errors import CaptifyError, ConfigError
+from captify_ws.imports import import_attribute
 
 logger = logging.getLogger("captify_ws")
 
@@ -57,19 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def import_string(spec: str) -> Any:
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"{spec!r}: expected 'module:attribute'")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import {spec!r}: {exc}") from None
-    return target
-
-
 def _configure_logging(settings: Settings) -> None:
     logs.configure(settings.log_level, settings.log_format)
 
@@ -79,7 +66,7 @@ async def _serve(settings: Settings) -> int:
     from captify_ws.server import Server
     from captify_ws.transport.native import NativeServer
 
-    http_app = import_string(settings.http_app) if settings.http_app else None
+    http_app = import_attribute(settings.http_app, "http_app") if settings.http_app else None
     server = Server(settings)
     app = create_app(http_app=http_app, server=server)
     stop = asyncio.Event()

@@ -52,9 +52,9 @@ from captify_ws.handlers.base import (
     HandlerFactory,
     HandlerRegistry,
     handler_name,
-    import_attribute,
     load_handler,
 )
+from captify_ws.imports import import_attribute
 from captify_ws.metrics import Stats
 from captify_ws.protocol import envelope
 from captify_ws.protocol.cluster import ExternalSteps

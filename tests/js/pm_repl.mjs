@@ -7,7 +7,7 @@
 //
 // Commands: open, insert, typeRandom, state, waitIdle, stale, close, exit.
 
-import readline from 'node:readline'
+import { mulberry32, serve, sleep, waitFor } from './repl.mjs'
 import WebSocket from 'ws'
 import { EditorState } from 'prosemirror-state'
 import { Step } from 'prosemirror-transform'
@@ -15,16 +15,7 @@ import { collab, getVersion, receiveTransaction, sendableSteps } from 'prosemirr
 import { schema } from './pm_schema.mjs'
 
 const editors = new Map()
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-function mulberry32 (seed) {
-  return () => {
-    seed |= 0; seed = seed + 0x6D2B79F5 | 0
-    let t = Math.imul(seed ^ seed >>> 15, 1 | seed)
-    t = t + Math.imul(t ^ t >>> 7, 61 | t) ^ t
-    return ((t ^ t >>> 14) >>> 0) / 4294967296
-  }
-}
 
 class Editor {
   constructor (name, url, doc, clientID) {
@@ -101,13 +92,6 @@ function get (name) {
   return editor
 }
 
-async function until (predicate, timeoutMs, what) {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}`)
-    await sleep(10)
-  }
-}
 
 const commands = {
   async open ({ name, url, doc, clientID }) {
@@ -158,7 +142,7 @@ const commands = {
   },
   async waitIdle ({ name, timeout }) {
     const editor = get(name)
-    await until(() => !editor.inflight && !sendableSteps(editor.state), timeout || 10000, `${name} idle`)
+    await waitFor(() => !editor.inflight && !sendableSteps(editor.state), timeout || 10000, `${name} idle`)
     return { version: getVersion(editor.state) }
   },
   async close ({ name }) {
@@ -173,18 +157,4 @@ const commands = {
   }
 }
 
-const rl = readline.createInterface({ input: process.stdin })
-rl.on('line', async (line) => {
-  if (!line.trim()) return
-  const message = JSON.parse(line)
-  try {
-    const handler = commands[message.op]
-    if (!handler) throw new Error(`unknown op ${message.op}`)
-    const result = await handler(message)
-    process.stdout.write(JSON.stringify({ id: message.id, ok: true, ...result }) + '\n')
-  } catch (e) {
-    process.stdout.write(JSON.stringify({ id: message.id, ok: false, error: String(e && e.message || e) }) + '\n')
-  }
-})
-rl.on('close', () => process.exit(0))
-process.stdout.write(JSON.stringify({ ready: true }) + '\n')
+serve(commands, {})

@@ -12,7 +12,7 @@
 
 import * as Y from 'yjs'
 import WebSocket from 'ws'
-import readline from 'node:readline'
+import { mulberry32, serve, sleep, waitFor } from './repl.mjs'
 import { prosemirrorJSONToYXmlFragment, yXmlFragmentToProsemirrorJSON } from 'y-prosemirror'
 import { schema as pmSchema } from './pm_schema.mjs'
 
@@ -22,16 +22,7 @@ const modules = { v3: 'y-websocket', v2: 'y-websocket-v2', v1: 'y-websocket-v1' 
 const { WebsocketProvider } = await import(modules[impl])
 
 const providers = new Map()
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-function mulberry32 (seed) {
-  return () => {
-    seed |= 0; seed = seed + 0x6D2B79F5 | 0
-    let t = Math.imul(seed ^ seed >>> 15, 1 | seed)
-    t = t + Math.imul(t ^ t >>> 7, 61 | t) ^ t
-    return ((t ^ t >>> 14) >>> 0) / 4294967296
-  }
-}
 
 function get (name) {
   const p = providers.get(name)
@@ -55,13 +46,6 @@ function awarenessStates (entry) {
   return out
 }
 
-async function waitFor (predicate, timeoutMs, what) {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}`)
-    await sleep(10)
-  }
-}
 
 const commands = {
   async open ({ name, url, doc, params, awareness }) {
@@ -212,19 +196,4 @@ const commands = {
   }
 }
 
-const rl = readline.createInterface({ input: process.stdin })
-rl.on('line', async (line) => {
-  if (!line.trim()) return
-  let msg
-  try { msg = JSON.parse(line) } catch (e) { return }
-  const handler = commands[msg.op]
-  try {
-    if (!handler) throw new Error(`unknown op ${msg.op}`)
-    const result = await handler(msg)
-    process.stdout.write(JSON.stringify({ id: msg.id, ok: true, ...result }) + '\n')
-  } catch (e) {
-    process.stdout.write(JSON.stringify({ id: msg.id, ok: false, error: String(e && e.message || e) }) + '\n')
-  }
-})
-rl.on('close', () => process.exit(0))
-process.stdout.write(JSON.stringify({ ready: true, impl }) + '\n')
+serve(commands, { impl })

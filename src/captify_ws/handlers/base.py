@@ -19,11 +19,11 @@ by an import path in ``CAPTIFY_WS_HANDLERS=myapp.realtime:my_feature_handler``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from captify_ws.errors import ConfigError
+from captify_ws.imports import import_attribute
 
 if TYPE_CHECKING:
     from captify_ws.connection import Connection
@@ -70,35 +70,9 @@ def _check(handler: object, origin: str) -> Handler:
     return handler  # type: ignore[return-value]
 
 
-def import_attribute(spec: str, what: str) -> Any:
-    """The object ``module:attribute`` names; :class:`ConfigError` naming ``what`` if none."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"{what} {spec!r}: expected 'module:attribute'")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{what} {spec!r}: cannot import it: {exc}") from None
-    return target
-
-
 def load_handler(spec: str, server: Server) -> Handler:
     """Import ``module:attribute`` and return the handler it names (calling it if a factory)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"handler {spec!r}: expected 'module:attribute'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"handler {spec!r}: cannot import {module_name!r}: {exc}") from None
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(f"handler {spec!r}: {module_name!r} has no {attribute!r}") from None
+    target = import_attribute(spec, "handler")
     if isinstance(target, type) or (not hasattr(target, "path") and callable(target)):
         try:
             target = target(server)
