@@ -248,10 +248,13 @@ async def test_redis_restart_during_editing_converges(shared_store: str) -> None
             assert converged_after < 10, converged_after  # broker retry + anti-entropy round
 
 
-def test_workers_share_one_port(shared_store: str) -> None:
-    """--workers 2 serves one port from two processes, which act as one server."""
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_workers_share_one_port(shared_store: str, kind: str, tmp_path: Any) -> None:
+    """--workers 2 serves one port from two processes, which act as one server (on one
+    PostgreSQL, or on one new SQLite file both workers create at once)."""
     port = free_port()
-    proc = ServerProcess(["--port", str(port), "--workers", "2", "--store", shared_store,
+    store = shared_store if kind == "postgres" else f"sqlite:///{tmp_path}/workers.db"
+    proc = ServerProcess(["--port", str(port), "--workers", "2", "--store", store,
                           "--broker", REDIS_URL, "--broker-prefix",
                           f"test-{secrets.token_hex(4)}", "--api-key", "k"]).start()
     try:

@@ -277,24 +277,33 @@ class SqliteStore:
 
 
 def migrate_sqlite(db: sqlite3.Connection, target: int | None = None) -> int:
-    """Bring the schema to ``target`` (default: the newest); returns the version reached."""
-    db.execute("CREATE TABLE IF NOT EXISTS captify_meta (key TEXT PRIMARY KEY, value TEXT)")
-    row = db.execute("SELECT value FROM captify_meta WHERE key = 'schema_version'").fetchone()
-    version = int(row[0]) if row else 0
+    """Bring the schema to ``target`` (default: the newest); returns the version reached.
+
+    Each step reads the version inside its write transaction, so processes opening the same
+    new file at once (``--workers``) migrate it once, one after the other.
+    """
     goal = len(SQLITE_MIGRATIONS) if target is None else target
-    if version > len(SQLITE_MIGRATIONS):
-        raise StoreError(f"the store's schema version {version} is newer than this captify-ws "
-                         f"knows ({len(SQLITE_MIGRATIONS)}); upgrade captify-ws")
-    while version < goal:
+    while True:
         db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("CREATE TABLE IF NOT EXISTS captify_meta "
+                       "(key TEXT PRIMARY KEY, value TEXT)")
+            row = db.execute("SELECT value FROM captify_meta "
+                             "WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(SQLITE_MIGRATIONS):
+                raise StoreError(f"the store's schema version {version} is newer than this "
+                                 f"captify-ws knows ({len(SQLITE_MIGRATIONS)}); upgrade "
+                                 "captify-ws")
+            if version >= goal:
+                db.execute("COMMIT")
+                return version
             for statement in SQLITE_MIGRATIONS[version]:
                 db.execute(statement)
-            version += 1
             db.execute("INSERT INTO captify_meta (key, value) VALUES ('schema_version', ?) "
-                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(version),))
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                       (str(version + 1),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-    return version
