@@ -80,11 +80,8 @@ class StepsResult:
 
 
 def _steps_text(document_id: str, accepted: Accepted) -> str:
-    data: dict[str, Any] = {"version": accepted.version, "steps": accepted.steps,
-                            "clientIDs": accepted.client_ids}
-    if accepted.change_id is not None:
-        data["changeId"] = accepted.change_id
-    return envelope.encode_message("steps", document_id, data)
+    return envelope.encode_steps(document_id, accepted.version, accepted.steps,
+                                 accepted.client_ids, accepted.change_id)
 
 
 def _count(table: dict[str, int], key: str, delta: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from captify_ws.auth import Access
@@ -48,11 +48,9 @@ _JSON_KINDS: dict[type, str] = {
 
 
 def _steps_text(document_id: str, outcome: Accepted | Behind) -> str:
-    data: dict[str, Any] = {"version": outcome.version, "steps": outcome.steps,
-                            "clientIDs": outcome.client_ids}
-    if isinstance(outcome, Accepted) and outcome.change_id is not None:
-        data["changeId"] = outcome.change_id
-    return envelope.encode_message("steps", document_id, data)
+    change_id = outcome.change_id if isinstance(outcome, Accepted) else None
+    return envelope.encode_steps(document_id, outcome.version, outcome.steps,
+                                 outcome.client_ids, change_id)
 
 
 def _send_error(conn: Connection, document_id: str, exc: ProtocolError) -> None:

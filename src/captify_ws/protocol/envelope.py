@@ -97,10 +97,6 @@ def dumps(value: JsonValue) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _dumps(value: JsonValue) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def decode_bytes_field(value: JsonValue, what: str) -> bytes:
     """Bytes from base64 text, a list of byte values, or a ``JSON.stringify(Uint8Array)`` object."""
     if isinstance(value, str):
@@ -208,7 +204,7 @@ def encode_message(kind: str, document_id: str, data: JsonValue = None, *,
         message["clientID"] = client_id
     if include_data:
         message["data"] = data
-    return _dumps(message)
+    return dumps(message)
 
 
 def encode_connected(document_id: str, client_id: str, connections: int) -> str:
@@ -225,8 +221,17 @@ def encode_update(document_id: str, update: bytes, client_id: str | None) -> str
     return encode_message("update", document_id, b64(update), client_id=client_id)
 
 
+def encode_steps(document_id: str, version: int, steps: list[JsonValue],
+                 client_ids: list[JsonValue], change_id: JsonValue = None) -> str:
+    """Steps of the step authority: accepted ones, or those a client is missing."""
+    data: dict[str, JsonValue] = {"version": version, "steps": steps, "clientIDs": client_ids}
+    if change_id is not None:
+        data["changeId"] = change_id
+    return encode_message("steps", document_id, data)
+
+
 def encode_error(document_id: str | None, message: str, data: JsonValue = None) -> str:
     body: dict[str, JsonValue] = {"type": "error", "documentId": document_id, "message": message}
     if data is not None:
         body["data"] = data
-    return _dumps(body)
+    return dumps(body)

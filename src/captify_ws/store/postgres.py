@@ -253,16 +253,6 @@ class PostgresStore:
                                    "AND version < $2", document_id, version - keep_steps)
         await self._call(work)
 
-    async def log_length(self, document_id: str) -> int:
-        pool = self._pool_or_fail()
-
-        async def work() -> int:
-            async with pool.acquire(timeout=self._connect_timeout) as conn:
-                return int(await conn.fetchval(
-                    "SELECT count(*) FROM captify_updates WHERE document_id = $1", document_id))
-        result: int = await self._call(work)
-        return result
-
 
 async def migrate_postgres(conn: Any, target: int | None = None) -> int:
     """Bring the schema to ``target`` (default: newest) under an advisory lock."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from captify_ws.errors import ConfigError, StoreError
@@ -264,16 +264,6 @@ class SqliteStore:
                 db.execute("ROLLBACK")
                 raise
         await self._run(work)
-
-    # -- for tests and tools ---------------------------------------------------------------
-
-    async def log_length(self, document_id: str) -> int:
-        def work(db: sqlite3.Connection) -> int:
-            row: Any = db.execute(
-                "SELECT count(*) FROM captify_updates WHERE doc IN "
-                "(SELECT num FROM captify_documents WHERE id = ?)", (document_id,)).fetchone()
-            return int(row[0])
-        return await self._run(work)
 
 
 def migrate_sqlite(db: sqlite3.Connection, target: int | None = None) -> int:
