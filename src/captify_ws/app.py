@@ -35,12 +35,19 @@ from starlette.responses import (
 from starlette.routing import Route, Router
 
 from captify_ws.config import Settings
-from captify_ws.errors import InvalidMessage, ProtocolError, Reject, StaleVersion, StoreError
+from captify_ws.errors import (
+    BadRequest,
+    InvalidMessage,
+    ProtocolError,
+    Reject,
+    StaleVersion,
+    StoreError,
+)
 from captify_ws.imports import import_attribute
 from captify_ws.metrics import build_registry, snapshot
-from captify_ws.protocol import envelope
+from captify_ws.protocol import envelope, names
 from captify_ws.server import Server
-from captify_ws.transport.asgi import deny, serve_websocket
+from captify_ws.transport.asgi import deny, raw_path, serve_websocket
 from captify_ws.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("captify_ws.app")
@@ -48,6 +55,7 @@ logger = logging.getLogger("captify_ws.app")
 #: Paths captify-ws answers itself; everything else goes to the user's http_app.
 OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/")
 ADMIN_COOKIE: Final = "captify_admin"
+_DOCUMENTS: Final = "/api/v1/documents/"
 
 
 def _route_path(scope: Scope) -> str:
@@ -56,6 +64,22 @@ def _route_path(scope: Scope) -> str:
     if root and path.startswith(root):
         return path[len(root):] or "/"
     return path
+
+
+def _document_name(request: Request, suffix: str = "") -> str:
+    """The document name of an ``/api/v1/documents/<name>…`` request, percent-decoded exactly
+    once from the raw path, like WebSocket paths (``protocol/names.py``); raises
+    :class:`~captify_ws.errors.BadRequest` for a name that cannot be one."""
+    scope = request.scope
+    raw = raw_path({**scope, "path": _route_path(scope)})
+    if raw.startswith(_DOCUMENTS) and raw.endswith(suffix) and \
+            len(raw) >= len(_DOCUMENTS) + len(suffix):
+        return names.name_from_path(raw[len(_DOCUMENTS):len(raw) - len(suffix)])
+    return names.check_name(request.path_params["document_id"])
+
+
+def _bad_name(exc: BadRequest) -> Response:
+    return JSONResponse({"error": exc.message, "code": "bad_document_name"}, status_code=400)
 
 
 class CaptifyApp:
@@ -220,7 +244,10 @@ class CaptifyApp:
         refused = self._check_api_key(request)
         if refused is not None:
             return refused
-        document_id = request.path_params["document_id"]
+        try:
+            document_id = _document_name(request, "/steps")
+        except BadRequest as exc:
+            return _bad_name(exc)
         try:
             body: Any = await request.json()
         except ValueError:
@@ -256,7 +283,10 @@ class CaptifyApp:
         refused = self._check_api_key(request)
         if refused is not None:
             return refused
-        document_id = request.path_params["document_id"]
+        try:
+            document_id = _document_name(request, "/updates")
+        except BadRequest as exc:
+            return _bad_name(exc)
         body = await request.body()
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
@@ -286,7 +316,10 @@ class CaptifyApp:
                 body.get("to", "none") not in ("none", "read"):
             return JSONResponse({"error": 'body must be {"userId": "...", '
                                  '"to": "none" | "read"}'}, status_code=400)
-        document_id = request.path_params["document_id"]
+        try:
+            document_id = _document_name(request, "/revoke")
+        except BadRequest as exc:
+            return _bad_name(exc)
         changed = await self.server.revoke(document_id, body["userId"], body.get("to", "none"))
         return JSONResponse({"documentId": document_id, "userId": body["userId"],
                              "to": body.get("to", "none"), "connections": changed})
@@ -301,7 +334,10 @@ class CaptifyApp:
         refused = self._check_api_key(request)
         if refused is not None:
             return refused
-        document_id = request.path_params["document_id"]
+        try:
+            document_id = _document_name(request)
+        except BadRequest as exc:
+            return _bad_name(exc)
         state = await self.server.get_document(document_id)
         if state is None:
             return JSONResponse({"error": f"no document {document_id!r}"}, status_code=404)
@@ -313,7 +349,11 @@ class CaptifyApp:
         refused = self._check_api_key(request)
         if refused is not None:
             return refused
-        deleted = await self.server.delete_document(request.path_params["document_id"])
+        try:
+            document_id = _document_name(request)
+        except BadRequest as exc:
+            return _bad_name(exc)
+        deleted = await self.server.delete_document(document_id)
         return JSONResponse({"deleted": deleted}, status_code=200 if deleted else 404)
 
     async def _get_connections(self, request: Request) -> Response:

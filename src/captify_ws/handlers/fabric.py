@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from captify_ws.auth import Access
 from captify_ws.connection import Connection
 from captify_ws.errors import BadRequest, InvalidMessage, MessageTooBig, ProtocolError
-from captify_ws.protocol import envelope, ywebsocket
+from captify_ws.protocol import envelope, names, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
 from captify_ws.rooms.steps import Accepted, Behind
 
@@ -29,10 +28,6 @@ if TYPE_CHECKING:
     from captify_ws.server import Server
 
 logger = logging.getLogger("captify_ws.fabric")
-
-#: Longest accepted documentId, in characters.
-MAX_DOCUMENT_ID: int = 512
-
 
 _YWS_KINDS: dict[type, str] = {
     ywebsocket.SyncUpdate: "update", ywebsocket.SyncStep1: "sync-step1",
@@ -85,7 +80,7 @@ class FabricHandler:
     async def on_connect(self, conn: Connection) -> None:
         if conn.subpath:
             wire = "yws"
-            document_id = unquote(conn.subpath)
+            document_id = names.name_from_path(conn.subpath)
             client_id = conn.id
         else:
             wire = "json"
@@ -93,9 +88,8 @@ class FabricHandler:
             if not document_id:
                 raise BadRequest("missing documentId: connect to "
                                  "/ws/fabric?documentId=<id>&clientID=<id>")
+            names.check_name(document_id)
             client_id = conn.request.query.get("clientID") or f"client-{conn.id}"
-        if len(document_id) > MAX_DOCUMENT_ID:
-            raise BadRequest(f"documentId is longer than {MAX_DOCUMENT_ID} characters")
         access = await self._server.authorize(conn, document_id)
         if conn.closed or conn.close_code is not None:
             return

@@ -37,7 +37,8 @@ from typing import Any, Final
 
 from pycrdt import write_message, write_var_uint
 
-from captify_ws.errors import InvalidMessage
+from captify_ws.errors import BadRequest, InvalidMessage
+from captify_ws.protocol import names
 from captify_ws.protocol.ywebsocket import AwarenessEntry, _StrictDecoder
 
 MAGIC: Final = 0xCA
@@ -168,8 +169,12 @@ def decode_external(data: bytes) -> ExternalSteps:
     steps = message.get("steps")
     client_id = message.get("clientID")
     version = message.get("version")
-    if not isinstance(document_id, str) or not document_id:
-        raise InvalidMessage("'documentId' must be a non-empty string")
+    if not isinstance(document_id, str):
+        raise InvalidMessage("'documentId' must be a string")
+    try:
+        names.check_name(document_id)
+    except BadRequest as exc:
+        raise InvalidMessage(f"'documentId': {exc.message}") from None
     if not isinstance(steps, list):
         raise InvalidMessage("'steps' must be a list")
     if "changeId" not in message:

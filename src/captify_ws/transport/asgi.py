@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
 from captify_ws.errors import CloseCode, Reject
 from captify_ws.handlers.base import Handler
+from captify_ws.protocol import names
 from captify_ws.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -115,10 +117,29 @@ async def deny(scope: Scope, send: Send, status: int, text: str) -> None:
         await send({"type": "websocket.close", "code": CloseCode.POLICY})
 
 
+def raw_path(scope: Scope) -> str:
+    """The request path as the client sent it (still percent-encoded; latin-1 text of its
+    bytes), from the scope's ``raw_path``, without the part that ``root_path`` stands for.
+
+    ASGI's ``path`` is percent-decoded already: reading a document name from it and decoding
+    again would decode twice (``lit%2520x`` → ``lit x``); the native transport reads the raw
+    request line. Both therefore route on the raw path and decode names once
+    (``protocol/names.py``). A server that gives no ``raw_path`` gets ``path`` re-encoded.
+    """
+    path: str = scope["path"]
+    raw = scope.get("raw_path")
+    if isinstance(raw, (bytes, bytearray)):
+        text = bytes(raw).decode("latin-1").partition("?")[0]
+        for start, char in enumerate(text):
+            if char == "/" and unquote(text[start:]) == path:
+                return text[start:]
+    return names.encode_path(path)
+
+
 def request_from_scope(scope: Scope) -> UpgradeRequest:
     client = scope.get("client")
     return UpgradeRequest(
-        path=scope["path"], query_string=scope.get("query_string", b"").decode("latin-1"),
+        path=raw_path(scope), query_string=scope.get("query_string", b"").decode("latin-1"),
         headers=scope.get("headers", ()),
         client=(str(client[0]), int(client[1])) if client else None)
 
