@@ -5,6 +5,7 @@ The public API::
     from captify_ws import create_app, Settings            # the ASGI app, to run or mount
     from captify_ws import broadcast_steps, broadcast_steps_to_client, get_connection_count
     from captify_ws import Handler, Connection             # to write your own handler
+    from captify_ws import publish, notify_user, is_online  # channels: pushed streams
 """
 
 from __future__ import annotations
@@ -15,18 +16,25 @@ from captify_ws.api import (
     apply_update,
     broadcast_steps,
     broadcast_steps_to_client,
+    channel_position,
     current_server,
     get_connection_count,
     get_document,
+    is_online,
+    notify_user,
+    publish,
     revoke,
 )
 from captify_ws.app import CaptifyApp, create_app
 from captify_ws.auth import Access, Authenticator, Authorizer, Principal
+from captify_ws.channels.types import Position, Published
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
 from captify_ws.errors import (
     BadRequest,
+    BrokerError,
     CaptifyError,
+    ChannelError,
     CloseCode,
     ConfigError,
     InvalidMessage,
@@ -43,16 +51,20 @@ __all__ = [
     "Authenticator",
     "Authorizer",
     "BadRequest",
+    "BrokerError",
     "CaptifyApp",
     "CaptifyError",
+    "ChannelError",
     "CloseCode",
     "ConfigError",
     "Connection",
     "Handler",
     "InvalidMessage",
+    "Position",
     "PreparedFrame",
     "Principal",
     "ProtocolError",
+    "Published",
     "Reject",
     "Server",
     "ServerNotRunning",
@@ -63,9 +75,13 @@ __all__ = [
     "apply_update",
     "broadcast_steps",
     "broadcast_steps_to_client",
+    "channel_position",
     "create_app",
     "current_server",
     "get_connection_count",
     "get_document",
+    "is_online",
+    "notify_user",
+    "publish",
     "revoke",
 ]

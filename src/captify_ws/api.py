@@ -8,8 +8,18 @@
     await broadcast_steps_to_client(document_id, client_id, steps, change_id)
     get_connection_count(document_id)      # or get_connection_count("fabric") per handler
 
+Channels (``/ws/notifications``, ``/ws/workflow``)::
+
+    from captify_ws import publish, notify_user, is_online
+
+    position = await publish("workflow:run-7", "step.status", {"step": "ocr", "status": "done"},
+                             state_patch={"ocr": "done"}, idempotency_key="run-7:ocr:done")
+    await notify_user("u-42", "comment", {"text": "Nice!"}, dedupe_key="comment-981")
+    await is_online("u-42")
+
 These delegate to the server running in this process — the one piece of module-level state in
-captify-ws. Backends in other processes or languages use the HTTP API instead.
+captify-ws. Backends in other processes or languages use the HTTP API, or Redis
+(``captify_ws.client.Publisher``, the ingest stream).
 """
 
 from __future__ import annotations
@@ -19,6 +29,11 @@ from typing import TYPE_CHECKING, Any
 from captify_ws.errors import ServerNotRunning
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from captify_ws.channels.types import Position, Published
+    from captify_ws.channelstore.base import Notification
+    from captify_ws.handlers.notifications import Mailbox
     from captify_ws.server import Server, StepsResult
 
 _current: Server | None = None
@@ -77,3 +92,55 @@ def get_connection_count(key: str | None = None, *, document_id: str | None = No
                          handler: str | None = None) -> int:
     """Connections on a document, or of a handler (``get_connection_count("fabric")``)."""
     return current_server().get_connection_count(key, document_id=document_id, handler=handler)
+
+
+# -- channels ----------------------------------------------------------------------------------
+
+
+async def publish(channel: str, event: str, data: Any = None, *,
+                  state_patch: Mapping[str, Any] | None = None,
+                  idempotency_key: str | None = None, ephemeral: bool = False) -> Published:
+    """Publish ``event`` with ``data`` on ``channel`` (``class:name``); returns its
+    ``Position(offset, epoch)`` (a :class:`~captify_ws.channels.types.Published`).
+
+    ``state_patch`` is merged into the channel's state atomically with the append (a numeric
+    ``version`` in it drops the publication unless it is above the state's: ``stale``). The
+    same ``idempotency_key`` within ``channel_idempotency_window_s`` answers the first
+    position and is not delivered again (``duplicate``). ``ephemeral`` publications have no
+    offset, are never stored nor replayed (progress ticks) and answer ``Position(0, "")``.
+    Raises :class:`~captify_ws.errors.ChannelError` (4400 unknown class or bad arguments, 1009
+    past ``channel_publication_max_bytes``) and :class:`~captify_ws.errors.BrokerError` when
+    the backend (Redis) cannot be reached — then nothing was published."""
+    return await current_server().channel_services.hub.publish(
+        channel, event, data, state_patch=state_patch, idempotency_key=idempotency_key,
+        ephemeral=ephemeral)
+
+
+async def channel_position(channel: str) -> Position:
+    """A channel's current ``Position(offset, epoch)`` — read it *before* loading the data a
+    page shows, then subscribe with it as ``since``: nothing falls in between."""
+    read = await current_server().channel_services.hub.read(channel, 0, 0)
+    return read.position
+
+
+def mailbox(server: Server) -> Mailbox:
+    """The notifications handler's mailbox of ``server``."""
+    handler = server.registry.by_name("notifications")
+    found = getattr(handler, "mailbox", None)
+    if found is None:
+        raise ServerNotRunning("the notifications handler is not registered")
+    return found  # type: ignore[no-any-return]
+
+
+async def notify_user(user_id: str, kind: str, payload: Any, *,
+                      dedupe_key: str | None = None) -> Notification:
+    """Store a notification for ``user_id`` (SQLite/PostgreSQL), then push
+    ``notification.created`` to every tab of that user. A ``dedupe_key`` the user already has
+    stores nothing new (retries are safe). See ``handlers/notifications.py``."""
+    return await mailbox(current_server()).notify_user(user_id, kind, payload,
+                                                       dedupe_key=dedupe_key)
+
+
+async def is_online(user_id: str) -> bool:
+    """Whether ``user_id`` has a ``/ws/notifications`` connection on any instance."""
+    return await current_server().channel_services.online.count(user_id) > 0

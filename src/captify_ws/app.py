@@ -43,6 +43,7 @@ from captify_ws.errors import (
     StaleVersion,
     StoreError,
 )
+from captify_ws.http_channels import ChannelRoutes
 from captify_ws.imports import import_attribute
 from captify_ws.metrics import build_registry, snapshot
 from captify_ws.protocol import envelope, names
@@ -53,7 +54,7 @@ from captify_ws.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger("captify_ws.app")
 
 #: Paths captify-ws answers itself; everything else goes to the user's http_app.
-OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/")
+OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/", "/client/")
 ADMIN_COOKIE: Final = "captify_admin"
 _DOCUMENTS: Final = "/api/v1/documents/"
 
@@ -108,6 +109,7 @@ class CaptifyApp:
             Route("/api/v1/documents/{document_id:path}", self._delete_document,
                   methods=["DELETE"]),
             Route("/api/v1/connections", self._get_connections, methods=["GET"]),
+            *ChannelRoutes(server, self._check_api_key).routes(),
         ])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

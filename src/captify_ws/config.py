@@ -184,6 +184,65 @@ class Settings:
         20.0, "keepalive: a connection silent for this many seconds is pinged, and closed if "
         "still silent one interval later (0 disables); keeps proxies from cutting idle "
         "collaborators and reaps dead peers", float)
+    channels_per_connection_max: int = _setting(
+        128, "channels one connection may subscribe at once; more → an error (4429) for that "
+        "subscribe", int)
+    channel_subscribe_rate_per_s: float = _setting(
+        10.0, "subscribes per second a connection may make on average; faster → an error "
+        "(4429) for that subscribe", float)
+    channel_subscribe_burst: int = _setting(
+        100, "subscribes a connection may make at once above channel_subscribe_rate_per_s", int)
+    channel_request_max_bytes: int = _setting(
+        64 << 10, "largest request on a channel endpoint (subscribe, a command); larger → an "
+        "error (1009)", _parse_size, metavar="BYTES")
+    channel_name_max_bytes: int = _setting(
+        256, "longest channel name ('class:name'), UTF-8 bytes", int)
+    channel_publication_max_bytes: int = _setting(
+        64 << 10, "largest published 'data' and largest 'state_patch', JSON bytes; larger → "
+        "refused (1009, HTTP 413)", _parse_size, metavar="BYTES")
+    channel_state_max_keys: int = _setting(
+        1000, "keys a channel's state may hold; a patch adding more is refused (1009)", int)
+    channel_recovery_max_publications: int = _setting(
+        1000, "a subscriber that missed more publications than this gets the state instead "
+        "(recovered:false, reason too_far)", int)
+    channel_recovery_max_bytes: int = _setting(
+        4 << 20, "a recovery that would replay more bytes than this sends the state instead "
+        "(reason too_far)", _parse_size, metavar="BYTES")
+    channel_idempotency_window_s: float = _setting(
+        300.0, "a publication repeated with the same idempotency key within this many seconds "
+        "answers the first one's position and is not delivered again", float)
+    channel_meta_ttl_s: float = _setting(
+        30 * 86400.0, "a channel's position and state are kept this many seconds after its "
+        "last publication (its history, as its class says)", float)
+    channel_position_check_s: float = _setting(
+        10.0, "with Redis: every instance compares the positions of its channels this often, "
+        "to find a lost last publication", float)
+    channel_ingest: bool = _setting(
+        True, "with Redis: consume the durable ingest stream '<broker-prefix>:ingest'",
+        _parse_bool)
+    channel_ingest_claim_idle_s: float = _setting(
+        30.0, "ingest entries an instance read but did not acknowledge within this many "
+        "seconds (it died) are taken over by another", float)
+    workflow_history_size: int = _setting(
+        1000, "publications kept per workflow:… channel for recovery", int)
+    workflow_history_ttl_s: float = _setting(
+        86400.0, "a workflow channel's history is dropped this many seconds after its last "
+        "publication (its state stays, in the store too)", float)
+    notifications_history_size: int = _setting(
+        500, "publications kept per user's notifications channel for recovery (the mailbox "
+        "itself is in the store)", int)
+    notifications_history_ttl_s: float = _setting(
+        86400.0, "a notifications channel's history is dropped this many seconds after its "
+        "last publication", float)
+    notifications_latest_count: int = _setting(
+        20, "newest notifications in the state a (re)connecting tab gets; older pages over "
+        "HTTP", int)
+    notifications_payload_max_bytes: int = _setting(
+        16 << 10, "largest notification payload, JSON bytes; larger → refused (HTTP 413)",
+        _parse_size, metavar="BYTES")
+    online_ttl_s: float = _setting(
+        60.0, "with Redis: an instance's per-user connection counts (is_online) stop counting "
+        "this many seconds after it last refreshed them (it died)", float)
     log_level: str = _setting("info", "debug, info, warning or error")
 
     @classmethod
@@ -248,11 +307,32 @@ class Settings:
                 "anyone in (development only)")
         if self.message_rate <= 0 or self.message_burst < 1:
             raise ConfigError("message_rate must be positive and message_burst at least 1")
+        self._validate_channels()
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, "
                               f"not {self.log_level!r}")
+
+    def _validate_channels(self) -> None:
+        positive = ("channels_per_connection_max", "channel_subscribe_rate_per_s",
+                    "channel_subscribe_burst", "channel_request_max_bytes",
+                    "channel_name_max_bytes", "channel_publication_max_bytes",
+                    "channel_state_max_keys", "channel_recovery_max_bytes",
+                    "channel_idempotency_window_s", "channel_meta_ttl_s",
+                    "channel_position_check_s", "channel_ingest_claim_idle_s",
+                    "workflow_history_size", "workflow_history_ttl_s",
+                    "notifications_history_size", "notifications_history_ttl_s",
+                    "notifications_latest_count", "notifications_payload_max_bytes",
+                    "online_ttl_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.channel_recovery_max_publications < 0:
+            raise ConfigError("channel_recovery_max_publications cannot be negative")
+        for name in ("workflow_history_ttl_s", "notifications_history_ttl_s"):
+            if getattr(self, name) > self.channel_meta_ttl_s:
+                raise ConfigError(f"{name} cannot be longer than channel_meta_ttl_s")
 
     @property
     def loopback(self) -> bool:

@@ -11,6 +11,8 @@ Hierarchy::
     │   └── BadRequest           a request the handler cannot serve, e.g. no documentId (4400)
     ├── StaleVersion             server steps for a version that is not current (HTTP 409)
     ├── Reject                   a connection refused by policy (auth, origin, limits); `code`
+    ├── ChannelError             a channel request that cannot be served; `code` (4400, 4403,
+    │                            4429, 1009) goes into the `error` answer or the HTTP status
     ├── StoreError               the document store failed (the caller retries or reports)
     ├── BrokerError              the broker failed
     └── ServerNotRunning         the module-level API was called with no server in this process
@@ -112,6 +114,25 @@ class Reject(CaptifyError):
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
+
+
+class ChannelError(CaptifyError):
+    """A channel request (subscribe, publish, a handler's command) that cannot be served.
+
+    ``code`` says why, with the close codes' meanings: 4400 malformed or unknown (a channel
+    class this endpoint does not serve, a malformed ``since``), 4403 forbidden, 4429 a bound
+    reached (subscribe rate, channels per connection), 1009 a payload past its size bound.
+    On the channel protocol it becomes ``{"type":"error","id":…,"code":…,"message":…}`` and the
+    connection stays open; over HTTP it maps to 400, 403, 429 or 413.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class StoreError(CaptifyError):

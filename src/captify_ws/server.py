@@ -35,6 +35,7 @@ from captify_ws.auth import (
     with_timeout,
 )
 from captify_ws.broker import Broker, broker_from_url
+from captify_ws.channels.services import build_channel_services
 from captify_ws.cluster import ClusterBridge
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, ConnectionLimits, UpgradeRequest
@@ -144,6 +145,9 @@ class Server:
         self.rooms = RoomManager(self.store, self.writer, self.settings, schema,
                                  stats=self.stats)
         self.cluster = ClusterBridge(self, broker) if broker is not None else None
+        #: channels (/ws/notifications, /ws/workflow): what their handlers may use
+        self.channel_services = build_channel_services(self.settings, self.authorize,
+                                                       self.instance_id)
         self.registry = HandlerRegistry()
         for factory in BUILTIN_HANDLERS:
             self.registry.add(factory(self))
@@ -175,6 +179,14 @@ class Server:
                     await self.store.close()
                     raise
             self.writer.start()
+            try:
+                await self.channel_services.start()
+            except BaseException:
+                await self.writer.stop(timeout=1.0)
+                if self.cluster is not None:
+                    await self.cluster.stop()
+                await self.store.close()
+                raise
             if self.settings.ping_interval_s > 0:
                 self._keepalive_task = asyncio.get_running_loop().create_task(
                     self._keepalive(), name="captify-keepalive")
@@ -208,6 +220,7 @@ class Server:
                 conn.abort(code, reason)
             await asyncio.sleep(0.05)
         await self.rooms.close()
+        await self.channel_services.stop()
         await self.writer.stop(timeout=timeout / 2)
         if self.cluster is not None:
             await self.cluster.stop()
@@ -366,10 +379,10 @@ class Server:
         forget = getattr(self.authorizer, "forget", None)
         if callable(forget):
             forget(document_id, user_id)
+        changed = self.channel_services.revoke(document_id, user_id, to)
         room = self.rooms.get(document_id)
         if room is None:
-            return 0
-        changed = 0
+            return changed
         for conn, member in list(room.members.items()):
             principal = conn.principal
             if not isinstance(principal, Principal) or principal.user_id != user_id:
