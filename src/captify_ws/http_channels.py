@@ -56,11 +56,15 @@ def _error(exc: Exception) -> JSONResponse:
                         status_code=503)
 
 
-def _int_param(request: Request, name: str, default: int | None, low: int,
-               high: int) -> int | None:
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    value = _optional_int(request, name, low, high)
+    return default if value is None else value
+
+
+def _optional_int(request: Request, name: str, low: int, high: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
         value = int(raw)
     except ValueError:
@@ -155,7 +159,6 @@ class ChannelRoutes:
         cap = hub.limits.recovery_max_publications
         since = _int_param(request, "since", 0, 0, (1 << 53) - 1)
         limit = _int_param(request, "limit", min(100, cap), 1, max(1, cap))
-        assert since is not None and limit is not None
         read = await hub.read(request.path_params["channel"], since, limit, partial=True)
         body = ('{"offset":' + str(read.position.offset) + ',"epoch":'
                 + json.dumps(read.position.epoch) + ',"first_offset":' + str(read.first_offset)
@@ -177,9 +180,8 @@ class ChannelRoutes:
         user_id = request.query_params.get("user_id")
         if not user_id:
             raise ChannelError(CloseCode.BAD_REQUEST, "'user_id' is required")
-        before = _int_param(request, "before", None, 1, (1 << 62))
+        before = _optional_int(request, "before", 1, 1 << 62)
         limit = _int_param(request, "limit", 20, 1, 500)
-        assert limit is not None
         return JSONResponse(await mailbox(self.server).page(user_id, before, limit))
 
     async def _online(self, request: Request) -> Response:

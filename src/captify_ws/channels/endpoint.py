@@ -15,6 +15,7 @@ Bounds (Settings): ``channels_per_connection_max``, ``channel_subscribe_rate_per
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -33,6 +34,16 @@ logger = logging.getLogger("captify_ws.channels")
 CommandHandler = Callable[["ChannelSession", wire.Command], Awaitable[Any]]
 #: Runs once a connection is accepted and authenticated.
 ConnectHook = Callable[["ChannelSession"], Awaitable[None]]
+
+
+_ID = re.compile(r'"id"\s*:\s*(\d{1,15})\b')
+
+
+def _peek_id(head: str | bytes) -> int | None:
+    """The request id near the start of a request too big to parse (best effort)."""
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    match = _ID.search(text)
+    return int(match.group(1)) if match else None
 
 
 class ChannelSession:
@@ -111,6 +122,7 @@ class ChannelEndpoint:
         channel: str | None = None
         try:
             if len(message) > settings.channel_request_max_bytes:
+                ident = _peek_id(message[:256])
                 raise ChannelError(CloseCode.MESSAGE_TOO_BIG,
                                    f"request larger than {settings.channel_request_max_bytes} "
                                    "bytes")

@@ -196,7 +196,12 @@ class ChannelHub:
             await self.backend.publish_ephemeral(
                 channel, wire.encode_ephemeral(channel, event, data_json, ts_ms))
             return Published(0, "")
-        outgoing = Outgoing(wire.pub_head(channel), wire.pub_tail(event, data_json, ts_ms),
+        patch_json = None
+        if fields:
+            patch_json = "{" + ",".join(wire.dumps(key) + ":" + (value or "null")
+                                        for key, value in fields) + "}"
+        outgoing = Outgoing(wire.pub_head(channel),
+                            wire.pub_tail(event, data_json, ts_ms, patch_json),
                             fields, version, idempotency_key)
         result = await self.backend.publish(channel, outgoing, klass.retention)
         if not (result.duplicate or result.stale):

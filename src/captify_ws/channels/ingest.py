@@ -3,7 +3,9 @@
 A backend that cannot call captify-ws (or must not lose a publication while captify-ws is
 down) appends to the stream ``P:ingest`` with fields ``ch`` (channel), ``ev`` (event), ``d``
 (the data, JSON), and optionally ``sp`` (a state patch, JSON), ``ik`` (an idempotency key),
-``eph`` (``1``: ephemeral)::
+``eph`` (``1``: ephemeral), ``rk`` (a list ``P:ingest:reply:…`` that gets the answer
+``"<offset> <epoch>[ duplicate|stale]"`` or ``"error <code> <message>"``; what
+:class:`captify_ws.client.Publisher` waits on)::
 
     redis-cli XADD captify:ingest MAXLEN '~' 100000 '*' ch workflow:run-7 ev step.status \
         d '{"step":"ocr","status":"done"}' sp '{"ocr":"done"}' ik run-7:ocr:done
@@ -27,6 +29,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from captify_ws.channels.hub import ChannelHub
+from captify_ws.channels.types import Published
 from captify_ws.errors import CaptifyError, ChannelError
 
 logger = logging.getLogger("captify_ws.channels.ingest")
@@ -119,15 +122,25 @@ class Ingest:
                 continue
             fields = _fields(raw)
             try:
-                await self._publish(ident, fields)
+                result = await self._publish(ident, fields)
+                answer = f"{result.offset} {result.epoch}"
+                if result.duplicate or result.stale:
+                    answer += " duplicate" if result.duplicate else " stale"
             except ChannelError as exc:
                 logger.warning("ingest entry %s dropped: %s", ident, exc.message)
                 await self._client.xadd(self.dead, {**fields, "id": ident,
                                                     "error": exc.message},
                                         maxlen=self._dead_max, approximate=True)
+                answer = f"error {exc.code} {exc.message}"
+            reply = fields.get("rk")
+            if reply and reply.startswith(self.stream + ":reply:"):
+                pipe = self._client.pipeline(transaction=False)
+                pipe.lpush(reply, answer)
+                pipe.expire(reply, 60)
+                await pipe.execute()
             await self._client.xack(self.stream, GROUP, ident)
 
-    async def _publish(self, ident: str, fields: dict[str, str]) -> None:
+    async def _publish(self, ident: str, fields: dict[str, str]) -> Published:
         def json_field(name: str) -> Any:
             if name not in fields:
                 return None
@@ -140,9 +153,10 @@ class Ingest:
         if not channel or not event:
             raise ChannelError(4400, "an ingest entry needs the fields 'ch' and 'ev'")
         ephemeral = fields.get("eph") in ("1", "true")
-        await self._hub.publish(channel, event, json_field("d"),
-                                state_patch=json_field("sp"),
-                                idempotency_key=None if ephemeral else
-                                (fields.get("ik") or f"ingest:{ident}"),
-                                ephemeral=ephemeral)
+        result = await self._hub.publish(channel, event, json_field("d"),
+                                         state_patch=json_field("sp"),
+                                         idempotency_key=None if ephemeral else
+                                         (fields.get("ik") or f"ingest:{ident}"),
+                                         ephemeral=ephemeral)
         self.published += 1
+        return result

@@ -30,7 +30,8 @@ class Position:
 class Retention:
     """How long a channel class keeps what (Settings give the numbers, with their units)."""
 
-    #: publications kept for recovery (older ones are trimmed)
+    #: publications kept for recovery (older ones are trimmed; Redis trims whole stream nodes,
+    #: so it may keep up to 100 more)
     history_size: int
     #: the history is dropped this many seconds after the channel's last publication
     history_ttl_s: float

@@ -13,8 +13,11 @@ Server → client::
     {"type":"subscribed","id":1,"channel":C,"epoch":E,"offset":N,"recovered":true,"replay":K}
     {"type":"subscribed","id":1,"channel":C,"epoch":E,"offset":N,"recovered":false,
      "reason":"epoch|trimmed|expired|too_far","state":{…}}      (no "reason" without a since)
-    {"type":"pub","channel":C,"offset":N,"epoch":E,"event":EV,"data":D,"ts":MS}
+    {"type":"pub","channel":C,"offset":N,"epoch":E,"event":EV,"data":D,"patch"?:P,"ts":MS}
     {"type":"pub","channel":C,"event":EV,"data":D,"ts":MS,"ephemeral":true}      never replayed
+
+``patch`` is the publication's state patch (``null`` values delete keys): a client that merges
+it into the ``state`` of its ``subscribed``/``resync`` holds the server's state exactly.
     {"type":"resync","channel":C,"epoch":E,"offset":N,"recovered":false,"reason":R,"state":S}
     {"type":"unsubscribed","id"?:2,"channel":C,"code"?:4403,"reason"?:"access revoked"}
     {"type":"reply","id":3,"data":{…}}
@@ -188,9 +191,12 @@ def pub_head(channel: str) -> str:
     return '{"type":"pub","channel":' + dumps(channel) + ',"offset":'
 
 
-def pub_tail(event: str, data_json: str, ts_ms: int) -> str:
-    """The end of a ``pub`` frame, after the epoch's closing quote."""
-    return ',"event":' + dumps(event) + ',"data":' + data_json + ',"ts":' + str(ts_ms) + "}"
+def pub_tail(event: str, data_json: str, ts_ms: int, patch_json: str | None = None) -> str:
+    """The end of a ``pub`` frame, after the epoch's closing quote. ``patch_json`` is the
+    publication's state patch, so that a client can keep the channel's state exactly."""
+    patch = ',"patch":' + patch_json if patch_json is not None else ""
+    return ',"event":' + dumps(event) + ',"data":' + data_json + patch + ',"ts":' \
+        + str(ts_ms) + "}"
 
 
 def encode_pub(head: str, offset: int, epoch: str, tail: str) -> str:
