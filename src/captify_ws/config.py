@@ -213,7 +213,7 @@ class Settings:
         "answers the first one's position and is not delivered again", float)
     channel_meta_ttl_s: float = _setting(
         30 * 86400.0, "a channel's position and state are kept this many seconds after its "
-        "last publication (its history, as its class says)", float)
+        "last publication (at least as long as its history)", float)
     channel_position_check_s: float = _setting(
         10.0, "with Redis: every instance compares the positions of its channels this often, "
         "to find a lost last publication", float)
@@ -330,9 +330,6 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
         if self.channel_recovery_max_publications < 0:
             raise ConfigError("channel_recovery_max_publications cannot be negative")
-        for name in ("workflow_history_ttl_s", "notifications_history_ttl_s"):
-            if getattr(self, name) > self.channel_meta_ttl_s:
-                raise ConfigError(f"{name} cannot be longer than channel_meta_ttl_s")
 
     @property
     def loopback(self) -> bool:

@@ -169,7 +169,8 @@ class NotificationsHandler(ChannelEndpoint):
             CLASS,
             Retention(history_size=settings.notifications_history_size,
                       history_ttl_s=settings.notifications_history_ttl_s,
-                      meta_ttl_s=settings.channel_meta_ttl_s),
+                      meta_ttl_s=max(settings.channel_meta_ttl_s,
+                                     settings.notifications_history_ttl_s)),
             snapshot=self.mailbox.snapshot, authorize=_own_channel,
             description="a user's own notifications")
         super().__init__(services, "/ws/notifications", "notifications", [mailbox_class],

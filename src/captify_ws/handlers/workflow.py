@@ -33,6 +33,7 @@ class WorkflowHandler(ChannelEndpoint):
             "workflow",
             Retention(history_size=settings.workflow_history_size,
                       history_ttl_s=settings.workflow_history_ttl_s,
-                      meta_ttl_s=settings.channel_meta_ttl_s, durable_state=True),
+                      meta_ttl_s=max(settings.channel_meta_ttl_s,
+                                     settings.workflow_history_ttl_s), durable_state=True),
             description="a workflow run's events and absolute state")
         super().__init__(services, "/ws/workflow", "workflow", [workflow])
