@@ -162,6 +162,14 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily("captify_cluster_instances",
                                 "Instances of the cluster seen alive, this one included",
                                 value=1 + (len(cluster.instances) if cluster is not None else 0))
+        hub = server.channel_services.hub
+        yield _counter("captify_channel_events_total",
+                       "Channels on this instance: publications made, copies delivered, "
+                       "subscribes recovered and not recovered, live gaps repaired, resyncs",
+                       hub.counters, "kind")
+        yield GaugeMetricFamily("captify_channel_feeds",
+                                "Channels with subscribers or listeners on this instance",
+                                value=len(hub.feeds.feeds))
 
 
 def build_registry(server: Server) -> CollectorRegistry:

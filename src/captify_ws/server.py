@@ -260,6 +260,12 @@ class Server:
         if self.writer.error is not None:
             reasons.append(f"store writes failing ({self.writer.pending} pending): "
                            f"{self.writer.error}")
+        channels = self.channel_services
+        try:
+            await asyncio.wait_for(channels.store.check(), 3.0)
+        except (StoreError, TimeoutError) as exc:
+            reasons.append(f"channel tables in {channels.store.url}: "
+                           f"{exc or 'no answer within 3 s'}")
         if self.broker is not None:
             try:
                 await self.broker.check()

@@ -380,8 +380,12 @@ class Feeds:
         differing = 0
         for feed in feeds:
             position = positions.get(feed.channel)
-            if feed.closed or feed.busy or (position is not None and position.epoch == feed.epoch
-                                            and position.offset == feed.offset):
+            if feed.closed or feed.busy:
+                continue
+            if position is None and feed.offset == 0:
+                continue  # never published, and forgotten: the next publication tells
+            if position is not None and position.epoch == feed.epoch and \
+                    position.offset == feed.offset:
                 continue
             differing += 1
             self._start(feed, "verify")

@@ -7,8 +7,9 @@ keep history across a restart. Classes with ``durable_state`` keep their state i
 too, so after a restart such a channel starts a new epoch with its last state: subscribers
 that come back are told ``recovered:false, reason:"epoch"`` and get that state.
 
-Idle channels are forgotten ``meta_ttl_s`` after their last publication (a sweep every 30 s),
-like the Redis keys' expiry.
+Idle channels are forgotten ``meta_ttl_s`` after their last publication, and channels never
+published ``UNPUBLISHED_TTL_S`` after they were first read (a sweep every 30 s), like the
+Redis keys' expiry.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from captify_ws.protocol.channels import encode_pub
 
 #: Seconds between sweeps of idle channels.
 SWEEP_S = 30.0
+#: A channel only ever read (subscribed), never published, is forgotten after this many
+#: seconds: a subscriber's own reads must not make the server keep a position for 30 days.
+UNPUBLISHED_TTL_S = 600.0
+#: Idempotency keys remembered per channel (the oldest are forgotten first).
+MAX_KEYS_PER_CHANNEL = 10_000
 
 
 def new_epoch() -> str:
@@ -171,8 +177,10 @@ class MemoryBackend:
         channel_state.merge(stream.state, fields)
         published = Published(offset, stream.epoch)
         if key is not None:
-            if len(stream.seen) > 10_000:
+            if len(stream.seen) >= MAX_KEYS_PER_CHANNEL:
                 stream.seen = {k: v for k, v in stream.seen.items() if v[1] > now}
+                while len(stream.seen) >= MAX_KEYS_PER_CHANNEL:  # the oldest go first
+                    del stream.seen[next(iter(stream.seen))]
             stream.seen[key] = (published, now + self._idempotency_window_s)
         self.on_publication(channel, offset, stream.epoch, frame)
         if retention.durable_state and fields:
@@ -212,7 +220,8 @@ class MemoryBackend:
         """Forget channels idle for longer than their ``meta_ttl_s``; returns how many."""
         now = time.monotonic()
         idle = [channel for channel, stream in self._streams.items()
-                if now - stream.last_publish > self._meta_ttl.get(channel, 0.0)]
+                if now - stream.last_publish > (self._meta_ttl.get(channel, 0.0) if stream.top
+                                                else UNPUBLISHED_TTL_S)]
         for channel in idle:
             del self._streams[channel]
             self._meta_ttl.pop(channel, None)

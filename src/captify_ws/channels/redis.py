@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from captify_ws.channels import scripts
 from captify_ws.channels.backend import PublicationCallback
-from captify_ws.channels.memory import new_epoch
+from captify_ws.channels.memory import UNPUBLISHED_TTL_S, new_epoch
 from captify_ws.channels.state import state_json
 from captify_ws.channels.types import (
     ChannelSnapshot,
@@ -49,6 +49,11 @@ COMMAND_TIMEOUT_S = 5.0
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _created_ttl(retention: Retention) -> int:
+    """Seconds a position created by a read (no publication yet) is kept."""
+    return max(1, int(min(retention.meta_ttl_s, UNPUBLISHED_TTL_S)))
 
 
 def _ignore(channel: str, offset: int | None, epoch: str, frame: str) -> None:
@@ -191,7 +196,7 @@ class RedisBackend:
         for _ in range(3):
             answer = await self._call(self._read(keys=keys, args=[
                 since_offset, limit, new_epoch(), "1" if retention.durable_state else "0",
-                max(1, int(retention.meta_ttl_s)), "1" if partial else "0"]))
+                _created_ttl(retention), "1" if partial else "0"]))
             if _text(answer[0]) != "seed":
                 break
             await self._seed_from_store(channel, retention)
@@ -206,8 +211,7 @@ class RedisBackend:
         keys = [self.key(channel, "m"), self.key(channel, "st"), self.key(channel, "s")]
         for _ in range(3):
             answer = await self._call(self._snapshot(keys=keys, args=[
-                new_epoch(), "1" if retention.durable_state else "0",
-                max(1, int(retention.meta_ttl_s))]))
+                new_epoch(), "1" if retention.durable_state else "0", _created_ttl(retention)]))
             if _text(answer[0]) != "seed":
                 break
             await self._seed_from_store(channel, retention)

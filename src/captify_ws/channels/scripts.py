@@ -77,9 +77,9 @@ return {'ok', top, epoch}
 """
 
 #: KEYS: stream, meta. ARGV: 1 since offset, 2 limit, 3 fresh epoch, 4 seed required,
-#: 5 meta ttl s, 6 partial ('1': up to `limit` entries from the first retained after since,
-#: for paging; else all or none). Answers {'ok', epoch, top, first retained offset, entries}
-#: or {'seed'}.
+#: 5 ttl s of a position this read creates (short: nothing was published yet), 6 partial
+#: ('1': up to `limit` entries from the first retained after since, for paging; else all or
+#: none). Answers {'ok', epoch, top, first retained offset, entries} or {'seed'}.
 READ: Final = """
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
@@ -107,8 +107,8 @@ end
 return {'ok', epoch, top, first, entries}
 """
 
-#: KEYS: meta, state, stream. ARGV: 1 fresh epoch, 2 seed required, 3 meta ttl s.
-#: Answers {'ok', epoch, top, state} or {'seed'}.
+#: KEYS: meta, state, stream. ARGV: 1 fresh epoch, 2 seed required, 3 ttl s of a position
+#: this call creates. Answers {'ok', epoch, top, state} or {'seed'}.
 SNAPSHOT: Final = """
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
