@@ -50,9 +50,10 @@ async def test_late_joiner_state_and_offset_are_exactly_consistent() -> None:
                 await client.stop()
 
 
-async def test_recovery_replays_with_offsets_then_goes_live() -> None:
-    """A subscriber back with since gets every missed pub with its offset, then live ones."""
-    async with running_server() as srv:
+async def test_recovery_replays_with_offsets_then_goes_live(transport: str) -> None:
+    """A subscriber back with since gets every missed pub with its offset, then live ones (on
+    both transports)."""
+    async with running_server(transport) as srv:
         first = await captify_ws.publish("workflow:r", "a", 1)
         for i in range(2, 6):
             await captify_ws.publish("workflow:r", "a", i)
@@ -249,3 +250,22 @@ async def test_http_publish_batch_position_and_history() -> None:
         assert (await http.get(f"{srv.http}/client/nothing.js")).status_code == 404
         assert json.loads((await http.post(f"{srv.http}/api/v1/publish", headers=auth,
                                            content=b"{")).text)["code"] == 4400
+
+
+async def test_a_custom_authorizer_sees_every_subscribe_and_recovery() -> None:
+    """--authorizer module:function is asked on each subscribe, with since or not; a refusal
+    is a 4403 error and nothing is replayed."""
+    from tests.outside import channel_hooks
+
+    channel_hooks.CALLS.clear()
+    async with running_server(authorizer="tests.outside.channel_hooks:authorize") as srv, \
+            raw(f"{srv.ws}/ws/workflow") as client:
+        first = await captify_ws.publish("workflow:ok-1", "e", 1)
+        await captify_ws.publish("workflow:no-1", "e", 1)
+        await subscribe(client, "workflow:ok-1", 1, {"offset": 0, "epoch": first.epoch})
+        await client.send({"type": "subscribe", "id": 2, "channel": "workflow:no-1",
+                           "since": {"offset": 0, "epoch": first.epoch}})
+        refused = await client.expect("error")
+        assert (refused["id"], refused["code"]) == (2, 4403)
+        assert [m["channel"] for m in pubs(await client.quiet(0.2))] == ["workflow:ok-1"]
+    assert channel_hooks.CALLS == [(None, "workflow:ok-1"), (None, "workflow:no-1")]
