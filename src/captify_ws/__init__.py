@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 from captify_ws.api import (
     apply_update,
+    broadcast_stateless,
     broadcast_steps,
     broadcast_steps_to_client,
     channel_position,
@@ -23,7 +24,9 @@ from captify_ws.api import (
     is_online,
     notify_user,
     publish,
+    request_token,
     revoke,
+    send_stateless,
 )
 from captify_ws.app import CaptifyApp, create_app
 from captify_ws.auth import Access, Authenticator, Authorizer, Principal
@@ -45,6 +48,7 @@ from captify_ws.errors import (
 )
 from captify_ws.handlers.base import Handler
 from captify_ws.server import Server
+from captify_ws.stateless import StatelessEvent
 
 __all__ = [
     "Access",
@@ -69,10 +73,12 @@ __all__ = [
     "Server",
     "ServerNotRunning",
     "Settings",
+    "StatelessEvent",
     "StoreError",
     "UpgradeRequest",
     "__version__",
     "apply_update",
+    "broadcast_stateless",
     "broadcast_steps",
     "broadcast_steps_to_client",
     "channel_position",
@@ -83,5 +89,7 @@ __all__ = [
     "is_online",
     "notify_user",
     "publish",
+    "request_token",
     "revoke",
+    "send_stateless",
 ]

@@ -88,6 +88,26 @@ async def revoke(document_id: str, user_id: str, to: str = "none") -> int:
     return await current_server().revoke(document_id, user_id, to)
 
 
+def broadcast_stateless(document_id: str, payload: str) -> int:
+    """A stateless message to every Hocuspocus provider of ``document_id``, on every instance
+    (their ``onStateless``); returns how many got it on this instance."""
+    return current_server().stateless.broadcast(document_id, payload)
+
+
+def send_stateless(document_id: str, payload: str, *, user_id: str | None = None,
+                   connection_id: str | None = None) -> int:
+    """A stateless message to the Hocuspocus providers of ``document_id`` of one user, or on
+    one connection, on every instance; returns how many got it on this instance."""
+    return current_server().stateless.send(document_id, payload, user_id=user_id,
+                                           connection_id=connection_id)
+
+
+def request_token(document_id: str, user_id: str | None = None) -> int:
+    """Ask the Hocuspocus providers of ``document_id`` (of one user, or all) for a fresh token,
+    on every instance; their access is checked again with it."""
+    return current_server().request_token(document_id, user_id)
+
+
 def get_connection_count(key: str | None = None, *, document_id: str | None = None,
                          handler: str | None = None) -> int:
     """Connections on a document, or of a handler (``get_connection_count("fabric")``)."""

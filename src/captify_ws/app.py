@@ -44,6 +44,7 @@ from captify_ws.errors import (
     StoreError,
 )
 from captify_ws.http_channels import ChannelRoutes
+from captify_ws.http_stateless import stateless_routes
 from captify_ws.imports import import_attribute
 from captify_ws.metrics import build_registry, snapshot
 from captify_ws.protocol import envelope, names
@@ -103,6 +104,7 @@ class CaptifyApp:
                   methods=["POST"]),
             Route("/api/v1/documents/{document_id:path}/revoke", self._post_revoke,
                   methods=["POST"]),
+            *stateless_routes(self),
             Route("/api/v1/documents", self._list_documents, methods=["GET"]),
             Route("/api/v1/documents/{document_id:path}", self._get_document,
                   methods=["GET"]),

@@ -189,6 +189,13 @@ class ClusterBridge:
                 "version": accepted.version, "steps": accepted.steps,
                 "clientIDs": accepted.client_ids, "changeId": accepted.change_id})))
 
+    def publish_stateless(self, document_id: str, payload: str, user_id: str | None,
+                          connection_id: str | None) -> None:
+        """A stateless message for the document's Hocuspocus providers on the other instances."""
+        self.broker.publish(self.channel(document_id), wire.encode(
+            wire.STATELESS, self.instance, wire.encode_json({
+                "payload": payload, "userId": user_id, "connectionId": connection_id})))
+
     def publish_control(self, body: dict[str, Any]) -> None:
         self.broker.publish(self.cluster_channel, wire.encode(
             wire.CONTROL, self.instance, wire.encode_json(body)))
@@ -232,6 +239,10 @@ class ClusterBridge:
             self.server.apply_remote_steps(room, Accepted(
                 int(body["version"]), list(body["steps"]), list(body["clientIDs"]),
                 body.get("changeId")))
+        elif kind == wire.STATELESS:
+            stateless = wire.decode_stateless(room.document_id, wire.decode_json(message.body))
+            self.server.stateless.deliver(room.document_id, stateless.payload,
+                                          stateless.user_id, stateless.connection_id)
         elif kind == wire.PRESENCE_QUERY:
             states = [(s.entry(), s.json_client_id) for s in room.presence.snapshot()
                       if not isinstance(s.owner, RemoteOwner)]
@@ -267,11 +278,16 @@ class ClusterBridge:
 
     def _on_external(self, data: bytes) -> None:
         try:
-            steps = wire.decode_external(data)
+            message = wire.decode_external(data)
         except InvalidMessage as exc:
             logger.warning("ignored a message on %s: %s", self.publish_channel, exc)
             return
-        self._spawn(self.server.deliver_external_steps(steps))
+        if isinstance(message, wire.ExternalStateless):
+            # Every instance receives the publish channel: each serves its own providers.
+            self.server.stateless.deliver(message.document_id, message.payload,
+                                          message.user_id, message.connection_id)
+            return
+        self._spawn(self.server.deliver_external_steps(message))
 
     def _owner(self, instance: str) -> RemoteOwner:
         owner = self._owners.get(instance)

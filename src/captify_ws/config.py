@@ -243,6 +243,18 @@ class Settings:
     online_ttl_s: float = _setting(
         60.0, "with Redis: an instance's per-user connection counts (is_online) stop counting "
         "this many seconds after it last refreshed them (it died)", float)
+    hocuspocus_max_documents: int = _setting(
+        128, "/ws/hocuspocus: documents one socket may open at once; more are refused with "
+        "PermissionDenied", int)
+    hocuspocus_keepalive_s: float = _setting(
+        15.0, "/ws/hocuspocus: every socket is sent a keepalive frame this often (Ping to v4 "
+        "providers), well under the 30 s after which a provider drops a silent socket", float)
+    hocuspocus_auth_deadline_s: float = _setting(
+        60.0, "/ws/hocuspocus: a socket that has not authenticated any document this long "
+        "after opening is closed with 4408", float)
+    stateless_hooks: tuple[str, ...] = _setting(
+        (), "functions called with every stateless message of a Hocuspocus provider, "
+        "comma-separated 'module:attribute'", _parse_list, metavar="MOD:ATTR,...")
     log_level: str = _setting("info", "debug, info, warning or error")
 
     @classmethod
@@ -308,6 +320,10 @@ class Settings:
         if self.message_rate <= 0 or self.message_burst < 1:
             raise ConfigError("message_rate must be positive and message_burst at least 1")
         self._validate_channels()
+        if self.hocuspocus_max_documents < 1 or self.hocuspocus_keepalive_s <= 0 or \
+                self.hocuspocus_auth_deadline_s <= 0:
+            raise ConfigError("hocuspocus_max_documents must be at least 1, "
+                              "hocuspocus_keepalive_s and hocuspocus_auth_deadline_s positive")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -42,6 +42,8 @@ class CloseCode:
     FORBIDDEN: Final = 4403
     AUTH_TIMEOUT: Final = 4408
     RATE_LIMITED: Final = 4429
+    #: Hocuspocus ``ResetConnection``: a malformed frame, or pre-authentication limits exceeded
+    RESET_CONNECTION: Final = 4205
 
 
 class CaptifyError(Exception):

@@ -63,6 +63,7 @@ from captify_ws.rooms.document import SERVER_ORIGIN, DocumentRoom
 from captify_ws.rooms.manager import RoomManager
 from captify_ws.rooms.pm_yjs import fragment_to_node, update_fragment
 from captify_ws.rooms.steps import Accepted, Behind, Duplicate, StepAuthority
+from captify_ws.stateless import StatelessHub
 from captify_ws.store import DocumentStore, store_from_url
 from captify_ws.store.writer import StoreWriter
 
@@ -148,6 +149,8 @@ class Server:
         #: channels (/ws/notifications, /ws/workflow): what their handlers may use
         self.channel_services = build_channel_services(self.settings, self.authorize,
                                                        self.instance_id)
+        #: Hocuspocus stateless messages: the hooks, broadcast_stateless and send_stateless
+        self.stateless = StatelessHub(self)
         self.registry = HandlerRegistry()
         for factory in BUILTIN_HANDLERS:
             self.registry.add(factory(self))
@@ -331,8 +334,16 @@ class Server:
                 raise Reject(CloseCode.RATE_LIMITED, "too many connections from this address")
             _count(self._per_address, address, +1)
             conn.on_closed(lambda _: _count(self._per_address, address, -1))
-        principal = await with_timeout(self.authenticator.authenticate(conn.request),
-                                       settings.auth_timeout_s)
+        try:
+            principal = await with_timeout(self.authenticator.authenticate(conn.request),
+                                           settings.auth_timeout_s)
+        except Reject as exc:
+            # A handler whose messages carry their own credentials (Hocuspocus: a token per
+            # document) accepts an upgrade without any; it authenticates each document.
+            if exc.code != CloseCode.UNAUTHORIZED or \
+                    not getattr(conn.handler, "authenticates_messages", False):
+                raise
+            return
         conn.principal = principal
         user = principal.user_id
         if user is not None:
@@ -341,9 +352,12 @@ class Server:
             _count(self._per_user, user, +1)
             conn.on_closed(lambda _: _count(self._per_user, user, -1))
 
-    async def authorize(self, conn: Connection, document_id: str) -> Access:
-        """What ``conn`` may do with ``document_id``; raises ``Reject(4403)`` for nothing."""
-        principal = conn.principal if isinstance(conn.principal, Principal) else ANONYMOUS
+    async def authorize(self, conn: Connection, document_id: str, *,
+                        principal: Principal | None = None) -> Access:
+        """What ``conn`` (or ``principal``, when a document authenticated apart from its
+        connection) may do with ``document_id``; raises ``Reject(4403)`` for nothing."""
+        if principal is None:
+            principal = conn.principal if isinstance(conn.principal, Principal) else ANONYMOUS
         revoked = self._revocation(document_id, principal.user_id)
         if revoked == "none":
             raise Reject(CloseCode.FORBIDDEN, "Access denied")
@@ -389,15 +403,12 @@ class Server:
         room = self.rooms.get(document_id)
         if room is None:
             return changed
-        for conn, member in list(room.members.items()):
-            principal = conn.principal
+        for member in room.all_members():
+            principal = member.principal or member.connection.principal
             if not isinstance(principal, Principal) or principal.user_id != user_id:
                 continue
             changed += 1
-            if to == "none":
-                conn.close(CloseCode.FORBIDDEN, "access revoked")
-            else:
-                member.access = "read"
+            member.revoke("none" if to == "none" else "read")
         return changed
 
     def _connection_closed(self, conn: Connection) -> None:
@@ -473,8 +484,8 @@ class Server:
         """Close the document's connections (1000), unload it and delete it from the store."""
         room = self.rooms.get(document_id)
         if room is not None:
-            for conn in list(room.members):
-                conn.close(CloseCode.NORMAL, "document deleted")
+            for member in room.all_members():
+                member.close(CloseCode.NORMAL, "document deleted")
         await self.writer.flush()
         await self.rooms.discard(document_id)
         return await self.store.delete_document(document_id)
@@ -582,8 +593,28 @@ class Server:
                          room.document_id)
         room.relay_json(_steps_text(room.document_id, accepted), None, publish=False)
 
+    def request_token(self, document_id: str, user_id: str | None = None) -> int:
+        """Ask the Hocuspocus providers of a document (of one user, or all) for a fresh token,
+        on every instance; each answer is authenticated and authorized again. Returns the
+        providers asked here."""
+        if self.cluster is not None:
+            self.cluster.publish_control({"type": "token-request", "documentId": document_id,
+                                          "userId": user_id})
+        return self._request_token(document_id, user_id)
+
+    def _request_token(self, document_id: str, user_id: str | None) -> int:
+        room = self.rooms.get(document_id)
+        handler = self.registry.by_name("hocuspocus")
+        ask = getattr(handler, "request_token", None)
+        return ask(room, user_id) if room is not None and ask is not None else 0
+
     def on_cluster_control(self, body: dict[str, Any]) -> None:
         """A control message from another instance (see ``cluster.py``)."""
+        if body.get("type") == "token-request":
+            document_id, user_id = body.get("documentId"), body.get("userId")
+            if isinstance(document_id, str) and (user_id is None or isinstance(user_id, str)):
+                self._request_token(document_id, user_id)
+            return
         if body.get("type") == "revoke":
             document_id, user_id, to = body.get("documentId"), body.get("userId"), body.get("to")
             if isinstance(document_id, str) and isinstance(user_id, str) and \

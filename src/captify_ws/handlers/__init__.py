@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from captify_ws.handlers.base import Handler, HandlerFactory, HandlerRegistry
 from captify_ws.handlers.fabric import FabricHandler
+from captify_ws.handlers.hocuspocus import HocuspocusHandler
 from captify_ws.handlers.notifications import NotificationsHandler
 from captify_ws.handlers.workflow import WorkflowHandler
 
 BUILTIN_HANDLERS: tuple[HandlerFactory, ...] = (
     FabricHandler,
+    HocuspocusHandler,
     NotificationsHandler,
     WorkflowHandler,
 )

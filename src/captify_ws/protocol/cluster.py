@@ -19,6 +19,9 @@ kind   channel              body
 ``Q``  document             "send me your presence" (an instance just loaded the document)
 ``P``  document             JSON ``{"version","steps","clientIDs","changeId"}``: steps the
                             sender's step authority accepted
+``S``  document             JSON ``{"payload","userId","connectionId"}``: a stateless message
+                            for the document's Hocuspocus providers (of one user or
+                            connection when set)
 ``H``  cluster              heartbeat: JSON ``{"handlers":{…},"documents":{…}}`` counts
 ``D``  cluster              state vectors of every document loaded by the sender
 ``X``  cluster              JSON control message (revocation, …)
@@ -54,6 +57,7 @@ HEARTBEAT: Final = ord("H")
 DIGEST: Final = ord("D")
 CONTROL: Final = ord("X")
 STEPS: Final = ord("P")
+STATELESS: Final = ord("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,28 +157,42 @@ class ExternalSteps:
     version: int | None
 
 
-def decode_external(data: bytes) -> ExternalSteps:
+@dataclass(frozen=True, slots=True)
+class ExternalStateless:
+    """A stateless message published by a backend for a document's Hocuspocus providers (all,
+    one user's, or one connection's)."""
+
+    document_id: str
+    payload: str
+    user_id: str | None
+    connection_id: str | None
+
+
+def decode_external(data: bytes) -> ExternalSteps | ExternalStateless:
     """A backend's message on the publish channel (README "Scaling out" has the contract)::
 
         {"type":"steps","documentId":"doc-1","steps":[…],"changeId":"c1"}
         {"type":"steps","documentId":"doc-1","steps":[…],"changeId":"c1","clientID":"c-9"}
+        {"type":"stateless","documentId":"doc-1","payload":"…"}   (+ "userId" or "connectionId")
     """
     try:
         message = json.loads(data)
     except ValueError:
         raise InvalidMessage("not JSON") from None
-    if not isinstance(message, dict) or message.get("type") != "steps":
-        raise InvalidMessage('expected {"type":"steps",…}')
+    if not isinstance(message, dict) or message.get("type") not in ("steps", "stateless"):
+        raise InvalidMessage('expected {"type":"steps",…} or {"type":"stateless",…}')
     document_id = message.get("documentId")
-    steps = message.get("steps")
-    client_id = message.get("clientID")
-    version = message.get("version")
     if not isinstance(document_id, str):
         raise InvalidMessage("'documentId' must be a string")
     try:
         names.check_name(document_id)
     except BadRequest as exc:
         raise InvalidMessage(f"'documentId': {exc.message}") from None
+    if message["type"] == "stateless":
+        return decode_stateless(document_id, message)
+    steps = message.get("steps")
+    client_id = message.get("clientID")
+    version = message.get("version")
     if not isinstance(steps, list):
         raise InvalidMessage("'steps' must be a list")
     if "changeId" not in message:
@@ -184,3 +202,19 @@ def decode_external(data: bytes) -> ExternalSteps:
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
         raise InvalidMessage("'version' must be an integer")
     return ExternalSteps(document_id, steps, message["changeId"], client_id, version)
+
+
+def decode_stateless(document_id: str, message: dict[str, Any]) -> ExternalStateless:
+    """The fields of a stateless message (publish channel, cluster ``S``, HTTP API)."""
+    payload = message.get("payload")
+    user_id = message.get("userId")
+    connection_id = message.get("connectionId")
+    if not isinstance(payload, str):
+        raise InvalidMessage("'payload' must be a string (JSON-encode structured payloads)")
+    if user_id is not None and not isinstance(user_id, str):
+        raise InvalidMessage("'userId' must be a string")
+    if connection_id is not None and not isinstance(connection_id, str):
+        raise InvalidMessage("'connectionId' must be a string")
+    if user_id is not None and connection_id is not None:
+        raise InvalidMessage("give 'userId' or 'connectionId', not both")
+    return ExternalStateless(document_id, payload, user_id, connection_id)

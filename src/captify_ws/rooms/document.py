@@ -21,15 +21,16 @@ from typing import Any, Final, Literal
 from pycrdt import Doc, merge_updates
 
 from captify_ws.connection import Connection, PreparedFrame
-from captify_ws.errors import InvalidMessage, QuotaExceeded
+from captify_ws.errors import CloseCode, InvalidMessage, QuotaExceeded
 from captify_ws.metrics import Stats
 from captify_ws.protocol import envelope, ywebsocket
+from captify_ws.rooms.hocuspocus import HocuspocusMembers
 from captify_ws.rooms.presence import Change, Presence, PresenceState
 from captify_ws.rooms.steps import StepAuthority
 
 logger = logging.getLogger("captify_ws.rooms")
 
-Wire = Literal["yws", "json"]
+Wire = Literal["yws", "json", "hocuspocus"]
 
 #: y-websocket's empty state vector: a client that has nothing.
 EMPTY_STATE_VECTOR: Final = b"\x00"
@@ -38,10 +39,12 @@ EMPTY_STATE_VECTOR: Final = b"\x00"
 class Member:
     """A connection's membership in a room."""
 
-    __slots__ = ("access", "client_id", "connection", "room", "told_read_only", "wire")
+    __slots__ = ("access", "address", "client_id", "connection", "principal", "room",
+                 "told_read_only", "wire")
 
     def __init__(self, connection: Connection, client_id: str, wire: Wire, *,
-                 access: Literal["read", "write"] = "write") -> None:
+                 access: Literal["read", "write"] = "write", address: str | None = None,
+                 principal: Any = None) -> None:
         self.connection = connection
         self.client_id = client_id
         self.wire: Wire = wire
@@ -49,6 +52,22 @@ class Member:
         #: "write", or "read" for a read-only member (its edits are refused)
         self.access: Literal["read", "write"] = access
         self.told_read_only = False
+        #: on a socket that carries many documents, the address of this one (Hocuspocus)
+        self.address = address
+        #: who this member is when it authenticated apart from its connection (Hocuspocus
+        #: authenticates each document); ``None``: the connection's principal
+        self.principal = principal
+
+    def close(self, code: int, reason: str) -> None:
+        """End this membership; one document per socket: close the socket."""
+        self.connection.close(code, reason)
+
+    def revoke(self, to: Literal["none", "read"]) -> None:
+        """Access revoked: ``"none"`` closes with 4403, ``"read"`` makes the member read-only."""
+        if to == "none":
+            self.connection.close(CloseCode.FORBIDDEN, "access revoked")
+        else:
+            self.access = "read"
 
 
 class Origin:
@@ -102,6 +121,8 @@ class DocumentRoom:
         self.doc: Doc[Any] = Doc()
         self._yws: dict[Connection, Member] = {}
         self._json: dict[Connection, Member] = {}
+        #: Hocuspocus members: several per connection (one per document it multiplexes)
+        self.hocuspocus = HocuspocusMembers()
         self._full_state: bytes | None = None
         self._full_step2: PreparedFrame | None = None
         self._pending: list[Pending] = []
@@ -127,16 +148,29 @@ class DocumentRoom:
         """Every member, y-websocket and JSON (a new dict: for counting, use ``len(room)``)."""
         return {**self._yws, **self._json}
 
+    def all_members(self) -> list[Member]:
+        """Every member of every wire format."""
+        return [*self._yws.values(), *self._json.values(), *self.hocuspocus]
+
     def __len__(self) -> int:
-        return len(self._yws) + len(self._json)
+        return len(self._yws) + len(self._json) + len(self.hocuspocus)
 
     @property
     def has_yjs_members(self) -> bool:
-        return bool(self._yws)
+        return bool(self._yws) or bool(self.hocuspocus)
 
     def join(self, member: Member) -> None:
         member.room = self
-        (self._yws if member.wire == "yws" else self._json)[member.connection] = member
+        if member.wire == "hocuspocus":
+            self.hocuspocus.join(member)
+        else:
+            (self._yws if member.wire == "yws" else self._json)[member.connection] = member
+
+    def remove(self, member: Member) -> None:
+        """A member of a socket that carries many documents leaves (Hocuspocus)."""
+        if self.hocuspocus.leave(member):
+            self.presence.remove_owned_by(member)
+            member.room = None
 
     def leave(self, connection: Connection) -> Member | None:
         member = self._yws.pop(connection, None) or self._json.pop(connection, None)
@@ -149,7 +183,7 @@ class DocumentRoom:
     @property
     def idle(self) -> bool:
         """No members and nobody holding the room: it may unload."""
-        return not self._yws and not self._json and self.holds == 0
+        return not self._yws and not self._json and not self.hocuspocus and self.holds == 0
 
     def add_update_listener(self, listener: UpdateListener) -> None:
         self._update_listeners.append(listener)
@@ -224,7 +258,7 @@ class DocumentRoom:
                     member.connection.send_text(envelope.encode_error(self.document_id,
                                                                       exc.message))
                 elif member is not None:
-                    member.connection.close(exc.close_code, exc.message)
+                    member.close(exc.close_code, exc.message)
                 logger.warning("dropped an update for %r: %s", self.document_id, exc)
         return accepted
 
@@ -263,8 +297,9 @@ class DocumentRoom:
             for connection, member in self._json.items():
                 if member is not sender:
                     connection.send_frame(text)
-        self.stats.broadcast("update", len(self._yws) + len(self._json),
-                             perf_counter() - started)
+        if self.hocuspocus:
+            self.hocuspocus.broadcast_update(update, origin.member)
+        self.stats.broadcast("update", len(self), perf_counter() - started)
         for listener in self._update_listeners:
             listener(self, update, origin)
 
@@ -358,12 +393,14 @@ class DocumentRoom:
         self.flush_pending()
         for listener in self.presence_listeners:
             listener(self, changes)
-        self.stats.broadcast("awareness", len(self._yws) + len(self._json), 0.0)
+        self.stats.broadcast("awareness", len(self), 0.0)
         if self._yws:
             prepared = PreparedFrame.binary(
                 ywebsocket.encode_awareness(change.entry for change in changes))
             for connection in self._yws:
                 connection.send_frame(prepared)
+        if self.hocuspocus:
+            self.hocuspocus.broadcast_awareness([change.entry for change in changes])
         if self._json:
             for change in changes:
                 if change.renewal:
