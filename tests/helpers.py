@@ -244,6 +244,17 @@ async def providers(impl: str = "v3") -> AsyncIterator[ProviderRepl]:
         await repl.close()
 
 
+@contextlib.asynccontextmanager
+async def hocuspocus_providers() -> AsyncIterator[ProviderRepl]:
+    """Real @hocuspocus/provider 2.15, 3.4 and 4.x providers in a Node process
+    (tests/js/hocuspocus_repl.mjs)."""
+    repl = await ProviderRepl.start(script="hocuspocus_repl.mjs")
+    try:
+        yield repl
+    finally:
+        await repl.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -93,6 +93,10 @@ const commands = {
     if (forceSyncInterval) options.forceSyncInterval = forceSyncInterval
     if (socket) {
       options.websocketProvider = sockets.get(socket).ws
+    } else if (entry.impl === 'v2') {
+      // v2 builds its own socket without passing WebSocketPolyfill on: give it one.
+      options.websocketProvider = new impls.v2.HocuspocusProviderWebsocket(socketOptions({ url }))
+      entry.ownSocket = options.websocketProvider
     } else {
       Object.assign(options, socketOptions({ url }))
     }
@@ -182,6 +186,7 @@ const commands = {
   async destroy ({ name }) {
     const entry = get(name)
     entry.provider.destroy()
+    if (entry.ownSocket) entry.ownSocket.destroy()
     providers.delete(name)
     return {}
   },
@@ -220,7 +225,10 @@ const commands = {
     return state(entry)
   },
   async exit () {
-    for (const entry of providers.values()) entry.provider.destroy()
+    for (const entry of providers.values()) {
+      entry.provider.destroy()
+      if (entry.ownSocket) entry.ownSocket.destroy()
+    }
     for (const entry of sockets.values()) entry.ws.destroy()
     setTimeout(() => process.exit(0), 10)
     return {}
