@@ -12,9 +12,12 @@ seen: list[tuple[str, str, str | None]] = []
 
 
 async def authenticate(request: UpgradeRequest) -> Principal:
-    """``Bearer <user>`` is that user; ``Bearer slow`` answers after 3 s; nothing → 4401."""
+    """``Bearer <user>`` (or ``?token=<user>``) is that user; ``slow`` answers after 3 s;
+    nothing → 4401."""
     scheme, _, token = (request.header("authorization") or "").partition(" ")
-    if scheme != "Bearer" or not token:
+    if scheme != "Bearer":
+        token = request.query.get("token", "")
+    if not token:
         raise Reject(4401, "Unauthorized: no token")
     if token == "slow":
         await asyncio.sleep(3)
