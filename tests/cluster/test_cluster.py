@@ -95,6 +95,8 @@ async def test_providers_and_json_clients_across_two_instances(shared_store: str
             await repl.call("insertTokens", name="pa", count=20, seed=1, delayMs=2)
             await repl.call("insertTokens", name="pb", count=20, seed=2, delayMs=2)
             await json_b.edit("from-json-b;")
+            # the providers may agree before the JSON edit reached them: wait for it first
+            await repl.call("waitUntil", name="pa", field="text", contains="from-json-b;")
             text = await _converge(repl, ["pa", "pb"])
             assert "from-json-b;" in text and "pa:19;" in text and "pb:19;" in text
 
