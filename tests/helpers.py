@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
 from pycrdt import Doc, Text
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -28,6 +27,7 @@ from captify_ws.app import create_app
 from captify_ws.cli import _QuietUvicorn
 from captify_ws.config import Settings
 from captify_ws.server import Server
+from captify_ws.transport.asgi import uvicorn_config
 from captify_ws.transport.native import NativeServer
 from captify_ws.types import ASGIApp
 
@@ -79,10 +79,7 @@ async def running_server(transport: str = "native", http_app: ASGIApp | None = N
             await native.stop()
             await server.stop()
     else:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on",
-                                ws="websockets-sansio", log_config=None, access_log=False,
-                                ws_per_message_deflate=False,
-                                ws_max_size=settings.max_message_size)
+        config = uvicorn_config(app, settings, host="127.0.0.1", port=0)
         sock = config.bind_socket()
         uv = _QuietUvicorn(config)
         task = asyncio.get_running_loop().create_task(uv.serve(sockets=[sock]))

@@ -75,12 +75,9 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     if settings.transport == "asgi":
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
-                                ws="websockets-sansio", ws_max_size=settings.max_message_size,
-                                ws_per_message_deflate=False, log_config=None,
-                                access_log=False,
-                                ws_ping_interval=settings.ping_interval_s or None,
-                                ws_ping_timeout=settings.ping_interval_s or None)
+        from captify_ws.transport.asgi import uvicorn_config
+
+        config = uvicorn_config(app, settings)
         uv = _QuietUvicorn(config)
         sock = config.bind_socket()
         port = sock.getsockname()[1]

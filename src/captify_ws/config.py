@@ -170,9 +170,44 @@ class Settings:
     max_message_size: int = _setting(
         16 << 20, "largest accepted WebSocket message, bytes (k/m suffixes); larger → close 1009",
         _parse_size, metavar="BYTES")
+    max_message_frames: int = _setting(
+        1024, "most frames one fragmented WebSocket message may arrive in; more → close 1009",
+        int)
+    message_cost_bytes: int = _setting(
+        16 << 10, "every this many bytes of a message count as one more message against "
+        "message_rate (the rate limits work, not only messages)", _parse_size, metavar="BYTES")
+    max_json_values: int = _setting(
+        100_000, "most values (array items and object members) one JSON message may hold; more "
+        "are refused before parsing (send updates as base64, not as arrays or objects of bytes)",
+        int)
     send_budget: int = _setting(
-        8 << 20, "bytes a connection may have waiting to be sent before it is closed with 1013 "
-        "as too slow", _parse_size, metavar="BYTES")
+        8 << 20, "bytes that may wait to be sent to one connection (its queue and its socket "
+        "buffer, beyond one message larger than this by itself); more → close 1013 as too slow",
+        _parse_size, metavar="BYTES")
+    max_outbound_bytes: int = _setting(
+        1 << 30, "bytes that may wait to be sent to all connections together; past it the "
+        "connections stalled longest are closed (1013) and dropped", _parse_size,
+        metavar="BYTES")
+    send_timeout_s: float = _setting(
+        30.0, "a connection whose output makes no progress for this long is closed with 1013 "
+        "(its peer does not read)", float)
+    close_timeout_s: float = _setting(
+        5.0, "after the server's close frame, the peer has this long to answer with its own "
+        "before the TCP connection is aborted (RFC 6455 §7.1.1)", float)
+    http_max_head_bytes: int = _setting(
+        16 << 10, "largest request head (request line and headers), for every request of a "
+        "connection; larger → 431", _parse_size, metavar="BYTES")
+    http_head_timeout_s: float = _setting(
+        10.0, "a request head must arrive within this many seconds of its first byte; "
+        "else → 408", float)
+    http_body_timeout_s: float = _setting(
+        60.0, "a request body must arrive within this many seconds of its head; else → 408",
+        float)
+    http_keepalive_timeout_s: float = _setting(
+        5.0, "an idle keep-alive HTTP connection is closed after this many seconds", float)
+    http_max_connections: int = _setting(
+        10_000, "connections in the HTTP stage at once (before a WebSocket upgrade or between "
+        "requests); more → 503", int)
     awareness_flush_ms: int = _setting(
         50, "presence changes are batched per document and sent every this many ms", int)
     awareness_renewal_s: float = _setting(
@@ -295,6 +330,19 @@ class Settings:
             raise ConfigError("max_message_size must be at least 1024 bytes")
         if self.send_budget < 64 * 1024:
             raise ConfigError("send_budget must be at least 64 KiB")
+        if self.max_outbound_bytes and self.max_outbound_bytes < self.send_budget:
+            raise ConfigError("max_outbound_bytes must be 0 (no bound) or at least send_budget")
+        if self.max_message_frames < 1 or self.max_json_values < 1:
+            raise ConfigError("max_message_frames and max_json_values must be at least 1")
+        if self.message_cost_bytes < 1024:
+            raise ConfigError("message_cost_bytes must be at least 1024 bytes")
+        if min(self.send_timeout_s, self.close_timeout_s, self.http_head_timeout_s,
+               self.http_body_timeout_s, self.http_keepalive_timeout_s) <= 0:
+            raise ConfigError("send_timeout_s, close_timeout_s and the http_*_timeout_s "
+                              "settings must be positive")
+        if self.http_max_head_bytes < 1024 or self.http_max_connections < 1:
+            raise ConfigError("http_max_head_bytes must be at least 1024 and "
+                              "http_max_connections at least 1")
         if not 1 <= self.awareness_flush_ms <= 1000:
             raise ConfigError("awareness_flush_ms must be between 1 and 1000")
         if not 0.05 <= self.awareness_renewal_s <= 20:

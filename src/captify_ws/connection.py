@@ -4,15 +4,25 @@
 transport (native picows, or any ASGI server); handlers and rooms only see this interface.
 
 Sending: :meth:`Connection.send_frame` takes a :class:`PreparedFrame`, a message encoded once per
-broadcast, and writes the same bytes to every socket. A connection whose peer does not read has a
-byte budget (``send_budget``): while the kernel and the transport hold its bytes, new frames wait
-in a queue; Yjs updates in that queue are merged into one; past the budget the connection is closed
-with 1013 instead of buffering without end.
+broadcast, and writes the same bytes to every socket. While the transport is full (its peer does
+not read as fast as it is sent to), new frames wait in a queue. Every byte waiting for the
+connection — the queue and the transport's buffer — counts against its ``send_budget`` (beyond one
+message larger than the budget by itself) and against the server's ``OutboundBudget``. Past its
+budget, or when its output makes no progress for ``send_timeout_s``, the connection is closed with
+1013 (its client reconnects and resynchronises); the cost of a slow reader is linear in what it is
+sent, nothing is re-encoded or merged on its behalf.
 
-Receiving: the transport calls :meth:`Connection.deliver` for each message. Handlers may be plain
+Closing follows RFC 6455 §7.1.1: the close frame is sent, the socket is read (and what arrives is
+discarded) until the peer's close frame, then the TCP connection is closed; a peer that does not
+answer within ``close_timeout_s`` is aborted. So a close code reaches a client that is sending at
+that moment.
+
+Receiving: the transport calls :meth:`Connection.deliver` for each message. Each message costs
+``1 + size // message_cost_bytes`` against the token bucket (``message_rate``, ``message_burst``);
+transports charge one more for every other frame (fragments, pings). Handlers may be plain
 functions (the fabric hot path) or coroutines; while a coroutine runs, later messages wait in an
-inbox so each connection's messages are handled in order, and the socket stops being read when
-the inbox is full.
+inbox so each connection's messages are handled in order, and the socket stops being read when the
+inbox is full. A message received before the peer's close is still handled.
 
 What ``send_frame`` does not guarantee: that the peer received the frame. A frame is dropped
 silently once the connection is closing.
@@ -24,155 +34,35 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Final
-from urllib.parse import parse_qsl
-
-from pycrdt import merge_updates
 
 from captify_ws.errors import (
     CloseCode,
     Reject,
     close_code_for,
     close_reason_for,
+    new_error_id,
     truncate_reason,
 )
-from captify_ws.metrics import Stats
-from captify_ws.protocol import ywebsocket
+from captify_ws.frames import OPCODE_BINARY, OPCODE_TEXT, PreparedFrame
+from captify_ws.outbound import ConnectionLimits, OutboundBudget
+from captify_ws.request import UpgradeRequest
 
 if TYPE_CHECKING:
     from captify_ws.handlers.base import Handler
 
-logger = logging.getLogger("captify_ws.connection")
+__all__ = ["INBOX_HIGH_WATER", "OPCODE_BINARY", "OPCODE_TEXT", "Connection", "ConnectionLimits",
+           "Gate", "OutboundBudget", "PreparedFrame", "UpgradeRequest"]
 
-OPCODE_TEXT: Final = 0x1
-OPCODE_BINARY: Final = 0x2
+logger = logging.getLogger("captify_ws.connection")
 
 #: Shared empty queue: a connection allocates its own only when something has to wait.
 _NO_FRAMES: Final[deque[PreparedFrame]] = deque(maxlen=0)
 
 #: Messages that may wait while a handler coroutine runs before the socket stops being read.
 INBOX_HIGH_WATER: Final = 256
-
-
-def _frame_header(opcode: int, length: int) -> bytes:
-    """RFC 6455 §5.2 header of a final, unmasked (server → client) frame."""
-    first = 0x80 | opcode
-    if length < 126:
-        return bytes((first, length))
-    if length < 1 << 16:
-        return bytes((first, 126)) + length.to_bytes(2, "big")
-    return bytes((first, 127)) + length.to_bytes(8, "big")
-
-
-class PreparedFrame:
-    """A message encoded once, then written unchanged to any number of connections.
-
-    ``wire`` is the complete WebSocket frame (server frames are not masked, so every socket gets
-    the same bytes); ``asgi`` is the matching ASGI send event. Both are built on first use.
-    ``yjs_update`` marks a y-websocket sync-update frame, which may be merged with others when a
-    slow connection falls behind.
-    """
-
-    __slots__ = ("_asgi", "_wire", "opcode", "payload", "yjs_update")
-
-    def __init__(self, opcode: int, payload: bytes, yjs_update: bytes | None = None) -> None:
-        self.opcode = opcode
-        self.payload = payload
-        self.yjs_update = yjs_update
-        self._wire: bytes | None = None
-        self._asgi: dict[str, Any] | None = None
-
-    @classmethod
-    def text(cls, text: str) -> PreparedFrame:
-        return cls(OPCODE_TEXT, text.encode("utf-8"))
-
-    @classmethod
-    def binary(cls, data: bytes, *, yjs_update: bytes | None = None) -> PreparedFrame:
-        return cls(OPCODE_BINARY, data, yjs_update)
-
-    @property
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = _frame_header(self.opcode, len(self.payload)) + self.payload
-        return self._wire
-
-    @property
-    def asgi(self) -> dict[str, Any]:
-        if self._asgi is None:
-            if self.opcode == OPCODE_TEXT:
-                self._asgi = {"type": "websocket.send", "text": self.payload.decode("utf-8")}
-            else:
-                self._asgi = {"type": "websocket.send", "bytes": self.payload}
-        return self._asgi
-
-    def __len__(self) -> int:
-        return len(self.payload)
-
-
-class UpgradeRequest:
-    """The HTTP request that opened a WebSocket (or asked to).
-
-    Headers are kept as the transport parsed them (never copied: memory per idle connection
-    matters); :meth:`header` looks one up case-insensitively.
-    """
-
-    __slots__ = ("_headers", "_query", "client", "path", "query_string")
-
-    def __init__(self, path: str, query_string: str = "", headers: Any = (),
-                 client: tuple[str, int] | None = None) -> None:
-        self.path = path
-        self.query_string = query_string
-        #: a multidict with ``getall`` (picows), or ``(name, value)`` pairs of str or bytes
-        self._headers = headers
-        self.client = client
-        self._query: dict[str, str] | None = None
-
-    def __repr__(self) -> str:
-        return f"<UpgradeRequest {self.path}?{self.query_string}>"
-
-    @property
-    def query(self) -> Mapping[str, str]:
-        """Query parameters (the first value of each)."""
-        if self._query is None:
-            self._query = {}
-            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
-                self._query.setdefault(key, value)
-        return self._query
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        """Every header as ``(lower-case name, value)``."""
-        source = self._headers
-        pairs = source.items() if hasattr(source, "getall") else source
-        return [(_text(name).lower(), _text(value)) for name, value in pairs]
-
-    def header(self, name: str) -> str | None:
-        """A header's value (repeated headers joined by ', '), or ``None``."""
-        source = self._headers
-        if hasattr(source, "getall"):
-            values = [str(value) for value in source.getall(name, ())]
-        else:
-            wanted = name.lower()
-            values = [_text(value) for key, value in source if _text(key).lower() == wanted]
-        return ", ".join(values) if values else None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """Limits shared by every connection of a server (one object, not one per connection),
-    and the server's counters."""
-
-    send_budget: int = 8 << 20
-    message_rate: float = 1000.0
-    message_burst: int = 20000
-    stats: Stats = field(default_factory=Stats)
 
 
 Gate = Callable[["Connection"], Awaitable[None]]
@@ -183,10 +73,11 @@ class Connection:
 
     transport_name: ClassVar[str] = "abstract"
 
-    __slots__ = ("_closing", "_inbox", "_limits", "_on_closed", "_paused", "_pending",
-                 "_pending_bytes", "_ping_outstanding", "_reading_paused", "_send_budget",
-                 "_stamp", "_tokens", "active", "close_code", "closed", "handler", "id",
-                 "principal", "request", "state", "subpath")
+    __slots__ = ("_accounted", "_allowance", "_close_timer", "_closing", "_held", "_inbox",
+                 "_inbox_bytes", "_limits", "_on_closed", "_paused", "_pending", "_pending_bytes",
+                 "_ping_outstanding", "_reading_paused", "_server_closed", "_stamp", "_tokens",
+                 "active", "close_code", "closed", "handler", "id", "principal", "request",
+                 "state", "subpath")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, *,
                  limits: ConnectionLimits) -> None:
@@ -200,24 +91,37 @@ class Connection:
         #: set by authentication; ``None`` when anonymous
         self.principal: Any = None
         self.close_code: int | None = None
+        #: the transport is gone
         self.closed = False
-        self._closing = False
+        self._closing = False  # nothing more is sent or delivered
+        self._server_closed = False  # close() was called: the server ends this connection
         self._limits = limits
-        self._send_budget = limits.send_budget
         self._tokens = float(limits.message_burst)
         self._stamp = _monotonic()
         self._paused = False
         self._pending: deque[PreparedFrame] = _NO_FRAMES  # a real deque once something waits
         self._pending_bytes = 0
+        self._held = 0  # bytes in the transport's buffer, as last measured while paused
+        self._allowance = 0  # a message larger than the budget, on its way out
+        self._accounted = 0  # what this connection counts in the server's OutboundBudget
+        self._close_timer: asyncio.TimerHandle | None = None
         #: set by the transport on every frame received; the keepalive sweep clears it
         self.active = True
         self._ping_outstanding = False
         self._inbox: deque[str | bytes] | None = None
+        self._inbox_bytes = 0
         self._reading_paused = False
         self._on_closed: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.request.path}>"
+
+    @property
+    def closed_by_server(self) -> bool:
+        """Whether the server decided to end this connection (a refusal, a limit, a restart).
+
+        A connection whose peer left is not: what it sent before leaving is still handled."""
+        return self._server_closed
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -249,25 +153,31 @@ class Connection:
             self._pending = deque()
         self._pending.append(frame)
         self._pending_bytes += len(frame)
-        if self._pending_bytes > self._send_budget:
-            self._merge_pending_updates()
-            if self._pending_bytes > self._send_budget:
-                logger.warning("closing %s: %d bytes waiting, budget %d", self.id,
-                               self._pending_bytes, self._send_budget)
-                self._limits.stats.slow_consumers += 1
-                self._drop_pending()
-                self.close(CloseCode.OVERLOADED, "too slow to keep up")
-
-    def _merge_pending_updates(self) -> None:
-        """Replace the waiting Yjs update frames by one frame holding their merged update."""
-        updates = [frame.yjs_update for frame in self._pending if frame.yjs_update is not None]
-        if len(updates) < 2:
+        self._held = self._transport_buffered()
+        waiting = self._pending_bytes + self._held
+        budget = self._limits.send_budget
+        if waiting > budget + self._allowance:
+            self.too_slow(f"{waiting} bytes waiting, budget {budget}", abort=False)
             return
-        merged = merge_updates(*updates)
-        kept = deque(frame for frame in self._pending if frame.yjs_update is None)
-        kept.append(PreparedFrame.binary(ywebsocket.encode_sync_update(merged), yjs_update=merged))
-        self._pending = kept
-        self._pending_bytes = sum(len(frame) for frame in kept)
+        self._account()
+
+    def _account(self) -> None:
+        """Tell the server's OutboundBudget what this connection has waiting now."""
+        waiting = self._pending_bytes + self._held
+        delta = waiting - self._accounted
+        if delta:
+            self._accounted = waiting
+            self._limits.outbound.add(delta)
+
+    def too_slow(self, reason: str, *, abort: bool) -> None:
+        """Close with 1013: the peer does not take what it is sent (``reason`` is logged).
+        With ``abort`` the TCP connection is dropped at once (its buffers are freed now)."""
+        if not self._closing:
+            logger.warning("closing %s as too slow to keep up: %s", self.id, reason)
+            self._limits.stats.slow_consumers += 1
+            self.close(CloseCode.OVERLOADED, "too slow to keep up")
+        if abort and not self.closed:
+            self._abort_transport()
 
     def _drop_pending(self) -> None:
         self._pending = _NO_FRAMES
@@ -275,7 +185,6 @@ class Connection:
 
     def _flush_pending(self) -> None:
         """Write what waited while the transport was paused (called on resume)."""
-        self._paused = False
         while self._pending and not self._paused and not self._closing:
             frame = self._pending.popleft()
             self._pending_bytes -= len(frame)
@@ -284,23 +193,59 @@ class Connection:
             self._pending = _NO_FRAMES
 
     def _set_paused(self, paused: bool) -> None:
+        """The transport's buffer went over its high-water mark (or back under the low one)."""
+        outbound: OutboundBudget = self._limits.outbound
         if paused:
             self._paused = True
-        else:
-            self._flush_pending()
+            self._held = self._transport_buffered()
+            if self._held > self._limits.send_budget:
+                self._allowance = self._held
+            outbound.stalled(self)
+            self._account()
+            return
+        self._paused = False
+        self._allowance = 0
+        outbound.progressed(self)
+        self._flush_pending()
+        if not self._paused:
+            self._held = 0
+        self._account()
 
     # -- closing ---------------------------------------------------------------------------
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close with ``code``; frames still waiting are sent first unless the code is 1013."""
+        """Close with ``code`` (RFC 6455 §7.1.1: the peer's close frame is awaited for
+        ``close_timeout_s``, then the connection is aborted); frames still waiting are sent
+        first unless the code is 1013."""
         if self._closing:
             return
         self._closing = True
-        if code == CloseCode.OVERLOADED:
-            self._drop_pending()
+        self._server_closed = True
         self.close_code = code
-        self._close_transport(code, truncate_reason(reason), list(self._pending))
+        flush = [] if code == CloseCode.OVERLOADED else list(self._pending)
         self._drop_pending()
+        self._account()
+        self._close_transport(code, truncate_reason(reason), flush)
+        if not self.closed and self._close_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._close_timer = loop.call_later(self._limits.close_timeout_s,
+                                                self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if not self.closed:
+            logger.info("aborting %s: no close frame from the peer within %g s", self.id,
+                        self._limits.close_timeout_s)
+            self._abort_transport()
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close without waiting for the peer (it seems dead, or does not read)."""
+        self.close(code, reason)
+        if not self.closed:
+            self._abort_transport()
 
     def keepalive(self) -> None:
         """One keepalive sweep (every ``ping_interval_s``): ping a silent peer, or close one
@@ -342,30 +287,41 @@ class Connection:
 
     async def _connect(self, gate: Gate) -> None:
         await gate(self)
-        if self._closing:
+        if self._server_closed:
             return
         result = self.handler.on_connect(self)
         if result is not None:
             await result
 
+    def charge(self, cost: int = 1) -> bool:
+        """Take ``cost`` tokens from the bucket (``message_rate`` per second, ``message_burst``
+        at most); when there are not enough, close with 4429 and answer ``False``."""
+        limits = self._limits
+        now = _monotonic()
+        tokens = self._tokens + (now - self._stamp) * limits.message_rate
+        self._stamp = now
+        burst = limits.message_burst
+        cost = min(cost, burst)
+        if tokens < cost:
+            logger.info("closing %s: more than %g messages per second", self.id,
+                        limits.message_rate)
+            self.close(CloseCode.RATE_LIMITED, "rate limited")
+            return False
+        self._tokens = (burst if tokens > burst else tokens) - cost
+        return True
+
     def deliver(self, message: str | bytes) -> None:
         """One complete message from the peer."""
         if self._closing:
             return
-        # Token bucket: message_rate per second on average, message_burst at once.
-        now = _monotonic()
-        tokens = self._tokens + (now - self._stamp) * self._limits.message_rate
-        self._stamp = now
-        if tokens < 1.0:
-            logger.info("closing %s: more than %g messages per second", self.id,
-                        self._limits.message_rate)
-            self.close(CloseCode.RATE_LIMITED, "rate limited")
+        if not self.charge(1 + len(message) // self._limits.message_cost_bytes):
             return
-        burst = self._limits.message_burst
-        self._tokens = (burst if tokens > burst else tokens) - 1.0
-        if self._inbox is not None:
-            self._inbox.append(message)
-            if len(self._inbox) >= INBOX_HIGH_WATER and not self._reading_paused:
+        inbox = self._inbox
+        if inbox is not None:
+            inbox.append(message)
+            self._inbox_bytes += len(message)
+            if (len(inbox) >= INBOX_HIGH_WATER or self._inbox_bytes >= self._limits.inbox_bytes) \
+                    and not self._reading_paused:
                 self._reading_paused = True
                 self._pause_reading(True)
             return
@@ -384,9 +340,15 @@ class Connection:
             return
         self.closed = True
         self._closing = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         if self.close_code is None:
             self.close_code = code
         self._drop_pending()
+        self._held = 0
+        self._limits.outbound.progressed(self)
+        self._account()
         if self._inbox is None:
             self._finish()
         # else: the running coroutine calls _finish once the inbox is drained
@@ -398,11 +360,15 @@ class Connection:
             asyncio.get_running_loop().create_task(self._drain(result))
 
     def _drain_sync(self) -> None:
-        """Handle the inbox in order without a task, until a handler returns a coroutine."""
+        """Handle the inbox in order without a task, until a handler returns a coroutine.
+
+        Messages that arrived before the peer closed are handled; once the server has closed
+        the connection, what is left is dropped."""
         inbox = self._inbox
         while inbox:
             message = inbox.popleft()
-            if self._closing and not self.closed:
+            self._inbox_bytes -= len(message)
+            if self._server_closed:
                 continue
             try:
                 result = self.handler.on_message(self, message)
@@ -413,6 +379,7 @@ class Connection:
                 asyncio.get_running_loop().create_task(self._drain(result))
                 return
         self._inbox = None
+        self._inbox_bytes = 0
         if self._reading_paused and not self.closed:
             self._reading_paused = False
             self._pause_reading(False)
@@ -430,9 +397,14 @@ class Connection:
         code = close_code_for(exc)
         if isinstance(exc, Reject):
             self._limits.stats.refused(str(exc.code))
+        reason = close_reason_for(exc)
         if code == CloseCode.INTERNAL_ERROR:
-            logger.exception("handler %s failed on connection %s", self.handler.path, self.id,
-                             exc_info=exc)
+            # The client gets a generic reason with an id; the detail is logged under it.
+            error_id = new_error_id()
+            reason = f"internal error, id {error_id}"
+            logger.error("handler %s failed on connection %s (error id %s)",
+                         self.handler.path, self.id, error_id, exc_info=exc,
+                         extra={"connection": self.id, "error_id": error_id})
         else:
             logger.info("closing %s with %d: %s", self.id, code, exc)
         try:
@@ -441,7 +413,7 @@ class Connection:
                 asyncio.get_running_loop().create_task(_quietly(result))
         except Exception:
             logger.exception("on_error of %s failed", self.handler.path)
-        self.close(code, close_reason_for(exc))
+        self.close(code, reason)
 
     def _finish(self) -> None:
         code = self.close_code if self.close_code is not None else 1006
@@ -476,17 +448,17 @@ class Connection:
         raise NotImplementedError
 
     def _close_transport(self, code: int, reason: str, flush: list[PreparedFrame]) -> None:
+        """Send ``flush`` then the close frame; keep reading until the peer's close."""
         raise NotImplementedError
+
+    def _abort_transport(self) -> None:
+        """Drop the TCP connection now, with whatever is still buffered."""
 
     def _pause_reading(self, paused: bool) -> None:
         raise NotImplementedError
 
     def _ping(self) -> None:
         """Send a WebSocket ping (transports whose server pings by itself do nothing)."""
-
-    def abort(self, code: int, reason: str) -> None:
-        """Close without waiting for the peer (it seems dead, or does not read)."""
-        self.close(code, reason)
 
 
 async def _quietly(awaitable: Awaitable[None]) -> None:

@@ -17,11 +17,14 @@ Hierarchy::
     ├── BrokerError              the broker failed
     └── ServerNotRunning         the module-level API was called with no server in this process
 
-Errors are mapped to close codes in one place: :func:`close_code_for`.
+Errors are mapped to close codes in one place: :func:`close_code_for`; what a client is told,
+in :func:`close_reason_for`: the text of errors about its own input or rights, and for anything
+else a generic reason with an error id (:func:`new_error_id`) whose detail goes to the server log.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Final
 
 
@@ -30,6 +33,7 @@ class CloseCode:
 
     NORMAL: Final = 1000
     GOING_AWAY: Final = 1001
+    PROTOCOL_ERROR: Final = 1002
     UNSUPPORTED_DATA: Final = 1003
     INVALID_PAYLOAD: Final = 1007
     POLICY: Final = 1008
@@ -159,14 +163,24 @@ def close_code_for(error: BaseException) -> int:
 
 
 def close_reason_for(error: BaseException) -> str:
-    """A close reason that fits the 123-byte limit of a close frame; never a traceback."""
+    """A close reason that fits the 123-byte limit of a close frame; never a traceback.
+
+    Only errors about the client's own input or rights (:class:`ProtocolError`, :class:`Reject`,
+    :class:`StaleVersion`) say what was wrong; anything else (the store, the broker, a bug) is
+    "internal error": its text may carry URLs, SQL or paths, so it goes to the server log only.
+    """
     if isinstance(error, Reject):
         text = error.reason
-    elif isinstance(error, CaptifyError):
+    elif isinstance(error, ProtocolError | StaleVersion):
         text = str(error)
     else:
         text = "internal error"
     return truncate_reason(text)
+
+
+def new_error_id() -> str:
+    """An id to give a client for an internal error, logged with the error's detail."""
+    return secrets.token_hex(4)
 
 
 def truncate_reason(text: str) -> str:

@@ -38,7 +38,7 @@ from captify_ws.broker import Broker, broker_from_url
 from captify_ws.channels.services import build_channel_services
 from captify_ws.cluster import ClusterBridge
 from captify_ws.config import Settings
-from captify_ws.connection import Connection, ConnectionLimits, UpgradeRequest
+from captify_ws.connection import Connection, UpgradeRequest
 from captify_ws.errors import (
     BrokerError,
     CaptifyError,
@@ -57,6 +57,7 @@ from captify_ws.handlers.base import (
 )
 from captify_ws.imports import import_attribute
 from captify_ws.metrics import Stats
+from captify_ws.outbound import connection_limits
 from captify_ws.protocol import envelope
 from captify_ws.protocol.cluster import ExternalSteps
 from captify_ws.rooms.document import SERVER_ORIGIN, DocumentRoom
@@ -123,9 +124,7 @@ class Server:
         self.authenticator = authenticator or build_authenticator(self.settings)
         self.authorizer = authorizer or build_authorizer(self.settings)
         self.stats = Stats()
-        self.connection_limits = ConnectionLimits(
-            send_budget=self.settings.send_budget, message_rate=self.settings.message_rate,
-            message_burst=self.settings.message_burst, stats=self.stats)
+        self.connection_limits = connection_limits(self.settings, self.stats)
         self._per_user: dict[str, int] = {}
         self._per_address: dict[str, int] = {}
         #: (document_id, user_id) → (expires at, "none" | "read")

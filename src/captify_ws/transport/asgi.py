@@ -2,7 +2,10 @@
 
 Slower than the native transport (one ASGI ``send`` per recipient instead of one socket write),
 but it lets a product mount captify-ws inside its own FastAPI or Starlette app. Frames for a
-connection wait in its queue (bounded by ``send_budget``) and one writer task sends them.
+connection wait in its queue and one writer task sends them. The queue, the frame being sent and
+(under uvicorn with ``transport/uvicorn_ws.py``) the transport's buffer count against the send
+budget; a send that does not complete within ``send_timeout_s`` is a stalled connection (1013),
+aborted when it does not finish the closing handshake (again, with ``uvicorn_ws``).
 """
 
 from __future__ import annotations
@@ -10,17 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+
+import uvicorn
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
 from captify_ws.errors import CloseCode, Reject
 from captify_ws.handlers.base import Handler
 from captify_ws.protocol import names
+from captify_ws.transport.http import HttpStage, bounded_http_protocol
+from captify_ws.transport.uvicorn_ws import TransportAccess, access_from_scope, websocket_protocol
 from captify_ws.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from captify_ws.config import Settings
     from captify_ws.server import Server
+    from captify_ws.types import ASGIApp
 
 logger = logging.getLogger("captify_ws.transport")
 
@@ -30,12 +39,17 @@ class AsgiConnection(Connection):
 
     transport_name = "asgi"
 
-    __slots__ = ("_close_frame", "_final_frames", "_readable", "_send", "_wake", "_writer")
+    __slots__ = ("_access", "_close_frame", "_final_frames", "_inflight", "_readable", "_send",
+                 "_wake", "_writer")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, send: Send, *,
-                 limits: ConnectionLimits) -> None:
+                 limits: ConnectionLimits, access: TransportAccess | None = None) -> None:
         super().__init__(request, handler, subpath, limits=limits)
         self._send = send
+        self._access = access
+        if access is not None:
+            access.attach(self)
+        self._inflight = 0  # the frame being handed to the ASGI server
         self._wake = asyncio.Event()
         self._readable = asyncio.Event()
         self._readable.set()
@@ -61,7 +75,12 @@ class AsgiConnection(Connection):
         pongs never reach the application, so the server's sweep must leave these alone."""
 
     def _transport_buffered(self) -> int:
-        return 0
+        access = self._access
+        return self._inflight + (access.buffered() if access is not None else 0)
+
+    def _abort_transport(self) -> None:
+        if self._access is not None:
+            self._access.abort()
 
     def _close_transport(self, code: int, reason: str, flush: list[PreparedFrame]) -> None:
         self._close_frame = (code, reason)
@@ -78,14 +97,27 @@ class AsgiConnection(Connection):
         await self._readable.wait()
 
     async def _write_loop(self) -> None:
+        outbound = self._limits.outbound
+        budget = self._limits.send_budget
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:
                     frame = self._pending.popleft()
-                    self._pending_bytes -= len(frame)
+                    size = len(frame)
+                    self._pending_bytes -= size
+                    self._inflight = size
+                    if size > budget:
+                        self._allowance = size
+                    outbound.stalled(self)  # until the ASGI server takes the frame
                     await self._send(frame.asgi)
+                    outbound.progressed(self)
+                    self._inflight = 0
+                    self._held = self._transport_buffered()
+                    if self._held <= budget:
+                        self._allowance = 0
+                    self._account()
                 if self._close_frame is not None:
                     code, reason = self._close_frame
                     for frame in self._final_frames:
@@ -166,8 +198,8 @@ async def serve_websocket(server: Server, scope: Scope, receive: Receive, send: 
     if subprotocol is not None:
         accept["subprotocol"] = subprotocol
     await send(accept)
-    conn = AsgiConnection(request, handler, subpath, send,
-                          limits=server.connection_limits)
+    conn = AsgiConnection(request, handler, subpath, send, limits=server.connection_limits,
+                          access=access_from_scope(scope))
     server.open_connection(conn)
     limit = server.settings.max_message_size
     code = 1006
@@ -192,3 +224,17 @@ async def serve_websocket(server: Server, scope: Scope, receive: Receive, send: 
     finally:
         conn.lost(conn.close_code if conn.close_code is not None else code)
         await conn.stop_writer()
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``--transport asgi``: the HTTP stage's bounds on every
+    request and the bounded WebSocket protocol (``transport/http.py``, ``uvicorn_ws.py``)."""
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "lifespan": "on",
+        "http": bounded_http_protocol(HttpStage.from_settings(settings)),
+        "ws": websocket_protocol(settings), "ws_max_size": settings.max_message_size,
+        "ws_per_message_deflate": False, "log_config": None, "access_log": False,
+        "ws_ping_interval": settings.ping_interval_s or None,
+        "ws_ping_timeout": settings.ping_interval_s or None}
+    options.update(overrides)
+    return uvicorn.Config(app, **options)

@@ -1,23 +1,31 @@
 """The native transport: WebSockets on picows, HTTP on uvicorn's parser, one port for both.
 
-A connection starts at :class:`_FrontDoor`, which reads the request head and hands the socket
-over without copying it anywhere else:
+A connection starts at :class:`~captify_ws.transport.http.FrontDoor`, which reads the request head
+(bounded in bytes and time) and hands the socket over without copying it anywhere else:
 
 * a WebSocket upgrade for a captify-ws path (a registered handler, or anything under ``/ws/``)
   goes to a picows ``WSProtocol`` (Cython framing, the fastest Python WebSocket measured here);
-* every other request goes to uvicorn's httptools protocol running the ASGI app, which serves
-  ``/healthz``, the HTTP API and the user's own ``http_app`` (and its WebSockets too).
+* every other request goes to uvicorn's httptools protocol with the HTTP stage's limits on every
+  request (``transport/http.py``), running the ASGI app: ``/healthz``, the HTTP API and the
+  user's own ``http_app`` (and its WebSockets too).
 
 Broadcast frames are written to the socket's asyncio transport as prepared bytes: server frames
 are unmasked, so every member gets the very same ``bytes`` object (``PreparedFrame.wire``).
+
+picows parses frames; what RFC 6455 asks beyond that is checked here (:class:`_Listener`):
+reserved bits without an extension, close codes that may not be sent (1002, never echoed),
+fragments (frames and bytes per message, 1009; UTF-8 checked as it arrives, 1007),
+``Sec-WebSocket-Version`` other than 13 (426). Pings are answered here, not by picows, so that
+they count against the rate limit and a peer that does not read gets no pile of pongs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -33,12 +41,12 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject
+from captify_ws.errors import CloseCode, Reject, new_error_id
 from captify_ws.handlers.base import Handler
+from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
@@ -49,9 +57,15 @@ logger = logging.getLogger("captify_ws.transport")
 # adapter avoids both (memory per idle connection matters).
 _picows_logger = logging.LoggerAdapter(logging.getLogger("captify_ws.picows"), {})
 
-#: The request head must arrive within this many bytes and seconds.
-MAX_HEAD_BYTES: Final = 16 * 1024
-HEAD_TIMEOUT_S: Final = 10.0
+#: RFC 6455 §7.4: codes a peer may send (1004-1006 and 1015 are reserved; 1012-1014 are
+#: IANA-registered). 3000-4999 are for libraries and applications.
+_SENDABLE_CLOSE_CODES: Final = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011,
+                                          1012, 1013, 1014))
+
+
+def close_code_allowed(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame (RFC 6455 §7.4.1, §7.4.2)."""
+    return code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
 
 
 def _code(value: object) -> int:
@@ -65,7 +79,7 @@ class NativeConnection(Connection):
 
     transport_name = "native"
 
-    __slots__ = ("_raw", "_raw_write", "_ws")
+    __slots__ = ("_raw", "_raw_write", "_ws", "peer_closed")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str,
                  ws: WSTransport, *, limits: ConnectionLimits) -> None:
@@ -74,6 +88,8 @@ class NativeConnection(Connection):
         raw = ws.underlying_transport
         self._raw = raw
         self._raw_write = raw.write
+        #: the peer's close frame arrived
+        self.peer_closed = False
 
     def _write(self, frame: PreparedFrame) -> None:
         # A socket that failed is closed before picows reports it lost; asyncio warns on every
@@ -85,15 +101,34 @@ class NativeConnection(Connection):
         return int(self._raw.get_write_buffer_size())
 
     def _close_transport(self, code: int, reason: str, flush: list[PreparedFrame]) -> None:
-        if self._ws.is_disconnected:
+        if self._ws.is_disconnected or self._raw.is_closing():
             return
         for frame in flush:
             self._raw_write(frame.wire)
         self._ws.send_close(WSCloseCode(code), reason.encode("utf-8"))
-        self._ws.disconnect()
+        if self.peer_closed:
+            self._ws.disconnect()
+        else:
+            # RFC 6455 §7.1.1: read (and discard) until the peer's close frame arrives.
+            self._raw.resume_reading()
+
+    def answer_close(self, code: int, message: bytes) -> None:
+        """The peer closed first: echo its code (1000 for a close without one, since 1005 may
+        not be sent) and close the TCP connection. Messages it sent before are still handled."""
+        self.peer_closed = True
+        self._closing = True
+        if self.close_code is None:
+            self.close_code = code
+        if not self._ws.is_disconnected:
+            self._ws.send_close(WSCloseCode(1000 if code == 1005 else code), message)
+            self._ws.disconnect()
+
+    def _abort_transport(self) -> None:
+        if not self._ws.is_disconnected:
+            self._raw.abort()
 
     def _pause_reading(self, paused: bool) -> None:
-        if self._ws.is_disconnected:
+        if self._ws.is_disconnected or self._raw.is_closing():
             return
         if paused:
             self._raw.pause_reading()
@@ -104,17 +139,19 @@ class NativeConnection(Connection):
         if not self._raw.is_closing():
             self._ws.send_ping()
 
-    def abort(self, code: int, reason: str) -> None:
-        self.close(code, reason)
-        if not self._ws.is_disconnected:
-            self._raw.abort()
+    def pong(self, payload: bytes) -> None:
+        """Answer a ping, unless the peer is not reading what it was sent already (RFC 6455
+        §5.5.3 allows answering only the most recent ping)."""
+        if not self._paused and not self._closing and not self._raw.is_closing():
+            self._ws.send_pong(payload)
 
 
 class _Listener(WSListener):
-    """picows callbacks → :class:`NativeConnection`; also reassembles fragmented messages."""
+    """picows callbacks → :class:`NativeConnection`; the RFC 6455 rules picows leaves to us,
+    and fragmented messages."""
 
-    __slots__ = ("_fragment_size", "_fragment_type", "_fragments", "_handler", "_max_size",
-                 "_request", "_server", "_subpath", "conn")
+    __slots__ = ("_decoder", "_fragment_frames", "_fragment_size", "_fragment_type",
+                 "_fragments", "_handler", "_limits", "_request", "_server", "_subpath", "conn")
 
     def __init__(self, server: Server, request: UpgradeRequest, handler: Handler,
                  subpath: str) -> None:
@@ -123,15 +160,17 @@ class _Listener(WSListener):
         self._request = request
         self._handler = handler
         self._subpath = subpath
-        self._max_size = server.settings.max_message_size
+        self._limits = server.connection_limits
         self.conn: NativeConnection | None = None
-        self._fragments: list[bytes] | None = None
+        self._fragments: list[Any] | None = None
         self._fragment_type = WSMsgType.BINARY
         self._fragment_size = 0
+        self._fragment_frames = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.conn = NativeConnection(self._request, self._handler, self._subpath, transport,
-                                     limits=self._server.connection_limits)
+                                     limits=self._limits)
         self._server.open_connection(self.conn)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -140,56 +179,95 @@ class _Listener(WSListener):
             return
         conn.active = True
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.BINARY and frame.fin:
+        if msg_type == WSMsgType.CLOSE:
+            self._on_close_frame(conn, transport, frame)
+            return
+        if conn.closed_by_server or conn.peer_closed:
+            return  # closing: read and discard until the peer's close frame (§7.1.1)
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            conn.close(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+            return
+        if msg_type == WSMsgType.BINARY and frame.fin and self._fragments is None:
             conn.deliver(frame.get_payload_as_bytes())
-        elif msg_type == WSMsgType.TEXT and frame.fin:
+        elif msg_type == WSMsgType.TEXT and frame.fin and self._fragments is None:
             try:
                 text = frame.get_payload_as_utf8_text()
             except UnicodeDecodeError:
                 conn.close(CloseCode.INVALID_PAYLOAD, "text frame is not valid UTF-8")
                 return
             conn.deliver(text)
-        elif msg_type == WSMsgType.CLOSE:
-            # RFC 6455 §5.5.1: answer with the code received; a close without one (picows
-            # reports 0) is answered with 1000, since 1005 may not be sent.
-            code = _code(frame.get_close_code())
-            if conn.close_code is None:
-                conn.close_code = code or 1005
-            transport.send_close(WSCloseCode(code if code >= 1000 else 1000),
-                                 frame.get_close_message())
-            transport.disconnect()
-        elif msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
+        elif msg_type == WSMsgType.PING:
+            if conn.charge(1):
+                conn.pong(frame.get_payload_as_bytes())
+        elif msg_type == WSMsgType.PONG:
+            pass  # any frame counts as an answer to the keepalive ping (conn.active)
+        else:
             self._on_fragment(conn, frame)
-        # PING is answered by picows (auto-pong); PONG needs nothing.
+
+    def _on_close_frame(self, conn: NativeConnection, transport: WSTransport,
+                        frame: WSFrame) -> None:
+        """RFC 6455 §5.5.1: answer a close with a close, then close the TCP connection; a code
+        that may not be sent is a protocol error (1002), never echoed."""
+        if conn.closed_by_server:
+            conn.peer_closed = True
+            transport.disconnect()  # the closing handshake is complete
+            return
+        code = _code(frame.get_close_code()) if frame.payload_size >= 2 else 1005
+        if code != 1005 and not close_code_allowed(code):
+            conn.peer_closed = True
+            conn.close(CloseCode.PROTOCOL_ERROR, f"close code {code} may not be sent")
+            return
+        conn.answer_close(code, frame.get_close_message())
 
     def _on_fragment(self, conn: NativeConnection, frame: WSFrame) -> None:
+        """One frame of a fragmented message (RFC 6455 §5.4), bounded in frames and bytes."""
+        limits = self._limits
         if frame.msg_type != WSMsgType.CONTINUATION:
             if self._fragments is not None:
-                conn.close(CloseCode.INVALID_PAYLOAD, "new message inside a fragmented one")
+                conn.close(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
                 return
             self._fragments = []
             self._fragment_type = frame.msg_type
             self._fragment_size = 0
+            self._fragment_frames = 0
+            self._decoder = codecs.getincrementaldecoder("utf-8")() \
+                if frame.msg_type == WSMsgType.TEXT else None
         elif self._fragments is None:
-            conn.close(CloseCode.INVALID_PAYLOAD, "continuation frame without a message")
+            conn.close(CloseCode.PROTOCOL_ERROR, "continuation frame without a message")
+            return
+        self._fragment_frames += 1
+        if self._fragment_frames > limits.max_message_frames:
+            self._fragments = None
+            conn.close(CloseCode.MESSAGE_TOO_BIG,
+                       f"message in more than {limits.max_message_frames} frames")
+            return
+        if not frame.fin and not conn.charge(1):
+            self._fragments = None
             return
         chunk = frame.get_payload_as_bytes()
         self._fragment_size += len(chunk)
-        if self._fragment_size > self._max_size:
-            conn.close(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self._max_size} bytes")
+        if self._fragment_size > limits.max_message_size:
+            self._fragments = None
+            conn.close(CloseCode.MESSAGE_TOO_BIG,
+                       f"message exceeds {limits.max_message_size} bytes")
             return
-        self._fragments.append(chunk)
+        if self._decoder is not None:
+            try:
+                self._fragments.append(self._decoder.decode(chunk, final=frame.fin))
+            except UnicodeDecodeError:
+                self._fragments = None
+                conn.close(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8")
+                return
+        elif chunk:
+            self._fragments.append(chunk)
         if not frame.fin:
             return
-        data = b"".join(self._fragments)
-        self._fragments = None
-        if self._fragment_type == WSMsgType.TEXT:
-            try:
-                conn.deliver(data.decode("utf-8"))
-            except UnicodeDecodeError:
-                conn.close(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8")
+        parts, self._fragments = self._fragments, None
+        if self._decoder is not None:
+            self._decoder = None
+            conn.deliver("".join(parts))
         else:
-            conn.deliver(data)
+            conn.deliver(b"".join(parts))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         conn = self.conn
@@ -225,65 +303,9 @@ def _request_from_picows(request: WSUpgradeRequest, transport: Any) -> UpgradeRe
     return UpgradeRequest(path=target, query_string=query, headers=request.headers, client=client)
 
 
-def _head_target(head: bytes) -> tuple[str, bool]:
-    """``(path, is_websocket_upgrade)`` from a raw request head."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    target = parts[1].decode("latin-1") if len(parts) >= 3 else "/"
-    path = urlsplit(target).path if not target.startswith("/") else target.partition("?")[0]
-    upgrade = False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
-            upgrade = parts[0] == b"GET"
-            break
-    return path or "/", upgrade
-
-
-class _FrontDoor(asyncio.Protocol):
-    """Reads the request head, then gives the socket to picows or to uvicorn."""
-
-    def __init__(self, native: NativeServer) -> None:
-        self._native = native
-        self._buffer = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S,
-                                                            self._transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                self._refuse(b"431 Request Header Fields Too Large")
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        transport = self._transport
-        assert transport is not None
-        path, upgrade = _head_target(bytes(self._buffer[:end]))
-        received = bytes(self._buffer)
-        self._buffer = bytearray()
-        if upgrade and self._native.serves_websocket(path):
-            self._native.hand_to_websocket(transport, received)
-        else:
-            self._native.hand_to_http(transport, received)
-
-    def _refuse(self, status: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n"
-                              b"Content-Length: 0\r\n\r\n")
-        self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+def _refusal(status: int, text: str, headers: dict[str, str] | None = None) -> Any:
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
+        status, (text + "\n").encode(), extra_headers=headers), None)
 
 
 class NativeServer:
@@ -292,11 +314,13 @@ class NativeServer:
     def __init__(self, server: Server, app: ASGIApp) -> None:
         self.server = server
         settings = server.settings
+        self.http_stage = HttpStage.from_settings(settings)
+        self._http_protocol = bounded_http_protocol(self.http_stage)
         self._config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, lifespan="off", http="httptools",
-            ws="websockets-sansio", ws_max_size=settings.max_message_size,
-            ws_per_message_deflate=False, log_config=None, access_log=False,
-            ws_ping_interval=settings.ping_interval_s or None,
+            app, host=settings.host, port=settings.port, lifespan="off",
+            http=self._http_protocol, ws="websockets-sansio",
+            ws_max_size=settings.max_message_size, ws_per_message_deflate=False,
+            log_config=None, access_log=False, ws_ping_interval=settings.ping_interval_s or None,
             ws_ping_timeout=settings.ping_interval_s or None, proxy_headers=False)
         self._config.load()
         self._http_state = ServerState()
@@ -312,19 +336,23 @@ class NativeServer:
         loop = asyncio.get_running_loop()
         settings = self.server.settings
         self._listener = await loop.create_server(
-            lambda: _FrontDoor(self), settings.host, settings.port, backlog=4096,
-            reuse_address=True, reuse_port=settings.reuse_port or None)
+            lambda: FrontDoor(self.http_stage, self.serves_websocket, self.hand_to_websocket,
+                              self.hand_to_http),
+            settings.host, settings.port, backlog=4096, reuse_address=True,
+            reuse_port=settings.reuse_port or None)
 
     def serves_websocket(self, path: str) -> bool:
         return path.startswith("/ws/") or self.server.route(path) is not None
 
     def hand_to_websocket(self, transport: asyncio.Transport, received: bytes) -> None:
         # picows' own auto-ping runs a task per connection; the server's keepalive sweep
-        # (Connection.keepalive) does the same for all connections with one timer.
+        # (Connection.keepalive) does the same for all connections with one timer. Pings from
+        # the peer are answered by _Listener (auto-pong off).
+        settings = self.server.settings
         protocol = WSProtocol(
             None, None, False, lambda request: self._listener_for(request, transport),
-            _picows_logger, True, 10.0, False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
-            True, self.server.settings.max_message_size, None, 2048)
+            _picows_logger, True, settings.http_head_timeout_s, False, 20.0, 20.0,
+            WSAutoPingStrategy.PING_WHEN_IDLE, False, settings.max_message_size, None, 2048)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         view = memoryview(received)
@@ -336,20 +364,30 @@ class NativeServer:
             view = view[size:]
 
     def _listener_for(self, request: WSUpgradeRequest, transport: asyncio.Transport) -> Any:
+        try:
+            return self._accept(request, transport)
+        except Exception:
+            error_id = new_error_id()
+            logger.exception("upgrade failed (error id %s)", error_id,
+                             extra={"error_id": error_id})
+            return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error, id {error_id}")
+
+    def _accept(self, request: WSUpgradeRequest, transport: asyncio.Transport) -> Any:
+        # RFC 6455 §4.2.2: another version → 426 naming the one we speak.
+        if request.headers.get("sec-websocket-version") != "13":
+            return _refusal(HTTPStatus.UPGRADE_REQUIRED, "only WebSocket version 13 is supported",
+                            {"Sec-WebSocket-Version": "13"})
         upgrade = _request_from_picows(request, transport)
         route = self.server.route(upgrade.path)
         if route is None:
-            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
-                HTTPStatus.NOT_FOUND, f"no WebSocket handler for {upgrade.path}\n".encode()),
-                None)
+            return _refusal(HTTPStatus.NOT_FOUND, f"no WebSocket handler for {upgrade.path}")
         try:
             self.server.admit(upgrade)
         except Reject as exc:
             status = HTTPStatus.FORBIDDEN if exc.code in (CloseCode.POLICY,
                                                           CloseCode.FORBIDDEN) else \
                 HTTPStatus.SERVICE_UNAVAILABLE
-            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
-                status, (exc.reason + "\n").encode()), None)
+            return _refusal(status, exc.reason)
         handler, subpath = route
         listener = _Listener(self.server, upgrade, handler, subpath)
         subprotocol = self.server.subprotocol_for(upgrade)
@@ -359,8 +397,8 @@ class NativeServer:
             extra_headers={"Sec-WebSocket-Protocol": subprotocol}), listener)
 
     def hand_to_http(self, transport: asyncio.Transport, received: bytes) -> None:
-        protocol = HttpToolsProtocol(config=self._config, server_state=self._http_state,
-                                     app_state={})
+        protocol = self._http_protocol(config=self._config, server_state=self._http_state,
+                                       app_state={})
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         protocol.data_received(received)

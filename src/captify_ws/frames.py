@@ -1,0 +1,66 @@
+"""Outgoing WebSocket frames, encoded once and written unchanged to every socket (RFC 6455 §5.2).
+
+Server frames are not masked, so one broadcast builds one :class:`PreparedFrame` and every member
+gets the very same ``bytes``. Importable from ``captify_ws.connection`` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+OPCODE_TEXT: Final = 0x1
+OPCODE_BINARY: Final = 0x2
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """RFC 6455 §5.2 header of a final, unmasked (server → client) frame."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 1 << 16:
+        return bytes((first, 126)) + length.to_bytes(2, "big")
+    return bytes((first, 127)) + length.to_bytes(8, "big")
+
+
+class PreparedFrame:
+    """A message encoded once, then written unchanged to any number of connections.
+
+    ``wire`` is the complete WebSocket frame (server frames are not masked, so every socket gets
+    the same bytes); ``asgi`` is the matching ASGI send event. Both are built on first use.
+    ``yjs_update`` marks a y-websocket sync-update frame and holds its Yjs update.
+    """
+
+    __slots__ = ("_asgi", "_wire", "opcode", "payload", "yjs_update")
+
+    def __init__(self, opcode: int, payload: bytes, yjs_update: bytes | None = None) -> None:
+        self.opcode = opcode
+        self.payload = payload
+        self.yjs_update = yjs_update
+        self._wire: bytes | None = None
+        self._asgi: dict[str, Any] | None = None
+
+    @classmethod
+    def text(cls, text: str) -> PreparedFrame:
+        return cls(OPCODE_TEXT, text.encode("utf-8"))
+
+    @classmethod
+    def binary(cls, data: bytes, *, yjs_update: bytes | None = None) -> PreparedFrame:
+        return cls(OPCODE_BINARY, data, yjs_update)
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = frame_header(self.opcode, len(self.payload)) + self.payload
+        return self._wire
+
+    @property
+    def asgi(self) -> dict[str, Any]:
+        if self._asgi is None:
+            if self.opcode == OPCODE_TEXT:
+                self._asgi = {"type": "websocket.send", "text": self.payload.decode("utf-8")}
+            else:
+                self._asgi = {"type": "websocket.send", "bytes": self.payload}
+        return self._asgi
+
+    def __len__(self) -> int:
+        return len(self.payload)

@@ -1,0 +1,177 @@
+"""uvicorn's WebSocket protocol (websockets' sans-I/O ``ServerProtocol``) with captify-ws's bounds.
+
+``captify-ws serve --transport asgi`` runs captify-ws under uvicorn with this protocol; to get the
+same bounds when you run ``create_app()`` under your own uvicorn, pass
+``ws=captify_ws.transport.uvicorn_ws.websocket_protocol(settings)``. Other ASGI servers work
+too, with their own framing limits, and without the abort of a peer that does not read.
+
+websockets checks RFC 6455 itself (reserved bits, opcodes, control frames, close codes, UTF-8,
+``Sec-WebSocket-Version``, 426). Added here:
+
+* frames per message (``max_message_frames``, 1009) — websockets bounds the bytes only;
+* every fragment and ping counts against the connection's rate limit (4429);
+* a ping from a peer that does not read what it was sent is not answered (RFC 6455 §5.5.3);
+* a protocol error sends its close frame and half-closes, then reads until the peer closes or
+  ``close_timeout_s`` passes (a close code must reach a client that is sending at that moment);
+  the close timer aborts the TCP connection rather than waiting for buffers that never drain;
+* :class:`TransportAccess` for :class:`~captify_ws.transport.asgi.AsgiConnection` (scope
+  extension ``captify.transport``): bytes in the transport's buffer, abort, frame charging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
+
+if TYPE_CHECKING:
+    from captify_ws.config import Settings
+
+#: The scope extension carrying :class:`TransportAccess`.
+EXTENSION = "captify.transport"
+
+
+class Chargeable(Protocol):
+    def charge(self, cost: int = 1) -> bool: ...
+
+
+class TransportAccess(Protocol):
+    """What an ASGI connection may ask of the protocol that carries it."""
+
+    def buffered(self) -> int:
+        """Bytes in the transport's write buffer."""
+
+    def abort(self) -> None:
+        """Drop the TCP connection now."""
+
+    def attach(self, connection: Chargeable) -> None:
+        """Fragments and pings are charged to ``connection`` from now on."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketBounds:
+    max_message_frames: int = 1024
+    close_timeout_s: float = 5.0
+
+
+class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """See the module docstring."""
+
+    bounds: ClassVar[WebSocketBounds]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timeout = self.bounds.close_timeout_s
+        self._fragments = 0
+        self._charged: Chargeable | None = None
+        self._failed = False
+
+    # -- TransportAccess -------------------------------------------------------------------
+
+    def buffered(self) -> int:
+        return int(self.transport.get_write_buffer_size()) if self.transport else 0
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.disconnected:
+            self.transport.abort()
+
+    def attach(self, connection: Chargeable) -> None:
+        self._charged = connection
+
+    def _charge(self) -> bool:
+        return self._charged is None or self._charged.charge(1)
+
+    # -- uvicorn's protocol ----------------------------------------------------------------
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the upgrade was accepted (its ASGI task has not run yet)
+            scope["extensions"][EXTENSION] = self
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            self.conn.receive_data(data)  # discarded: the protocol failed (RFC 6455 §7.1.7)
+            self.conn.data_to_send()
+            return
+        super().data_received(data)
+
+    def handle_text(self, event: Frame) -> None:
+        self._fragments = 1
+        super().handle_text(event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        self._fragments = 1
+        super().handle_bytes(event)
+
+    def handle_cont(self, event: Frame) -> None:
+        self._fragments += 1
+        if self._fragments > self.bounds.max_message_frames:
+            self.frames = []
+            self._fail(1009, f"message in more than {self.bounds.max_message_frames} frames")
+            return
+        if not event.fin and not self._charge():
+            self.frames = []
+            return
+        super().handle_cont(event)
+
+    def handle_ping(self) -> None:
+        output = self.conn.data_to_send()  # websockets queued the pong already
+        if not self._charge():
+            return
+        if self.writable.is_set() and not self.close_sent:
+            self.transport.write(b"".join(output))
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.conn.fail(code, reason)
+        self.handle_parser_exception()
+
+    def handle_parser_exception(self) -> None:
+        """Send the close frame and half-close; keep reading (and discarding) until the peer
+        closes or ``close_timeout_s`` passes, then abort."""
+        if self._failed:
+            return
+        self._failed = True
+        close = self.conn.close_sent
+        code = close.code if close is not None else 1006
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code,
+                               "reason": close.reason if close is not None else ""})
+        output = b"".join(self.conn.data_to_send())
+        if output:
+            self.transport.write(output)
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._arm_close_timer()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message.get("type") == "websocket.close" and self.close_timer is not None:
+            self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self.close_timer = None
+        self.abort()
+
+
+def websocket_protocol(settings: Settings) -> type[BoundedWebSocketProtocol]:
+    """A protocol class for uvicorn's ``ws=`` with the bounds of ``settings``."""
+    bounds = WebSocketBounds(max_message_frames=settings.max_message_frames,
+                             close_timeout_s=settings.close_timeout_s)
+    return type("CaptifyWebSocketProtocol", (BoundedWebSocketProtocol,), {"bounds": bounds})
+
+
+def access_from_scope(scope: Any) -> TransportAccess | None:
+    """The :class:`TransportAccess` of an ASGI WebSocket scope, when uvicorn runs this protocol."""
+    found: Any = scope.get("extensions", {}).get(EXTENSION)
+    return found if isinstance(found, BoundedWebSocketProtocol) else None

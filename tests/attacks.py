@@ -1,0 +1,456 @@
+"""Hostile clients (issue 13) and the figures that show what they cost a server.
+
+Each attack is a coroutine that keeps attacking until its ``stop`` event is set. :func:`measure`
+starts ``captify-ws serve`` in a subprocess, runs an honest pair of real y-websocket providers
+and a ``/healthz`` prober in a Node process (``tests/js/honest_pair.mjs``; they time themselves,
+away from the attackers' CPU), runs the attacks, and reports the server's RSS and CPU (from
+/proc), the honest pair's latency and convergence, and ``/healthz`` latency.
+
+The same script measured the figures before and after the fixes::
+
+    .venv/bin/python -m tests.attacks fragments --seconds 20               # this tree
+    .venv/bin/python -m tests.attacks fragments --seconds 20 --src OLD/src  # another tree
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pycrdt import Doc, Text
+
+ROOT = Path(__file__).resolve().parent.parent
+JS = ROOT / "tests" / "js"
+API_KEY = "attack-test-key"
+
+UPGRADE = ("GET /ws/fabric/{doc} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
+                 masked: bool = True) -> bytes:
+    """A client → server frame (RFC 6455 §5.2), masked unless told otherwise."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        head = bytes((first, mask_bit | length))
+    elif length < 1 << 16:
+        head = bytes((first, mask_bit | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((first, mask_bit | 127)) + length.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    if payload:
+        repeated = (key * (length // 4 + 1))[:length]
+        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+            length, "big")
+    return head + key + payload
+
+
+def close_payload(code: int, reason: bytes = b"") -> bytes:
+    return struct.pack("!H", code) + reason
+
+
+def text_update(size: int, seed: int = 0) -> bytes:
+    """A Yjs update inserting ``size`` random letters (they do not merge away)."""
+    rng = random.Random(seed)
+    doc: Doc[Any] = Doc()
+    doc.get("text", type=Text).insert(0, "".join(rng.choice("abcdefghij") for _ in range(size)))
+    return doc.get_update()
+
+
+def sync_message(step: int, payload: bytes) -> bytes:
+    """A y-websocket sync message: type 0, ``step``, varUint8Array(payload)."""
+    return bytes((0, step)) + var_uint(len(payload)) + payload
+
+
+async def open_raw(port: int, rcvbuf: int | None = None
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock, limit=1 << 20)
+
+
+async def upgrade(port: int, doc: str, rcvbuf: int | None = None
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await open_raw(port, rcvbuf)
+    writer.write(UPGRADE.format(doc=doc).encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head.decode(errors="replace"))
+    return reader, writer
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.transport.abort()
+
+
+@dataclass
+class Attack:
+    """One kind of hostile client; ``notes`` collects what it observed."""
+
+    name: str
+    run: Callable[[Attack, int, asyncio.Event], Awaitable[None]]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, key: str, amount: float = 1) -> None:
+        self.notes[key] = self.notes.get(key, 0) + amount
+
+
+# -- 13.1: HTTP after the first request ---------------------------------------------------
+
+async def _http_endless_header(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        reader, writer = await open_raw(port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: ")
+            chunk = b"a" * 65536
+            while not stop.is_set() and not writer.transport.is_closing():
+                writer.write(chunk)
+                await writer.drain()
+                attack.add("bytes_accepted", len(chunk))
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            attack.add("connections")
+            _close(writer)
+
+
+async def _http_trickle(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    """A second request trickled one byte every 2 s; records how long the server kept it."""
+    reader, writer = await open_raw(port)
+    started = time.monotonic()
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000:
+            if stop.is_set() or writer.transport.is_closing() or reader.at_eof():
+                break
+            writer.write(bytes((byte,)))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(1 << 16), 2)
+    except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        pass
+    finally:
+        attack.notes["held_s"] = max(attack.notes.get("held_s", 0), time.monotonic() - started)
+        _close(writer)
+    await stop.wait()
+
+
+async def _http_big_head(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    """10,000 headers (~119 KB) in one write."""
+    while not stop.is_set():
+        reader, writer = await open_raw(port)
+        try:
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(
+                b"X-H%d: v\r\n" % index for index in range(10_000)) + b"\r\n"
+            writer.write(head)
+            status = (await asyncio.wait_for(reader.readline(), 10)).split(b" ")[1:2]
+            key = f"status_{status[0].decode() if status else 'none'}"
+            attack.add(key)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, IndexError):
+            attack.add("status_none")
+        finally:
+            _close(writer)
+        await asyncio.sleep(0.5)
+
+
+# -- 13.2: fragmented messages ------------------------------------------------------------
+
+async def _fragments(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    empty = client_frame(0x0, b"", fin=False)
+    batch = empty * 10_000
+    while not stop.is_set():
+        try:
+            reader, writer = await upgrade(port, f"frag-{random.random()}")
+        except (ConnectionError, TimeoutError, OSError):
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            writer.write(client_frame(0x2, b"\x00", fin=False))
+            while not stop.is_set() and not writer.transport.is_closing():
+                writer.write(batch)
+                await writer.drain()
+                attack.add("frames", 10_000)
+                if reader.at_eof():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    data = await asyncio.wait_for(reader.read(1 << 16), 0.001)
+                    if not data:
+                        break
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            attack.add("connections")
+            _close(writer)
+
+
+# -- 13.3 and 13.4: clients that do not read ----------------------------------------------
+
+async def seed_document(port: int, document: str, size: int) -> None:
+    """Create a document of about ``size`` bytes through the HTTP API."""
+    update = text_update(size, seed=len(document))
+    reader, writer = await open_raw(port)
+    writer.write(f"POST /api/v1/documents/{document}/updates HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/octet-stream\r\n"
+                 f"Content-Length: {len(update)}\r\nConnection: close\r\n\r\n".encode() + update)
+    answer = await asyncio.wait_for(reader.read(), 60)
+    _close(writer)
+    if b" 200 " not in answer.split(b"\r\n")[0]:
+        raise AssertionError(answer[:200])
+
+
+def var_uint(number: int) -> bytes:
+    """lib0 varuint."""
+    out = bytearray()
+    while True:
+        byte = number & 0x7F
+        number >>= 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def random_state_vector() -> bytes:
+    """One client with a random id and clock: matches no cached reply."""
+    return b"\x01" + var_uint(random.getrandbits(31)) + var_uint(random.randint(1, 1000))
+
+
+def _non_readers(count: int, document: str, size: int
+                 ) -> Callable[[Attack, int, asyncio.Event], Awaitable[None]]:
+    async def run(attack: Attack, port: int, stop: asyncio.Event) -> None:
+        await seed_document(port, document, size)
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(count):
+                if stop.is_set():
+                    break
+                try:
+                    _, writer = await upgrade(port, document, rcvbuf=4096)
+                except (ConnectionError, TimeoutError, OSError):
+                    attack.add("refused")
+                    continue
+                writer.transport.pause_reading()
+                writer.write(client_frame(0x2, sync_message(0, random_state_vector())))
+                writers.append(writer)
+                attack.add("connected")
+            await stop.wait()
+        finally:
+            for writer in writers:
+                _close(writer)
+    return run
+
+
+def _slow_readers(count: int, document: str
+                  ) -> Callable[[Attack, int, asyncio.Event], Awaitable[None]]:
+    async def run(attack: Attack, port: int, stop: asyncio.Event) -> None:
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(count):
+                try:
+                    _, writer = await upgrade(port, document, rcvbuf=4096)
+                except (ConnectionError, TimeoutError, OSError):
+                    attack.add("refused")
+                    continue
+                writer.transport.pause_reading()
+                writers.append(writer)
+            doc: Doc[Any] = Doc()
+            text = doc.get("text", type=Text)
+            rng = random.Random(4)
+            reader, writer = await upgrade(port, document)
+            try:
+                while not stop.is_set():
+                    before = doc.get_state()
+                    text.insert(len(text), "".join(rng.choice("abcdef") for _ in range(1024)))
+                    writer.write(client_frame(0x2, sync_message(2, doc.get_update(before))))
+                    await writer.drain()
+                    attack.add("updates")
+                    # read the echoes so that the writer itself is not a slow reader
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(reader.read(1 << 20), 0.005)
+                    await asyncio.sleep(0.005)
+            finally:
+                _close(writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for slow in writers:
+                _close(slow)
+    return run
+
+
+# -- 13.10: the cost of one message -------------------------------------------------------
+
+async def _json_object_update(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    """A 15 MB JSON update in the ``{"0":…}`` form that JSON.stringify(Uint8Array) makes."""
+    update = text_update(1_000_000, seed=10)
+    body = json.dumps({"type": "update", "documentId": "objects",
+                       "data": {str(index): byte for index, byte in enumerate(update)}})
+    frame = client_frame(0x1, body.encode())
+    attack.notes["message_mb"] = round(len(body) / 1e6, 1)
+    while not stop.is_set():
+        reader, writer = await open_raw(port)
+        try:
+            writer.write(b"GET /ws/fabric?documentId=objects HTTP/1.1\r\nHost: x\r\n"
+                         b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         b"Sec-WebSocket-Version: 13\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            while not stop.is_set() and not reader.at_eof():
+                writer.write(frame)
+                await writer.drain()
+                attack.add("messages")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader.read(1 << 20), 0.01)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            _close(writer)
+
+
+ATTACKS: dict[str, Callable[[], Attack]] = {
+    "http-endless-header": lambda: Attack("http-endless-header", _http_endless_header),
+    "http-trickle": lambda: Attack("http-trickle", _http_trickle),
+    "http-big-head": lambda: Attack("http-big-head", _http_big_head),
+    "fragments": lambda: Attack("fragments", _fragments),
+    "non-readers": lambda: Attack("non-readers", _non_readers(150, "big", 10_000_000)),
+    "slow-readers": lambda: Attack("slow-readers", _slow_readers(100, "slow")),
+    "json-object-update": lambda: Attack("json-object-update", _json_object_update),
+}
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figures:
+    attacks: dict[str, dict[str, Any]]
+    rss_start_mb: float
+    rss_peak_mb: float
+    rss_after_mb: float
+    cpu_s: float
+    honest: dict[str, Any]
+
+    def line(self) -> str:
+        honest = self.honest
+        health = honest.get("health", {})
+        return (f"RSS {self.rss_start_mb:.0f} → peak {self.rss_peak_mb:.0f} → after "
+                f"{self.rss_after_mb:.0f} MB · CPU {self.cpu_s:.1f} s · honest pair "
+                f"{honest.get('within2s')}/{honest.get('edits')} within 2 s, p50 "
+                f"{_ms(honest.get('p50'))} p99 {_ms(honest.get('p99'))} max "
+                f"{_ms(honest.get('max'))}, equal {honest.get('equal')} · /healthz p50 "
+                f"{_ms(health.get('p50'))} p99 {_ms(health.get('p99'))} max "
+                f"{_ms(health.get('max'))} ({health.get('failures')} failed) · "
+                + "; ".join(f"{name} {notes}" for name, notes in self.attacks.items()))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+async def measure(port: int, pid: int, attacks: list[Attack], seconds: float,
+                  settle_s: float = 8.0) -> Figures:
+    """Run ``attacks`` for ``seconds`` beside the honest pair; then let the server settle."""
+    honest = await asyncio.create_subprocess_exec(
+        "node", str(JS / "honest_pair.mjs"), json.dumps({
+            "url": f"ws://127.0.0.1:{port}/ws/fabric", "doc": "honest",
+            "durationMs": int(seconds * 1000), "editEveryMs": 50,
+            "health": f"http://127.0.0.1:{port}/healthz", "healthEveryMs": 100}),
+        cwd=str(JS), stdout=asyncio.subprocess.PIPE)
+    rss_start = rss_mb(pid)
+    cpu_start = cpu_s(pid)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(attack.run(attack, port, stop)) for attack in attacks]
+    peak = rss_start
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        peak = max(peak, rss_mb(pid))
+        await asyncio.sleep(0.1)
+    stop.set()
+    for task in tasks:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 30)
+    cpu_used = cpu_s(pid) - cpu_start
+    settle = time.monotonic() + settle_s
+    while time.monotonic() < settle:
+        peak = max(peak, rss_mb(pid))
+        await asyncio.sleep(0.2)
+    assert honest.stdout is not None
+    out = await asyncio.wait_for(honest.stdout.read(), 120)
+    await honest.wait()
+    result = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+    return Figures({attack.name: attack.notes for attack in attacks}, rss_start, peak,
+                   rss_mb(pid), cpu_used, result)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    env = {**os.environ}
+    if args.src:
+        env["PYTHONPATH"] = args.src
+    command = [sys.executable, "-m", "captify_ws", "serve", "--port", str(args.port),
+               "--store", "memory", "--api-key", API_KEY, *args.server_args]
+    process = await asyncio.create_subprocess_exec(*command, env=env,
+                                                   stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", args.port)
+                _close(writer)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        attacks = [ATTACKS[name]() for name in args.attacks]
+        figures = await measure(args.port, process.pid, attacks, args.seconds)
+        print(figures.line())
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("attacks", nargs="+", choices=sorted(ATTACKS))
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--port", type=int, default=3917)
+    parser.add_argument("--src", help="run the server from this src directory")
+    parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[])
+    asyncio.run(_main(parser.parse_args()))
