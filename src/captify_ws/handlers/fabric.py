@@ -91,11 +91,13 @@ class FabricHandler:
             names.check_name(document_id)
             client_id = conn.request.query.get("clientID") or f"client-{conn.id}"
         access = await self._server.authorize(conn, document_id)
-        if conn.closed or conn.close_code is not None:
+        # A peer that closed meanwhile still joins: what it sent before closing is handled
+        # (applied and stored), then on_close removes it. One the server closed does not.
+        if conn.closed_by_server:
             return
         rooms = self._server.rooms
         room = await rooms.acquire(document_id)
-        if conn.closed or conn.close_code is not None:
+        if conn.closed_by_server:
             rooms.release(room)
             return
         member = FabricMember(conn, client_id, wire, access)
