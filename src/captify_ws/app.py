@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import hmac
 import inspect
-import json
 import logging
 from importlib import resources
 from typing import Any, Final
@@ -42,6 +41,7 @@ from captify_ws.errors import (
     Reject,
     StaleVersion,
     StoreError,
+    log_with_id,
 )
 from captify_ws.http_channels import ChannelRoutes
 from captify_ws.http_stateless import stateless_routes
@@ -58,6 +58,10 @@ logger = logging.getLogger("captify_ws.app")
 OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/", "/client/")
 ADMIN_COOKIE: Final = "captify_admin"
 _DOCUMENTS: Final = "/api/v1/documents/"
+
+
+class _BodyTooLarge(Exception):
+    """A request body past ``max_message_size`` (answered 413)."""
 
 
 def _route_path(scope: Scope) -> str:
@@ -132,11 +136,53 @@ class CaptifyApp:
                 await deny(scope, send, 404, f"no WebSocket handler for {path}")
         elif kind == "http":
             if path.startswith(OWN_PREFIXES):
-                await self._router(scope, receive, send)
+                await self._own_http(scope, receive, send)
             elif self.http_app is not None:
                 await self.http_app(scope, receive, send)
             else:
                 await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+
+    async def _own_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Our own routes: a body larger than ``max_message_size`` is refused (413), and an
+        error nobody expected answers 500 with an error id, its detail only in the log."""
+        limit = self.server.settings.max_message_size
+        received = 0
+        started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            length = int(dict(scope.get("headers", ())).get(b"content-length", b"0"))
+        except ValueError:
+            length = 0
+        try:
+            if length > limit:
+                raise _BodyTooLarge
+            await self._router(scope, bounded_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await JSONResponse({"error": f"body larger than {limit} bytes"},
+                                   status_code=413)(scope, receive, send)
+        except Exception as exc:
+            error_id = log_with_id(logger, f"{scope.get('method')} {scope['path']} failed", exc)
+            if not started:
+                await JSONResponse({"error": "internal error", "errorId": error_id},
+                                   status_code=500)(scope, receive, send)
+
+    def _json_body(self, body: bytes) -> Any:
+        """A request body as JSON within the parse limits; raises ``ProtocolError``."""
+        return envelope.parse_json(body, max_values=self.server.settings.max_json_values)
 
     # -- lifespan --------------------------------------------------------------------------
 
@@ -253,9 +299,9 @@ class CaptifyApp:
         except BadRequest as exc:
             return _bad_name(exc)
         try:
-            body: Any = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "body must be JSON"}, status_code=400)
+            body: Any = self._json_body(await request.body())
+        except ProtocolError as exc:
+            return JSONResponse({"error": f"body must be JSON: {exc.message}"}, status_code=400)
         if not isinstance(body, dict) or not isinstance(body.get("steps"), list):
             return JSONResponse({"error": "body must be an object with a 'steps' list"},
                                 status_code=400)
@@ -294,8 +340,9 @@ class CaptifyApp:
         body = await request.body()
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
-                update = envelope.decode_bytes_field(json.loads(body).get("update"), "update")
-            except (ValueError, AttributeError, InvalidMessage) as exc:
+                update = envelope.decode_bytes_field(self._json_body(body).get("update"),
+                                                     "update")
+            except (AttributeError, ProtocolError) as exc:
                 return JSONResponse({"error": f"body must be {{\"update\": base64}}: {exc}"},
                                     status_code=400)
         else:
@@ -305,7 +352,10 @@ class CaptifyApp:
         except InvalidMessage as exc:
             return JSONResponse({"error": exc.message}, status_code=400)
         except StoreError as exc:
-            return JSONResponse({"error": f"not stored: {exc}"}, status_code=503)
+            error_id = log_with_id(logger, f"update for {document_id!r} not stored", exc,
+                                   level=logging.WARNING, traceback=False)
+            return JSONResponse({"error": "not stored: the store is unavailable, try again",
+                                 "errorId": error_id}, status_code=503)
         return JSONResponse({"documentId": document_id, "stored": True})
 
     async def _post_revoke(self, request: Request) -> Response:
@@ -313,8 +363,8 @@ class CaptifyApp:
         if refused is not None:
             return refused
         try:
-            body: Any = await request.json()
-        except ValueError:
+            body: Any = self._json_body(await request.body())
+        except ProtocolError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("userId"), str) or \
                 body.get("to", "none") not in ("none", "read"):

@@ -252,7 +252,9 @@ class JwtAuthenticator:
             raise unauthorized("Unauthorized: wrong audience") from None
         except jwt.InvalidIssuerError:
             raise unauthorized("Unauthorized: wrong issuer") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:
+            # InvalidTokenError, and InvalidKeyError: e.g. an HS256 token when the key is an RSA
+            # public key (PyJWT refuses to use it as an HMAC secret).
             raise unauthorized(f"Unauthorized: invalid token ({type(exc).__name__})") from None
         return Principal(str(claims["sub"]), claims)
 

@@ -43,7 +43,7 @@ from captify_ws.errors import (
     Reject,
     close_code_for,
     close_reason_for,
-    new_error_id,
+    log_with_id,
     truncate_reason,
 )
 from captify_ws.frames import OPCODE_BINARY, OPCODE_TEXT, PreparedFrame
@@ -400,11 +400,9 @@ class Connection:
         reason = close_reason_for(exc)
         if code == CloseCode.INTERNAL_ERROR:
             # The client gets a generic reason with an id; the detail is logged under it.
-            error_id = new_error_id()
+            error_id = log_with_id(
+                logger, f"handler {self.handler.path} failed on connection {self.id}", exc)
             reason = f"internal error, id {error_id}"
-            logger.error("handler %s failed on connection %s (error id %s)",
-                         self.handler.path, self.id, error_id, exc_info=exc,
-                         extra={"connection": self.id, "error_id": error_id})
         else:
             logger.info("closing %s with %d: %s", self.id, code, exc)
         try:

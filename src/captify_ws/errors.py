@@ -9,6 +9,8 @@ Hierarchy::
     │   ├── MessageTooBig        a message past the size limit (1009)
     │   │   └── QuotaExceeded    an update past the document's size quota (1009)
     │   └── BadRequest           a request the handler cannot serve, e.g. no documentId (4400)
+    │       └── JsonTooDeep      JSON nested deeper than the parser allows (4400, never
+    │                            RecursionError)
     ├── StaleVersion             server steps for a version that is not current (HTTP 409)
     ├── Reject                   a connection refused by policy (auth, origin, limits); `code`
     ├── ChannelError             a channel request that cannot be served; `code` (4400, 4403,
@@ -24,6 +26,7 @@ else a generic reason with an error id (:func:`new_error_id`) whose detail goes 
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Final
 
@@ -98,6 +101,11 @@ class BadRequest(ProtocolError):
     """A request the handler cannot serve, such as a connection without a documentId."""
 
     close_code = CloseCode.BAD_REQUEST
+
+
+class JsonTooDeep(BadRequest):
+    """JSON nested deeper than the parser allows: a hostile message, closed with 4400 (the
+    JSON protocol answers other bad messages with an ``error`` and stays open)."""
 
 
 class StaleVersion(CaptifyError):
@@ -181,6 +189,17 @@ def close_reason_for(error: BaseException) -> str:
 def new_error_id() -> str:
     """An id to give a client for an internal error, logged with the error's detail."""
     return secrets.token_hex(4)
+
+
+def log_with_id(logger: logging.Logger, what: str, error: BaseException | str, *,
+                level: int = logging.ERROR, traceback: bool = True) -> str:
+    """Log ``error`` (its text, and its traceback unless told not to) under a new error id;
+    answer the id, for a client-facing message that carries nothing else."""
+    error_id = new_error_id()
+    logger.log(level, "%s (error id %s): %s", what, error_id, error,
+               exc_info=error if traceback and isinstance(error, BaseException) else None,
+               extra={"error_id": error_id})
+    return error_id
 
 
 def truncate_reason(text: str) -> str:

@@ -23,6 +23,7 @@ and 503 when Redis or the store is unreachable (nothing was published).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -32,10 +33,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from captify_ws.api import mailbox
-from captify_ws.errors import BrokerError, ChannelError, CloseCode, StoreError
+from captify_ws.errors import BrokerError, ChannelError, CloseCode, StoreError, log_with_id
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
+
+logger = logging.getLogger("captify_ws.channels")
 
 #: Publications in one batch request.
 MAX_BATCH = 100
@@ -52,8 +55,10 @@ def _error(exc: Exception) -> JSONResponse:
     if isinstance(exc, ChannelError):
         return JSONResponse({"error": exc.message, "code": exc.code},
                             status_code=_STATUS.get(exc.code, 400))
-    return JSONResponse({"error": f"temporarily unavailable: {exc}", "code": 1013},
-                        status_code=503)
+    error_id = log_with_id(logger, "channel request failed", exc, level=logging.WARNING,
+                           traceback=False)
+    return JSONResponse({"error": "temporarily unavailable, try again", "code": 1013,
+                         "errorId": error_id}, status_code=503)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -111,7 +116,7 @@ class ChannelRoutes:
     async def _body(request: Request) -> Any:
         try:
             return await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ChannelError(CloseCode.BAD_REQUEST, "body must be JSON") from None
 
     async def _publish_one(self, body: Any) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from captify_ws.errors import (
     Reject,
     StaleVersion,
     StoreError,
+    log_with_id,
 )
 from captify_ws.handlers import BUILTIN_HANDLERS
 from captify_ws.handlers.base import (
@@ -255,24 +256,35 @@ class Server:
         if not self.started or self.stopping:
             reasons.append("server is not running" if not self.started else "shutting down")
             return reasons
+        # /readyz is public: reasons are generic, their detail (URLs, SQL, paths) is logged
+        # under the error id they carry.
         try:
             await asyncio.wait_for(self.store.check(), 3.0)
         except (StoreError, TimeoutError) as exc:
-            reasons.append(f"store {self.store.url}: {exc or 'no answer within 3 s'}")
+            error_id = log_with_id(logger, "store check failed",
+                                   exc if str(exc) else TimeoutError("no answer within 3 s"),
+                                   level=logging.WARNING, traceback=False)
+            reasons.append(f"store unavailable (error id {error_id})")
         if self.writer.error is not None:
-            reasons.append(f"store writes failing ({self.writer.pending} pending): "
-                           f"{self.writer.error}")
+            error_id = log_with_id(logger, "store writes failing", self.writer.error,
+                                   level=logging.WARNING, traceback=False)
+            reasons.append(f"store writes failing, {self.writer.pending} pending "
+                           f"(error id {error_id})")
         channels = self.channel_services
         try:
             await asyncio.wait_for(channels.store.check(), 3.0)
         except (StoreError, TimeoutError) as exc:
-            reasons.append(f"channel tables in {channels.store.url}: "
-                           f"{exc or 'no answer within 3 s'}")
+            error_id = log_with_id(logger, "channel store check failed",
+                                   exc if str(exc) else TimeoutError("no answer within 3 s"),
+                                   level=logging.WARNING, traceback=False)
+            reasons.append(f"channel tables unavailable (error id {error_id})")
         if self.broker is not None:
             try:
                 await self.broker.check()
             except BrokerError as exc:
-                reasons.append(str(exc))
+                error_id = log_with_id(logger, "broker check failed", exc,
+                                       level=logging.WARNING, traceback=False)
+                reasons.append(f"broker unavailable (error id {error_id})")
         return reasons
 
     # -- connections -----------------------------------------------------------------------
@@ -293,7 +305,7 @@ class Server:
             if origin is not None and not origin_allowed(origin, allowed):
                 logger.info("refused an upgrade from origin %s", origin)
                 self.stats.refused("origin")
-                raise Reject(CloseCode.POLICY, f"origin {origin} is not allowed")
+                raise Reject(CloseCode.POLICY, "this origin is not allowed")
 
     def subprotocol_for(self, request: UpgradeRequest) -> str | None:
         """The ``Sec-WebSocket-Protocol`` to accept, when the client offered some."""

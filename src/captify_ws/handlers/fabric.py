@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 
 from captify_ws.auth import Access
 from captify_ws.connection import Connection
-from captify_ws.errors import BadRequest, InvalidMessage, MessageTooBig, ProtocolError
+from captify_ws.errors import (
+    BadRequest,
+    InvalidMessage,
+    JsonTooDeep,
+    MessageTooBig,
+    ProtocolError,
+)
 from captify_ws.protocol import envelope, names, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
 from captify_ws.rooms.steps import Accepted, Behind
@@ -176,7 +182,8 @@ class FabricHandler:
                  message: str | bytes) -> Awaitable[None] | None:
         document_id = room.document_id
         try:
-            event = envelope.decode_client_message(message)
+            event = envelope.decode_client_message(
+                message, max_values=self._server.settings.max_json_values)
             self._stats.received(_JSON_KINDS.get(type(event), "other"), len(message))
             if event.document_id != document_id:
                 raise InvalidMessage(f"documentId {event.document_id!r} is not this "
@@ -185,6 +192,8 @@ class FabricHandler:
                                   envelope.StepsSinceRequest)):
                 return self._step_request(conn, member, room, event)
             self._handle_json(conn, member, room, event)
+        except JsonTooDeep:
+            raise  # hostile, not a mistake: closes with 4400
         except ProtocolError as exc:
             _send_error(conn, document_id, exc)
         return None

@@ -158,7 +158,7 @@ def decode_json(frame: str | bytes) -> dict[str, JsonValue]:
     """Parse a frame into a JSON object, or raise ``ChannelError(4400)``."""
     try:
         message = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ChannelError(CloseCode.BAD_REQUEST, "invalid JSON") from None
     if not isinstance(message, dict):
         raise ChannelError(CloseCode.BAD_REQUEST, "a request must be a JSON object")

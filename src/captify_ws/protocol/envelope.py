@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from captify_ws.errors import InvalidMessage
+from captify_ws.errors import InvalidMessage, JsonTooDeep
 
 JsonValue = Any
 
@@ -123,12 +123,40 @@ def decode_bytes_field(value: JsonValue, what: str) -> bytes:
         raise InvalidMessage(f"'{what}' must hold integers 0-255") from None
 
 
-def decode_client_message(frame: str | bytes) -> ClientMessage:
-    """Decode one client frame of the JSON protocol into its event."""
+#: Default of ``max_values`` (the ``max_json_values`` setting).
+MAX_JSON_VALUES: Final = 100_000
+
+
+def parse_json(text: str | bytes, *, max_values: int = MAX_JSON_VALUES) -> JsonValue:
+    """JSON text → its value, within the parse limits that bound the work one message causes.
+
+    * At most ``max_values`` values: every array item and object member costs a ``,`` or a
+      ``:``, so their count (a C-speed scan of the raw text, before any parsing) bounds them;
+      a larger message raises :class:`InvalidMessage` without being parsed.
+    * Nesting as deep as the parser's own limit (about 1,000 levels): deeper raises
+      :class:`JsonTooDeep` (4400), never ``RecursionError``.
+    * Not JSON raises :class:`InvalidMessage`.
+    """
+    if isinstance(text, bytes):
+        values = text.count(b",") + text.count(b":")
+    else:
+        values = text.count(",") + text.count(":")
+    if values > max_values:
+        raise InvalidMessage(f"message holds more than {max_values} JSON values (send Yjs "
+                             "updates as base64 text)")
     try:
-        message = json.loads(frame)
+        return json.loads(text)
+    except RecursionError:
+        raise JsonTooDeep("JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidMessage(f"invalid JSON: {exc}") from None
+
+
+def decode_client_message(frame: str | bytes, *,
+                          max_values: int = MAX_JSON_VALUES) -> ClientMessage:
+    """Decode one client frame of the JSON protocol into its event (parse limits: see
+    :func:`parse_json`)."""
+    message = parse_json(frame, max_values=max_values)
     if not isinstance(message, dict):
         raise InvalidMessage("message must be a JSON object")
     kind = message.get("type")

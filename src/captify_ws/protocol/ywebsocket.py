@@ -220,7 +220,7 @@ def parse_awareness_state(state: str) -> object:
     """
     try:
         return json.loads(state)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidMessage("awareness state is not valid JSON") from None
 
 

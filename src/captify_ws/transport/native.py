@@ -44,7 +44,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from uvicorn.server import ServerState
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject, new_error_id
+from captify_ws.errors import CloseCode, Reject, log_with_id
 from captify_ws.handlers.base import Handler
 from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
 
@@ -92,16 +92,17 @@ class NativeConnection(Connection):
         self.peer_closed = False
 
     def _write(self, frame: PreparedFrame) -> None:
-        # A socket that failed is closed before picows reports it lost; asyncio warns on every
-        # write to it from then on.
-        if not self._raw.is_closing():
+        # A socket that failed is closed before picows reports it lost (asyncio warns on every
+        # write to it from then on); after picows failed the connection itself (a protocol
+        # error it detects) nothing may follow its close frame.
+        if not self._raw.is_closing() and not self._ws.is_close_frame_sent:
             self._raw_write(frame.wire)
 
     def _transport_buffered(self) -> int:
         return int(self._raw.get_write_buffer_size())
 
     def _close_transport(self, code: int, reason: str, flush: list[PreparedFrame]) -> None:
-        if self._ws.is_disconnected or self._raw.is_closing():
+        if self._ws.is_disconnected or self._raw.is_closing() or self._ws.is_close_frame_sent:
             return
         for frame in flush:
             self._raw_write(frame.wire)
@@ -305,7 +306,7 @@ def _request_from_picows(request: WSUpgradeRequest, transport: Any) -> UpgradeRe
 
 def _refusal(status: int, text: str, headers: dict[str, str] | None = None) -> Any:
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
-        status, (text + "\n").encode(), extra_headers=headers), None)
+        status, (text + "\n").encode("utf-8", "replace"), extra_headers=headers), None)
 
 
 class NativeServer:
@@ -366,10 +367,8 @@ class NativeServer:
     def _listener_for(self, request: WSUpgradeRequest, transport: asyncio.Transport) -> Any:
         try:
             return self._accept(request, transport)
-        except Exception:
-            error_id = new_error_id()
-            logger.exception("upgrade failed (error id %s)", error_id,
-                             extra={"error_id": error_id})
+        except Exception as exc:
+            error_id = log_with_id(logger, "upgrade failed", exc)
             return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error, id {error_id}")
 
     def _accept(self, request: WSUpgradeRequest, transport: asyncio.Transport) -> Any:

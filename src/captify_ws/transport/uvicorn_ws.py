@@ -20,6 +20,7 @@ websockets checks RFC 6455 itself (reserved bits, opcodes, control frames, close
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -65,6 +66,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.close_timeout = self.bounds.close_timeout_s
         self._fragments = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
         self._charged: Chargeable | None = None
         self._failed = False
 
@@ -85,12 +87,6 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # -- uvicorn's protocol ----------------------------------------------------------------
 
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None:  # the upgrade was accepted (its ASGI task has not run yet)
-            scope["extensions"][EXTENSION] = self
-
     def data_received(self, data: bytes) -> None:
         if self._failed:
             self.conn.receive_data(data)  # discarded: the protocol failed (RFC 6455 §7.1.7)
@@ -98,13 +94,32 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         super().data_received(data)
 
+    def handle_connect(self, event: Any) -> None:
+        # RFC 6455 §4.2.2: another version → 426 naming the one we speak (websockets says 400).
+        if event.headers.get("Sec-WebSocket-Version") != "13":
+            response = self.conn.reject(426, "only WebSocket version 13 is supported\n")
+            response.headers["Sec-WebSocket-Version"] = "13"
+            self.handshake_initiated = self.handshake_complete = self.close_sent = True
+            self.conn.send_response(response)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            return
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the upgrade was accepted (its ASGI task has not run yet)
+            scope["extensions"][EXTENSION] = self
+
     def handle_text(self, event: Frame) -> None:
-        self._fragments = 1
-        super().handle_text(event)
+        self._start(event, codecs.getincrementaldecoder("utf-8")())
 
     def handle_bytes(self, event: Frame) -> None:
+        self._start(event, None)
+
+    def _start(self, event: Frame, decoder: codecs.IncrementalDecoder | None) -> None:
         self._fragments = 1
-        super().handle_bytes(event)
+        self._decoder = decoder
+        self.frames = []
+        self._add(event)
 
     def handle_cont(self, event: Frame) -> None:
         self._fragments += 1
@@ -115,7 +130,36 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         if not event.fin and not self._charge():
             self.frames = []
             return
-        super().handle_cont(event)
+        self._add(event)
+
+    def _add(self, event: Frame) -> None:
+        """One frame of a message: text is checked as it arrives (RFC 6455 §8.1: fail fast)."""
+        data: Any = event.data
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decode(data, final=event.fin)
+            except UnicodeDecodeError:
+                self.frames = []
+                self._fail(1007, "text message is not valid UTF-8")
+                return
+        self.frames.append(data)
+        if event.fin:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        parts: list[Any] = self.frames
+        self.frames = []
+        if self.close_sent:
+            return  # past the close: read and discard until the peer's close arrives
+        if self._decoder is not None:
+            self._decoder = None
+            self.queue.put_nowait({"type": "websocket.receive", "text": "".join(parts)})
+        else:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": bytes(data)})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def handle_ping(self) -> None:
         output = self.conn.data_to_send()  # websockets queued the pong already
