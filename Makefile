@@ -1,16 +1,24 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and Node 20:
-#   make serve   start captify-ws on http://127.0.0.1:3000 (embedded defaults)
-#   make test    run the whole test suite (lint, types, tests against real clients and services)
+#   make serve   start captify-ws on http://127.0.0.1:3000 (embedded defaults) and print the
+#                address of the demo page; installs the runtime only
+#   make test    run the whole test suite (lint, types, tests against real clients and
+#                services); installs the development tools and the npm test clients first
 
 PYTHON ?= python3
 VENV ?= .venv
 PIP_QUIET ?= -q
 
-.PHONY: serve test lint typecheck pytest setup services bench clean
+.PHONY: serve test lint typecheck pytest setup services demo bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The virtualenv with captify-ws (editable) and its runtime dependencies only.
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
+	$(VENV)/bin/pip install $(PIP_QUIET) -e .
+	touch $@
+
+# The development tools on top (pytest, mypy, ruff, playwright …).
+$(VENV)/.dev: $(VENV)/.runtime pyproject.toml
 	$(VENV)/bin/pip install $(PIP_QUIET) -e ".[dev]"
 	touch $@
 
@@ -18,19 +26,19 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(VENV)/.installed tests/js/node_modules/.installed
+setup: $(VENV)/.dev tests/js/node_modules/.installed
 
-serve: $(VENV)/.installed
+serve: $(VENV)/.runtime
 	$(VENV)/bin/captify-ws serve
 
 services:
 	bash scripts/system-deps.sh
 	bash scripts/services.sh
 
-lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check src tests bench demo scripts
 
-typecheck: $(VENV)/.installed
+typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
 pytest: setup services
@@ -38,7 +46,12 @@ pytest: setup services
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed
+# Rebuild the demo page's bundle (src/captify_ws/static/demo/) from demo/ and the pinned npm
+# packages; tests/test_demo.py fails while the shipped bundle is stale.
+demo: tests/js/node_modules/.installed
+	node demo/build.mjs
+
+bench: $(VENV)/.dev
 	$(VENV)/bin/python bench/run.py
 
 clean:

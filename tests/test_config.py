@@ -26,7 +26,7 @@ def test_environment_then_overrides() -> None:
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"CAPTIFY_WS_PORT": "eighty"}, "CAPTIFY_WS_PORT='eighty'"),
+    ({"CAPTIFY_WS_PORT": "eighty"}, "CAPTIFY_WS_PORT=eighty: eighty is not a whole number"),
     ({"CAPTIFY_WS_PORT": "70000"}, "port 70000"),
     ({"CAPTIFY_WS_TRANSPORT": "carrier-pigeon"}, "transport"),
     ({"CAPTIFY_WS_SEND_BUDGET": "1k"}, "send_budget"),

@@ -34,6 +34,7 @@ from starlette.responses import (
 from starlette.routing import Route, Router
 
 from captify_ws.config import Settings
+from captify_ws.demo import DemoPages
 from captify_ws.errors import (
     BadRequest,
     InvalidMessage,
@@ -116,7 +117,11 @@ class CaptifyApp:
                   methods=["DELETE"]),
             Route("/api/v1/connections", self._get_connections, methods=["GET"]),
             *ChannelRoutes(server, self._check_api_key).routes(),
+            *(DemoPages().routes() if server.settings.demo_enabled else ()),
         ])
+        demo = server.settings.demo_enabled
+        self._own_prefixes = OWN_PREFIXES + (("/demo/",) if demo else ())
+        self._own_paths = frozenset(("/demo",) if demo else ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -135,7 +140,7 @@ class CaptifyApp:
                 await receive()
                 await deny(scope, send, 404, f"no WebSocket handler for {path}")
         elif kind == "http":
-            if path.startswith(OWN_PREFIXES):
+            if path.startswith(self._own_prefixes) or path in self._own_paths:
                 await self._own_http(scope, receive, send)
             elif self.http_app is not None:
                 await self.http_app(scope, receive, send)
@@ -442,6 +447,11 @@ class AppLifespan:
         except Exception:  # an app without lifespan support raises; that is allowed
             self._supported = False
             await self._from_app.put({"type": "unsupported"})
+            return
+        # An app may also ignore the lifespan scope and return (the smallest ASGI apps do):
+        # whoever still waits for an answer must not wait forever.
+        self._supported = False
+        await self._from_app.put({"type": "unsupported"})
 
     async def startup(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

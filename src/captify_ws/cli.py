@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,41 +28,100 @@ from captify_ws import __version__, logs
 from captify_ws.config import Settings
 from captify_ws.errors import CaptifyError, ConfigError
 from captify_ws.imports import import_attribute
+from captify_ws.values import parse_bool, show_value
 
 logger = logging.getLogger("captify_ws")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wider help columns, no line break inside a hyphenated word (``--app-dir``); each
+    option's default is part of its help text already."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """``captify-ws [--version] serve [options]``: every :class:`Settings` field is a flag.
+
+    Flags are read as text here and parsed by :meth:`Settings.load`, so a bad value gets the
+    same one-line explanation from a flag as from its environment variable.
+    """
     parser = argparse.ArgumentParser(
         prog="captify-ws",
         description="One WebSocket server for every real-time feature of a web product.")
     parser.add_argument("--version", action="version", version=f"captify-ws {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="serve HTTP and WebSockets on one port",
+        "serve", help="serve HTTP and WebSockets on one port", formatter_class=_HelpFormatter,
         description="Serve HTTP and WebSockets on one port. Every option can also be set "
                     "with the environment variable shown; flags win.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="Sizes take k, m and g suffixes (16m, 512k, 1g); durations ending in -s are "
+               "seconds and in -ms milliseconds. Documentation: README.md.")
     for option in Settings.options():
-        flag = "--" + option.name.replace("_", "-")
-        default = option.default
-        if isinstance(default, tuple):
-            default = ",".join(default) or "none"
-        elif option.metadata["secret"]:
-            default = "none"
-        serve.add_argument(
-            flag, dest=option.name, default=None, type=option.metadata["parse"],
-            metavar=option.metadata["metavar"] or option.name.upper(),
-            help=f"{option.metadata['help']} [env {Settings.env_name(option.name)}; "
-                 f"default {default}]")
+        meta = option.metadata
+        shown = meta["shown"] or ("none" if meta["secret"] else
+                                  show_value(option.default, meta["parse"]))
+        text = f"{meta['help']} [{Settings.env_name(option.name)}; default: {shown}]"
+        flag = Settings.flag_name(option.name)
+        if meta["toggle"]:
+            serve.add_argument(flag, dest=option.name, default=None,
+                               action=argparse.BooleanOptionalAction, help=text)
+        else:
+            serve.add_argument(flag, dest=option.name, default=None,
+                               metavar=meta["metavar"] or _metavar(option.name, meta["parse"]),
+                               help=text)
     return parser
 
 
-def _configure_logging(settings: Settings) -> None:
-    logs.configure(settings.log_level, settings.log_format)
+def _metavar(name: str, parse: Any) -> str:
+    if name.endswith("_ms"):
+        return "MS"
+    if name.endswith("_s"):
+        return "SECONDS"
+    if parse in (int, float):
+        return "N"
+    if parse is parse_bool:
+        return "BOOL"
+    return name.upper()
 
 
-async def _serve(settings: Settings) -> int:
+def _listen_socket(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything else starts (so that a taken port is one
+    line and nothing else); IPv6 when the host has a colon, as uvicorn does."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port))
+        sock.listen(4096)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_error(settings: Settings, exc: OSError) -> str | None:
+    """The one line for an address that cannot be listened on, or None for other errors."""
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {settings.host}:{settings.port}: the port is already in "
+                f"use; stop the other server or pick another port with --port or "
+                f"CAPTIFY_WS_PORT")
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"cannot listen on {settings.host}: no such address on this machine"
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on {settings.host}:{settings.port}: permission denied "
+                f"(ports below 1024 need privileges; pick another with --port)")
+    return None
+
+
+async def _serve(settings: Settings, sock: socket.socket) -> int:
     from captify_ws.app import AppLifespan, create_app
     from captify_ws.server import Server
     from captify_ws.transport.native import NativeServer
@@ -73,14 +133,13 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    port = sock.getsockname()[1]
 
     if settings.transport == "asgi":
         from captify_ws.transport.asgi import uvicorn_config
 
         config = uvicorn_config(app, settings)
         uv = _QuietUvicorn(config)
-        sock = config.bind_socket()
-        port = sock.getsockname()[1]
         task = loop.create_task(uv.serve(sockets=[sock]))
         while not uv.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.01)
@@ -101,11 +160,11 @@ async def _serve(settings: Settings) -> int:
         await inner.startup()
     native = NativeServer(server, app)
     try:
-        await native.start()
+        await native.start(sock)
     except BaseException:
         await server.stop()
         raise
-    _announce(settings, native.port, "native")
+    _announce(settings, port, "native")
     await stop.wait()
     logger.info("shutting down: closing %d connections with 1012",
                 server.get_connection_count())
@@ -132,48 +191,60 @@ class _QuietUvicorn(uvicorn.Server):
 
 
 def _announce(settings: Settings, port: int, transport: str) -> None:
+    """The start line: where to connect, and where the demo is."""
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    print(f"captify-ws listening on http://{host}:{port} "
-          f"(WebSockets at ws://{host}:{port}/ws/fabric, transport {transport}, "
-          f"store {settings.store})", file=sys.stderr, flush=True)
+    url = f"http://{host}:{port}"
+    logs.announce(f"captify-ws {__version__} listening on {url} (WebSockets at "
+                  f"ws://{host}:{port}/ws/fabric, transport {transport}, store "
+                  f"{settings.store}, auth {settings.effective_auth})", url=url)
+    if settings.demo_enabled:
+        logs.announce(f"demo: open {url}/demo in two browser tabs and type",
+                      demo=f"{url}/demo")
 
 
 def serve(settings: Settings) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the process exit code."""
-    _configure_logging(settings)
+    """Run the server until SIGINT/SIGTERM; returns the process exit code (0 after a clean
+    stop, 1 when it cannot listen or stop in time, 2 for a configuration error)."""
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        sock = _listen_socket(settings)
+    except OSError as exc:
+        line = _bind_error(settings, exc)
+        if line is None:
+            raise
+        logs.fatal(line, settings.log_format)
+        return 1
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
-        return asyncio.run(_serve(settings))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            print(f"captify-ws: cannot listen on {settings.host}:{settings.port}: the port is "
-                  f"already in use; stop the other server or pick another port with --port "
-                  f"or CAPTIFY_WS_PORT", file=sys.stderr)
-            return 1
-        if exc.errno == errno.EADDRNOTAVAIL:
-            print(f"captify-ws: cannot listen on {settings.host}: no such address on this "
-                  f"machine", file=sys.stderr)
-            return 1
-        raise
+        return asyncio.run(_serve(settings, sock))
     except CaptifyError as exc:
-        print(f"captify-ws: {exc}", file=sys.stderr)
+        logs.fatal(str(exc), settings.log_format)
         return 2
+    finally:
+        sock.close()
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
     """``--workers N``: run N ``serve`` processes on one port (SO_REUSEPORT), forward
     SIGINT/SIGTERM to them, and start a worker again if one dies."""
-    _configure_logging(settings)
-    port = settings.port
-    reserve = None
-    if port == 0:  # every worker must listen on the same port: pick one now
-        reserve = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    logs.configure(settings.log_level, settings.log_format)
+    # Bind (not listen) the port with SO_REUSEPORT first: a port taken by another program is
+    # one line here rather than N workers failing, and port 0 becomes one port for all.
+    reserve = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    try:
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserve.bind((settings.host, 0))
-        port = reserve.getsockname()[1]
+        reserve.bind((settings.host, settings.port))
+    except OSError as exc:
+        reserve.close()
+        line = _bind_error(settings, exc)
+        if line is None:
+            raise
+        logs.fatal(line, settings.log_format)
+        return 1
+    port = reserve.getsockname()[1]
     env = {**os.environ, "CAPTIFY_WS_WORKERS": "1", "CAPTIFY_WS_REUSE_PORT": "true",
            "CAPTIFY_WS_PORT": str(port)}
     args = [sys.executable, "-m", "captify_ws", *_without_worker_flags(argv)]
@@ -192,8 +263,7 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workers = [spawn(index) for index in range(settings.workers)]
-    if reserve is not None:
-        reserve.close()
+    reserve.close()
     logger.info("supervising %d workers on port %d", settings.workers, port)
     started = time.monotonic()
     while True:
@@ -205,8 +275,8 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
             if code is None:
                 continue
             if time.monotonic() - started < 5:
-                print(f"captify-ws: worker {index} exited with status {code} while starting",
-                      file=sys.stderr)
+                logs.fatal(f"worker {index} exited with status {code} while starting",
+                           settings.log_format)
                 on_signal(signal.SIGTERM, None)
                 break
             logger.error("worker %d exited with status %d; starting it again", index, code)
@@ -242,12 +312,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 2
-    overrides = {option.name: getattr(args, option.name) for option in Settings.options()}
+    toggles = {option.name for option in Settings.options() if option.metadata["toggle"]}
+    values = {option.name: getattr(args, option.name) for option in Settings.options()}
     try:
-        settings = Settings.load(os.environ, overrides)
+        settings = Settings.load(
+            os.environ,
+            overrides={name: value for name, value in values.items() if name in toggles},
+            flags={name: value for name, value in values.items() if name not in toggles})
     except ConfigError as exc:
-        print(f"captify-ws: {exc}", file=sys.stderr)
+        wants_json = (args.log_format or os.environ.get("CAPTIFY_WS_LOG_FORMAT", "")) == "json"
+        logs.fatal(str(exc), "json" if wants_json else "text")
         return 2
+    # The folder the command runs from is importable, as with uvicorn and gunicorn: a
+    # console script's sys.path[0] is its bin directory, not the working directory.
+    sys.path.insert(0, os.path.abspath(settings.app_dir))
     if settings.workers > 1:
         return supervise(settings, list(argv if argv is not None else sys.argv[1:]))
     return serve(settings)

@@ -16,36 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captify_ws.errors import ConfigError
+from captify_ws.values import parse_bool as _parse_bool
+from captify_ws.values import parse_list as _parse_list
+from captify_ws.values import parse_size as _parse_size
+from captify_ws.values import parser_for
 
 ENV_PREFIX = "CAPTIFY_WS_"
 
 
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true/false, got {text!r}")
-
-
-def _parse_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _parse_size(text: str) -> int:
-    """Bytes, with an optional k/m/g suffix (powers of 1024): ``16m`` = 16 MiB."""
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    if value and value[-1] in units:
-        return int(float(value[:-1]) * units[value[-1]])
-    return int(value)
-
-
 def _setting(default: Any, help: str, parse: Callable[[str], Any] = str, *,
-             metavar: str | None = None, secret: bool = False) -> Any:
+             metavar: str | None = None, secret: bool = False, shown: str | None = None,
+             toggle: bool = False) -> Any:
+    """A field of :class:`Settings`: ``help`` for ``--help`` and the README, ``parse`` for the
+    text of its flag and variable, ``shown`` for a default that needs words (``--help`` shows
+    ``default <shown>``), ``toggle`` for an on/off flag pair (``--demo`` / ``--no-demo``)."""
     return field(default=default, metadata={
-        "help": help, "parse": parse, "metavar": metavar, "secret": secret,
+        "help": help, "parse": parse, "metavar": metavar, "secret": secret, "shown": shown,
+        "toggle": toggle,
     })
 
 
@@ -58,20 +45,28 @@ class Settings:
     transport: str = _setting(
         "native",
         "'native' (picows WebSockets + uvicorn's HTTP parser on one port, the fast path) or "
-        "'asgi' (the whole app under uvicorn's ASGI server)")
+        "'asgi' (the whole app under uvicorn's ASGI server)", metavar="native|asgi")
     handlers: tuple[str, ...] = _setting(
         (), "extra handlers to register, comma-separated 'module:attribute' import paths",
         _parse_list, metavar="MOD:ATTR,...")
     http_app: str | None = _setting(
         None, "an ASGI app ('module:attribute') that receives every request that is not a "
         "captify-ws route, served on the same port", metavar="MOD:ATTR")
+    app_dir: str = _setting(
+        ".", "folder put first on the import path for the 'module:attribute' settings "
+        "(--handlers, --http-app, --auth …), like uvicorn's --app-dir", metavar="DIR",
+        shown="the current folder")
+    demo: bool | None = _setting(
+        None, "serve the collaborative editor demo at /demo", _parse_bool, toggle=True,
+        shown="on when bound to loopback, off otherwise")
     api_key: str | None = _setting(
         None, "bearer key for the HTTP API under /api/v1 (the API is off without one)",
         secret=True, metavar="KEY")
     admin_auth: str | None = _setting(
         None, "the admin dashboard's own check, 'module:function' taking the request and raising "
-        "captify_ws.Reject to refuse; default: the API key", metavar="MOD:ATTR")
-    log_format: str = _setting("text", "'text' (readable) or 'json' (one object per line)")
+        "captify_ws.Reject to refuse", metavar="MOD:ATTR", shown="the API key")
+    log_format: str = _setting("text", "'text' (readable) or 'json' (one object per line)",
+                               metavar="text|json")
     shutdown_timeout_s: float = _setting(
         10.0, "on SIGTERM/SIGINT: seconds to close clients (1012), write what is pending and "
         "leave the broker before exiting", float)
@@ -87,7 +82,8 @@ class Settings:
         "memory", "how instances reach each other: 'memory' (this process only) or "
         "'redis://host:6379/0'", metavar="URL")
     broker_prefix: str = _setting(
-        "captify", "prefix of every broker channel (several deployments can share a Redis)")
+        "captify", "prefix of every broker channel (several deployments can share a Redis)",
+        metavar="PREFIX")
     cluster_heartbeat_s: float = _setting(
         2.0, "instances announce themselves and their connection counts this often; one silent "
         "for 3 heartbeats is dropped (its connections and presence disappear)", float)
@@ -101,14 +97,14 @@ class Settings:
         "for its processes)", _parse_bool)
     auth: str = _setting(
         "", "authenticator: 'none' (everyone anonymous; development), 'session-proxy', 'jwt', or "
-        "'module:function'. Unset: 'none' on a loopback bind, and a refusal to start on any "
-        "other address", metavar="KIND")
+        "'module:function'", metavar="KIND",
+        shown="none on a loopback bind; required on any other address")
     auth_session_url: str | None = _setting(
         None, "session-proxy: the product's session endpoint, e.g. "
         "http://127.0.0.1:8000/api/auth/session", metavar="URL")
     auth_user_path: str = _setting(
         "user.id", "session-proxy: where the user id is in the endpoint's JSON answer "
-        "(dotted path; NextAuth: user.email or user.id)")
+        "(dotted path; NextAuth: user.email or user.id)", metavar="PATH")
     auth_cache_s: float = _setting(
         10.0, "seconds an answer of the session or access endpoint is reused", float)
     auth_timeout_s: float = _setting(
@@ -123,10 +119,11 @@ class Settings:
         _parse_list, metavar="ALG,...")
     jwt_audience: str | None = _setting(None, "jwt: required 'aud'", metavar="AUD")
     jwt_issuer: str | None = _setting(None, "jwt: required 'iss'", metavar="ISS")
-    jwt_cookie: str = _setting("captify_token", "jwt: the cookie that may carry the token")
+    jwt_cookie: str = _setting("captify_token", "jwt: the cookie that may carry the token",
+                               metavar="NAME")
     jwt_leeway_s: float = _setting(30.0, "jwt: clock skew allowed for exp/nbf, seconds", float)
     jwt_docs_claim: str = _setting(
-        "docs", "jwt-claims authorizer: the claim naming documents or patterns")
+        "docs", "jwt-claims authorizer: the claim naming documents or patterns", metavar="CLAIM")
     authorizer: str = _setting(
         "allow", "per-document access: 'allow' (every authenticated user may write), "
         "'jwt-claims', 'access-proxy', or 'module:function'", metavar="KIND")
@@ -138,8 +135,8 @@ class Settings:
         "on every instance, whatever the authorizer says", float)
     allowed_origins: tuple[str, ...] = _setting(
         (), "browser origins allowed to open WebSockets, comma-separated "
-        "(https://app.example.com, https://*.example.com); unset: any", _parse_list,
-        metavar="ORIGIN,...")
+        "(https://app.example.com, https://*.example.com)", _parse_list,
+        metavar="ORIGIN,...", shown="any origin")
     trusted_proxies: tuple[str, ...] = _setting(
         ("127.0.0.1", "::1"), "peers whose X-Forwarded-For names the real client address",
         _parse_list, metavar="IP,...")
@@ -156,26 +153,26 @@ class Settings:
         20000, "messages a connection may send in a burst above message_rate", int)
     max_awareness_size: int = _setting(
         16 << 10, "largest presence state, bytes; larger → close 1009 (y-websocket) or an "
-        "error (JSON)", _parse_size, metavar="BYTES")
+        "error (JSON)", _parse_size, metavar="SIZE")
     max_document_size: int = _setting(
         256 << 20, "quota: bytes of updates a document may hold; updates beyond it are "
-        "refused", _parse_size, metavar="BYTES")
+        "refused", _parse_size, metavar="SIZE")
     pm_schema: str | None = _setting(
         None, "the ProseMirror schema of the step authority, 'module:attribute' naming a "
-        "prosemirror.model.Schema; default: prosemirror-schema-basic with the list nodes",
-        metavar="MOD:ATTR")
+        "prosemirror.model.Schema", metavar="MOD:ATTR",
+        shown="prosemirror-schema-basic with the list nodes")
     pm_fragment: str = _setting(
         "prosemirror", "the Y.XmlFragment that y-prosemirror editors share (Tiptap: 'default'); "
-        "server-originated steps are applied to it too")
+        "server-originated steps are applied to it too", metavar="NAME")
     max_message_size: int = _setting(
-        16 << 20, "largest accepted WebSocket message, bytes (k/m suffixes); larger → close 1009",
-        _parse_size, metavar="BYTES")
+        16 << 20, "largest accepted WebSocket message (16m, 512k …); larger → close 1009",
+        _parse_size, metavar="SIZE")
     max_message_frames: int = _setting(
         1024, "most frames one fragmented WebSocket message may arrive in; more → close 1009",
         int)
     message_cost_bytes: int = _setting(
         16 << 10, "every this many bytes of a message count as one more message against "
-        "message_rate (the rate limits work, not only messages)", _parse_size, metavar="BYTES")
+        "message_rate (the rate limits work, not only messages)", _parse_size, metavar="SIZE")
     max_json_values: int = _setting(
         100_000, "most values (array items and object members) one JSON message may hold; more "
         "are refused before parsing (send updates as base64, not as arrays or objects of bytes)",
@@ -183,11 +180,11 @@ class Settings:
     send_budget: int = _setting(
         8 << 20, "bytes that may wait to be sent to one connection (its queue and its socket "
         "buffer, beyond one message larger than this by itself); more → close 1013 as too slow",
-        _parse_size, metavar="BYTES")
+        _parse_size, metavar="SIZE")
     max_outbound_bytes: int = _setting(
         1 << 30, "bytes that may wait to be sent to all connections together; past it the "
         "connections stalled longest are closed (1013) and dropped", _parse_size,
-        metavar="BYTES")
+        metavar="SIZE")
     send_timeout_s: float = _setting(
         30.0, "a connection whose output makes no progress for this long is closed with 1013 "
         "(its peer does not read)", float)
@@ -196,7 +193,7 @@ class Settings:
         "before the TCP connection is aborted (RFC 6455 §7.1.1)", float)
     http_max_head_bytes: int = _setting(
         16 << 10, "largest request head (request line and headers), for every request of a "
-        "connection; larger → 431", _parse_size, metavar="BYTES")
+        "connection; larger → 431", _parse_size, metavar="SIZE")
     http_head_timeout_s: float = _setting(
         10.0, "a request head must arrive within this many seconds of its first byte; "
         "else → 408", float)
@@ -229,12 +226,12 @@ class Settings:
         100, "subscribes a connection may make at once above channel_subscribe_rate_per_s", int)
     channel_request_max_bytes: int = _setting(
         64 << 10, "largest request on a channel endpoint (subscribe, a command); larger → an "
-        "error (1009)", _parse_size, metavar="BYTES")
+        "error (1009)", _parse_size, metavar="SIZE")
     channel_name_max_bytes: int = _setting(
         256, "longest channel name ('class:name'), UTF-8 bytes", int)
     channel_publication_max_bytes: int = _setting(
         64 << 10, "largest published 'data' and largest 'state_patch', JSON bytes; larger → "
-        "refused (1009, HTTP 413)", _parse_size, metavar="BYTES")
+        "refused (1009, HTTP 413)", _parse_size, metavar="SIZE")
     channel_state_max_keys: int = _setting(
         1000, "keys a channel's state may hold; a patch adding more is refused (1009)", int)
     channel_recovery_max_publications: int = _setting(
@@ -242,7 +239,7 @@ class Settings:
         "(recovered:false, reason too_far)", int)
     channel_recovery_max_bytes: int = _setting(
         4 << 20, "a recovery that would replay more bytes than this sends the state instead "
-        "(reason too_far)", _parse_size, metavar="BYTES")
+        "(reason too_far)", _parse_size, metavar="SIZE")
     channel_idempotency_window_s: float = _setting(
         300.0, "a publication repeated with the same idempotency key within this many seconds "
         "answers the first one's position and is not delivered again", float)
@@ -274,7 +271,7 @@ class Settings:
         "HTTP", int)
     notifications_payload_max_bytes: int = _setting(
         16 << 10, "largest notification payload, JSON bytes; larger → refused (HTTP 413)",
-        _parse_size, metavar="BYTES")
+        _parse_size, metavar="SIZE")
     online_ttl_s: float = _setting(
         60.0, "with Redis: an instance's per-user connection counts (is_online) stop counting "
         "this many seconds after it last refreshed them (it died)", float)
@@ -290,7 +287,7 @@ class Settings:
     stateless_hooks: tuple[str, ...] = _setting(
         (), "functions called with every stateless message of a Hocuspocus provider, "
         "comma-separated 'module:attribute'", _parse_list, metavar="MOD:ATTR,...")
-    log_level: str = _setting("info", "debug, info, warning or error")
+    log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
 
     @classmethod
     def options(cls) -> list[dataclasses.Field[Any]]:
@@ -302,23 +299,40 @@ class Settings:
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None,
-             overrides: Mapping[str, Any] | None = None) -> Settings:
-        """Defaults, then ``CAPTIFY_WS_*`` variables from ``env``, then ``overrides`` (CLI)."""
+             overrides: Mapping[str, Any] | None = None,
+             flags: Mapping[str, str | None] | None = None) -> Settings:
+        """Defaults, then ``CAPTIFY_WS_*`` variables from ``env``, then ``flags`` (the text of
+        command-line flags, by setting name), then ``overrides`` (values, not text).
+
+        Raises :class:`ConfigError` naming the variable or flag and what is wrong with it:
+        ``--max-message-size 16x: 16x is not a size (use 16m, 512k, 1g)``.
+        """
         values: dict[str, Any] = {}
         for option in cls.options():
+            parse = parser_for(option.metadata["parse"])
             raw = (env or {}).get(cls.env_name(option.name))
-            if raw is None:
-                continue
-            try:
-                values[option.name] = option.metadata["parse"](raw)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{cls.env_name(option.name)}={raw!r}: {exc}") from None
+            if raw is not None:
+                try:
+                    values[option.name] = parse(raw)
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"{cls.env_name(option.name)}={raw}: {exc}") from None
+            text = (flags or {}).get(option.name)
+            if text is not None:
+                try:
+                    values[option.name] = parse(text)
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"{cls.flag_name(option.name)} {text}: {exc}") from None
         for name, value in (overrides or {}).items():
             if value is not None:
                 values[name] = value
         settings = cls(**values)
         settings.validate()
         return settings
+
+    @staticmethod
+    def flag_name(name: str) -> str:
+        """``max_message_size`` → ``--max-message-size``."""
+        return "--" + name.replace("_", "-")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot work."""
@@ -404,6 +418,11 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def demo_enabled(self) -> bool:
+        """Whether ``/demo`` is served: as set, else only on a loopback bind."""
+        return self.loopback if self.demo is None else self.demo
 
     @property
     def effective_auth(self) -> str:

@@ -196,9 +196,9 @@ class Server:
             self.started = True
             api.set_current_server(self)
             if isinstance(self.authenticator, NoAuth):
-                logger.warning("authentication is off (--auth none): anyone who can reach "
-                               "%s:%s may read and write every document",
-                               self.settings.host, self.settings.port)
+                # No address here: mounted in another app, the port is that server's.
+                logger.warning("authentication is off (--auth none): anyone who can reach this "
+                               "server may read and write every document")
             logger.info("captify-ws %s started: handlers %s, store %s", self.instance_id,
                         ", ".join(handler.path for handler in self.registry), self.store.url)
 

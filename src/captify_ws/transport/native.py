@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import socket
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -332,10 +333,16 @@ class NativeServer:
         assert self._listener is not None
         return int(self._listener.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
-        """Bind and listen. Raises ``OSError`` if the address is taken."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``sock`` (bound already, as ``captify-ws serve`` does before starting
+        anything else), or bind the settings' host and port. Raises ``OSError`` if the address
+        is taken."""
         loop = asyncio.get_running_loop()
         settings = self.server.settings
+        if sock is not None:
+            self._listener = await loop.create_server(lambda: _FrontDoor(self), sock=sock,
+                                                      backlog=4096)
+            return
         self._listener = await loop.create_server(
             lambda: FrontDoor(self.http_stage, self.serves_websocket, self.hand_to_websocket,
                               self.hand_to_http),
