@@ -49,17 +49,28 @@ const showStatus = (state, text) => {
   status.dataset.state = state
   status.querySelector('.label').textContent = text
 }
+// Once the connection was lost, the page stays "offline" until it is back (y-websocket
+// retries at once and then with backoff: "connecting" would flicker and hide the outage).
+let lost = false
 showStatus('connecting', 'connecting…')
 provider.on('status', ({ status: s }) => {
-  if (s === 'connected') showStatus(provider.synced ? 'connected' : 'connecting', provider.synced ? 'connected' : 'syncing…')
-  else if (s === 'connecting') showStatus('connecting', 'connecting…')
-  else showStatus('offline', 'offline — retrying')
+  if (s === 'connected') {
+    lost = false
+    showStatus(provider.synced ? 'connected' : 'connecting', provider.synced ? 'connected' : 'syncing…')
+  } else if (s === 'connecting' && !lost) {
+    showStatus('connecting', 'connecting…')
+  } else {
+    lost = true
+    if (status.dataset.state !== 'offline') showStatus('offline', 'offline — reconnecting…')
+  }
 })
 provider.on('sync', (synced) => {
   if (synced && provider.wsconnected) showStatus('connected', 'connected')
 })
 provider.on('connection-close', (event) => {
+  lost = true
   if (event && event.code >= 4000) showStatus('offline', `refused: ${event.code} ${event.reason || ''}`.trim())
+  else showStatus('offline', 'offline — reconnecting…')
 })
 
 const editor = new Editor({
