@@ -339,14 +339,16 @@ class NativeServer:
         is taken."""
         loop = asyncio.get_running_loop()
         settings = self.server.settings
+
+        def front_door() -> FrontDoor:
+            return FrontDoor(self.http_stage, self.serves_websocket, self.hand_to_websocket,
+                             self.hand_to_http)
+
         if sock is not None:
-            self._listener = await loop.create_server(lambda: _FrontDoor(self), sock=sock,
-                                                      backlog=4096)
+            self._listener = await loop.create_server(front_door, sock=sock, backlog=4096)
             return
         self._listener = await loop.create_server(
-            lambda: FrontDoor(self.http_stage, self.serves_websocket, self.hand_to_websocket,
-                              self.hand_to_http),
-            settings.host, settings.port, backlog=4096, reuse_address=True,
+            front_door, settings.host, settings.port, backlog=4096, reuse_address=True,
             reuse_port=settings.reuse_port or None)
 
     def serves_websocket(self, path: str) -> bool:
