@@ -12,17 +12,28 @@ the server writes:
 :func:`update_fragment` changes the fragment as little as it can: unchanged children at both
 ends are kept, children whose type matches are updated in place (text by its changed middle
 only), and only what differs is deleted and inserted. Edits that editors make concurrently to
-other parts of the document are therefore kept by Yjs.
+other parts of the document are therefore kept by Yjs. Text positions are converted to
+pycrdt's unit in ``rooms/units.py``.
+
+:func:`fragment_to_node` refuses (``schema_mismatch``) a fragment holding node types, marks
+or attributes the schema does not have, or content the schema does not allow, instead of
+dropping them: writing the server's document back would otherwise delete them for everyone.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import struct
 from collections.abc import Sequence
 from typing import Any, cast
 
 from prosemirror.model import Mark, Node, Schema
 from pycrdt import XmlElement, XmlFragment, XmlText
+
+from captify_ws.rooms.steps import StepsRefused, schema_mismatch
+from captify_ws.rooms.units import delete_text, insert_text
 
 _HASHED_MARK = re.compile(r"(.*)(--[a-zA-Z0-9+/=]{8})$")
 
@@ -40,10 +51,76 @@ def mark_name(attribute: str) -> str:
     return match.group(1) if match else attribute
 
 
+def _write_uint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+
+
+def _encode_any(out: bytearray, value: Any) -> None:
+    """lib0 ``encoding.writeAny`` (what y-prosemirror hashes)."""
+    if value is None:
+        out.append(126)
+    elif value is True or value is False:
+        out.append(120 if value else 121)
+    elif isinstance(value, int) and abs(value) <= 0x7FFFFFFF:
+        out.append(125)
+        magnitude = abs(value)
+        out.append((0x80 if magnitude > 0x3F else 0) | (0x40 if value < 0 else 0)
+                   | (magnitude & 0x3F))
+        magnitude >>= 6
+        while magnitude:
+            out.append((0x80 if magnitude > 0x7F else 0) | (magnitude & 0x7F))
+            magnitude >>= 7
+    elif isinstance(value, (int, float)):
+        number = float(value)
+        single = struct.pack(">f", number) if abs(number) < 3.5e38 else b""
+        if single and struct.unpack(">f", single)[0] == number:
+            out.append(124)
+            out += single
+        else:
+            out.append(123)
+            out += struct.pack(">d", number)
+    elif isinstance(value, str):
+        out.append(119)
+        data = value.encode("utf-8")
+        _write_uint(out, len(data))
+        out += data
+    elif isinstance(value, dict):
+        out.append(118)
+        _write_uint(out, len(value))
+        for key, item in value.items():
+            data = str(key).encode("utf-8")
+            _write_uint(out, len(data))
+            out += data
+            _encode_any(out, item)
+    elif isinstance(value, (list, tuple)):
+        out.append(117)
+        _write_uint(out, len(value))
+        for item in value:
+            _encode_any(out, item)
+    else:
+        out.append(127)
+
+
+def mark_hash(mark_json: dict[str, Any]) -> str:
+    """y-prosemirror's ``hashOfJSON``: SHA-256 of the lib0 encoding, folded to 6 bytes,
+    base64."""
+    encoded = bytearray()
+    _encode_any(encoded, mark_json)
+    digest = bytearray(hashlib.sha256(bytes(encoded)).digest())
+    for index in range(6, len(digest)):
+        digest[index % 6] ^= digest[index]
+    return base64.b64encode(bytes(digest[:6])).decode()
+
+
 def _mark_key(mark: Mark) -> str:
-    # y-prosemirror hashes the mark JSON only for marks that do not exclude themselves; the
-    # marks of the default schema all exclude themselves, so they use the plain name.
-    return mark.type.name
+    # As y-prosemirror's marksToAttributes: a mark that may be set several times on one text
+    # (it does not exclude itself) is keyed by its name and a hash of its JSON.
+    if mark.type.excludes(mark.type):
+        return mark.type.name
+    return f"{mark.type.name}--{mark_hash(dict(mark.to_json()))}"
 
 
 def fragment_to_json(fragment: XmlFragment | XmlElement) -> dict[str, Any]:
@@ -77,13 +154,52 @@ def _child_json(child: Any) -> list[dict[str, Any]]:
     return []
 
 
+def _misfits(schema: Schema[Any, Any], node: dict[str, Any], nodes: set[str],
+             marks: set[str], attrs: set[str]) -> None:
+    """Collect what in a ProseMirror JSON tree the schema has no place for."""
+    name = node.get("type")
+    node_type = schema.nodes.get(name) if isinstance(name, str) else None
+    if node_type is None:
+        nodes.add(str(name))
+    else:
+        attrs.update(f"{name}.{key}" for key in node.get("attrs") or {}
+                     if key not in node_type.attrs)
+    for mark in node.get("marks") or ():
+        mark_type = schema.marks.get(mark.get("type"))
+        if mark_type is None:
+            marks.add(str(mark.get("type")))
+        else:
+            attrs.update(f"{mark_type.name}.{key}" for key in mark.get("attrs") or {}
+                         if key not in mark_type.attrs)
+    for child in node.get("content") or ():
+        _misfits(schema, child, nodes, marks, attrs)
+
+
 def fragment_to_node(schema: Schema[Any, Any], fragment: XmlFragment) -> Node:
-    """The fragment as a ProseMirror document; an empty fragment is the schema's empty doc."""
+    """The fragment as a ProseMirror document; an empty fragment is the schema's empty doc.
+
+    Raises :class:`~captify_ws.rooms.steps.StepsRefused` (``schema_mismatch``) naming the
+    node types, marks and attributes the schema does not have, or the node whose content the
+    schema does not allow: nothing the Yjs editors hold is ever dropped silently.
+    """
     if len(fragment.children) == 0:
         node = schema.top_node_type.create_and_fill()
         assert node is not None
         return node
-    return Node.from_json(schema, fragment_to_json(fragment))
+    tree = fragment_to_json(fragment)
+    nodes: set[str] = set()
+    marks: set[str] = set()
+    attrs: set[str] = set()
+    _misfits(schema, tree, nodes, marks, attrs)
+    if nodes or marks or attrs:
+        raise schema_mismatch("the Yjs editors' document has", nodes, marks, attrs)
+    try:
+        doc = Node.from_json(schema, tree)
+        doc.check()
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StepsRefused(f"the Yjs editors' document does not fit the document's schema "
+                           f"(--pm-schema): {exc}", "schema_mismatch") from None
+    return doc
 
 
 # -- ProseMirror → Yjs ------------------------------------------------------------------------
@@ -141,10 +257,10 @@ def _fill(ychild: XmlElement | XmlText, pchild: Node | list[Node]) -> None:
     """Give a freshly inserted (integrated) type its content."""
     if isinstance(pchild, list):
         assert isinstance(ychild, XmlText)
-        position = 0
+        before = ""
         for text, attrs in _runs(pchild):
-            ychild.insert(position, text, attrs or None)
-            position += len(text)
+            insert_text(ychild, before, text, attrs or None)
+            before += text
         return
     assert isinstance(ychild, XmlElement)
     for index, grandchild in enumerate(_normalized(pchild)):
@@ -152,7 +268,11 @@ def _fill(ychild: XmlElement | XmlText, pchild: Node | list[Node]) -> None:
 
 
 def _update_text(ytext: XmlText, runs: list[Run]) -> None:
-    """Replace only the changed middle of a text (characters with their formatting)."""
+    """Replace only the changed middle of a text (characters with their formatting).
+
+    The middle is found on code points (never between the halves of a surrogate pair);
+    ``rooms/units.py`` turns it into pycrdt's positions.
+    """
     old = [(char, attrs) for text, attrs in _text_runs(ytext) for char in text]
     new = [(char, attrs) for text, attrs in runs for char in text]
     start = 0
@@ -162,15 +282,23 @@ def _update_text(ytext: XmlText, runs: list[Run]) -> None:
     while end < len(old) - start and end < len(new) - start and \
             old[len(old) - 1 - end] == new[len(new) - 1 - end]:
         end += 1
+    before = "".join(char for char, _ in old[:start])
     if len(old) - end > start:
-        del ytext[start:len(old) - end]
+        delete_text(ytext, before, "".join(char for char, _ in old[start:len(old) - end]))
     keys = {key for _, attrs in old for key in attrs} | {key for _, attrs in new for key in attrs}
-    position = start
-    for char, attrs in new[start:len(new) - end]:
-        # Explicit attributes (None unsets): Yjs would otherwise give the inserted text the
-        # formatting of the character before it.
-        ytext.insert(position, char, {key: attrs.get(key) for key in keys})
-        position += 1
+    inserted = new[start:len(new) - end]
+    index = 0
+    while index < len(inserted):
+        # One insert per run of equal formatting, with explicit attributes (None unsets):
+        # Yjs would otherwise give the inserted text the formatting of the text before it.
+        attrs = inserted[index][1]
+        stop = index + 1
+        while stop < len(inserted) and inserted[stop][1] == attrs:
+            stop += 1
+        value = "".join(char for char, _ in inserted[index:stop])
+        insert_text(ytext, before, value, {key: attrs.get(key) for key in keys})
+        before += value
+        index = stop
 
 
 def update_fragment(fragment: XmlFragment | XmlElement, node: Node) -> None:
