@@ -7,7 +7,8 @@
 //
 //   node provider_repl.mjs [--impl v3|v2|v1]
 //
-// Commands: open, waitSynced, insert, mapSet, xmlInsert, randomEdits, snapshot, setAwareness,
+// Commands: open, waitSynced, insert, deleteText, unicodeEdits, mapSet, xmlInsert, randomEdits,
+// decode, delta, snapshot, setAwareness,
 // awareness, disconnect, connect, close, waitUntil, stateUpdate, applyUpdate, status, exit.
 
 import * as Y from 'yjs'
@@ -120,6 +121,50 @@ const commands = {
       if (delayMs) await sleep(delayMs)
     }
     return {}
+  },
+  // Random edits of the Y.Text "text": insertions at UTF-16 indices anywhere, inside surrogate
+  // pairs included, mixing astral characters, CJK, accents and combining marks; deletions of
+  // random ranges, often of one code unit (half of a pair); formatting of whole characters.
+  async unicodeEdits ({ name, count, seed, delayMs }) {
+    const entry = get(name)
+    const rand = mulberry32(seed || 1)
+    const alphabet = ['a', 'é', 'e\u0301', '👷', '😀', '𝕏', '中', '文', '🇫🇷', ' ', 'ß']
+    for (let i = 0; i < count; i++) {
+      if (!providers.has(name)) break
+      const text = entry.doc.getText('text')
+      const r = rand()
+      if (r < 0.55 || text.length === 0) {
+        let piece = ''
+        for (let k = 1 + Math.floor(rand() * 4); k > 0; k--) piece += alphabet[Math.floor(rand() * alphabet.length)]
+        text.insert(Math.floor(rand() * (text.length + 1)), piece)
+      } else if (r < 0.85) {
+        const at = Math.floor(rand() * text.length)
+        text.delete(at, rand() < 0.6 ? 1 : Math.min(text.length - at, 1 + Math.floor(rand() * 4)))
+      } else {
+        // Formatting at code point boundaries only: formatting half a pair makes Yjs clients
+        // diverge among themselves (docs/yjs-interop.md), so nothing could match them.
+        const bounds = [0]
+        for (const char of text.toString()) bounds.push(bounds[bounds.length - 1] + char.length)
+        const from = Math.floor(rand() * (bounds.length - 1))
+        const to = Math.min(bounds.length - 1, from + 1 + Math.floor(rand() * 3))
+        text.format(bounds[from], bounds[to] - bounds[from], { bold: rand() < 0.7 ? true : null })
+      }
+      if (delayMs) await sleep(delayMs)
+    }
+    return {}
+  },
+  async deleteText ({ name, index, length }) {
+    get(name).doc.getText('text').delete(index, length)
+    return {}
+  },
+  // Decode a Yjs update (base64) into a fresh Y.Doc: what a client that loads it holds.
+  async decode ({ update }) {
+    const doc = new Y.Doc()
+    Y.applyUpdate(doc, Buffer.from(update, 'base64'))
+    return { text: doc.getText('text').toString(), delta: doc.getText('text').toDelta(), pending: doc.store.pendingStructs !== null }
+  },
+  async delta ({ name }) {
+    return { delta: get(name).doc.getText('text').toDelta() }
   },
   // y-prosemirror's own view of a Y.XmlFragment (what a Tiptap/y-prosemirror editor shows).
   async pmJSON ({ name, fragment }) {

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from pycrdt import Doc
+from captify_ws.ydoc import merge_faithfully
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +62,9 @@ DUPLICATE = "duplicate"  # this change id was applied already
 
 
 def merge_into_snapshot(snapshot: bytes | None, updates: Sequence[bytes]) -> bytes:
-    """Apply a snapshot and updates to a fresh Doc and encode it again (garbage-collected)."""
-    doc: Doc[Any] = Doc()
-    if snapshot:
-        doc.apply_update(snapshot)
-    for update in updates:
-        doc.apply_update(update)
-    return doc.get_update()
+    """Apply a snapshot and updates to a fresh document and encode it again (garbage-collected),
+    integrating them as Yjs does (``ydoc.py``: surrogate pairs split by edits)."""
+    return merge_faithfully(snapshot, updates)
 
 
 @runtime_checkable
@@ -137,6 +133,11 @@ class DocumentStore(Protocol):
         writer, on any instance, got there first), ``DUPLICATE`` and stores nothing if
         ``change_id`` was applied before, else ``APPENDED``.
         """
+        ...
+
+    async def find_change(self, document_id: str, change_id: str) -> int | None:
+        """The version at which steps with ``change_id`` were appended (the version their
+        first step applied to), or ``None``. Reflects every append that returned before."""
         ...
 
     async def save_step_snapshot(self, document_id: str, version: int, doc: str,
