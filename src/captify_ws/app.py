@@ -39,6 +39,7 @@ from captify_ws.errors import (
     BadRequest,
     InvalidMessage,
     ProtocolError,
+    QuotaExceeded,
     Reject,
     StaleVersion,
     StoreError,
@@ -58,6 +59,8 @@ logger = logging.getLogger("captify_ws.app")
 #: Paths captify-ws answers itself; everything else goes to the user's http_app.
 OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/", "/client/")
 ADMIN_COOKIE: Final = "captify_admin"
+#: HTTP status of refused steps, by the refusal's code (else 400)
+_STEPS_STATUS: Final = {"schema_mismatch": 422, "quota_exceeded": 413}
 _DOCUMENTS: Final = "/api/v1/documents/"
 
 
@@ -326,10 +329,13 @@ class CaptifyApp:
             result = await self.server.broadcast_steps(document_id, body["steps"],
                                                        body["changeId"], version)
         except StaleVersion as exc:
-            return JSONResponse({"error": str(exc), "version": exc.current}, status_code=409)
+            return JSONResponse({"error": str(exc), "code": "version_behind",
+                                 "documentId": document_id, "version": exc.current,
+                                 "applied": False, "duplicate": False}, status_code=409)
         except ProtocolError as exc:
-            return JSONResponse({"error": exc.message, **(getattr(exc, "data", None) or {})},
-                                status_code=400)
+            data = getattr(exc, "data", None) or {}
+            return JSONResponse({"error": exc.message, **data},
+                                status_code=_STEPS_STATUS.get(str(data.get("code")), 400))
         return JSONResponse({"documentId": document_id, "version": result.version,
                              "applied": result.applied, "duplicate": result.duplicate,
                              "yjs": result.yjs})
@@ -354,6 +360,8 @@ class CaptifyApp:
             update = body
         try:
             await self.server.apply_update(document_id, update)
+        except QuotaExceeded as exc:
+            return JSONResponse({"error": exc.message, **exc.data}, status_code=413)
         except InvalidMessage as exc:
             return JSONResponse({"error": exc.message}, status_code=400)
         except StoreError as exc:

@@ -94,7 +94,12 @@ class MessageTooBig(ProtocolError):
 
 
 class QuotaExceeded(MessageTooBig):
-    """An update that would take a document past its size quota."""
+    """A change that would take a document past its quota (close 1009, HTTP 413); ``data``
+    goes into JSON error messages and HTTP answers."""
+
+    def __init__(self, message: str, *, quota: int = 0) -> None:
+        super().__init__(message)
+        self.data = {"code": "quota_exceeded", "quota": quota}
 
 
 class BadRequest(ProtocolError):

@@ -64,7 +64,15 @@ from captify_ws.protocol.cluster import ExternalSteps
 from captify_ws.rooms.document import SERVER_ORIGIN, DocumentRoom
 from captify_ws.rooms.manager import RoomManager
 from captify_ws.rooms.pm_yjs import fragment_to_node, update_fragment
-from captify_ws.rooms.steps import Accepted, Behind, Duplicate, StepAuthority
+from captify_ws.rooms.steps import (
+    Accepted,
+    Behind,
+    Duplicate,
+    Outcome,
+    StepAuthority,
+    apply_steps,
+    check_types,
+)
 from captify_ws.stateless import StatelessHub
 from captify_ws.store import DocumentStore, store_from_url
 from captify_ws.store.writer import StoreWriter
@@ -509,52 +517,74 @@ class Server:
 
         Without ``version`` the steps apply to the current document; with it, only if it is
         the current version (else :class:`~captify_ws.errors.StaleVersion`). A ``change_id``
-        seen before is not applied again. Every client of the document gets
+        applied before (on any instance) is not applied again: the result says
+        ``duplicate`` with the version it was applied at, whatever ``version`` says. Every
+        client of the document gets
         ``{"type":"steps","data":{"version","steps","clientIDs","changeId"}}``, on every
         instance; when the document is edited through Yjs (y-prosemirror, Tiptap), the steps
         are applied to its Y.XmlFragment too. Raises
-        :class:`~captify_ws.rooms.steps.StepsRefused` if the steps do not apply.
+        :class:`~captify_ws.rooms.steps.StepsRefused` (nothing applied) if the steps do not
+        apply (``invalid_steps``), if they or the Yjs editors' content use node or mark types
+        the schema does not have (``schema_mismatch``), or past the document's quota
+        (``quota_exceeded``).
         """
         async with self.rooms.hold(document_id) as room:
             authority = await self.rooms.authority(room)
-            fragment = room.doc.get(self.settings.pm_fragment, type=XmlFragment)
-            bridged = len(fragment.children) > 0 or room.has_yjs_members
+            bridged = False
             async with authority.lock:
-                if bridged:
-                    await self._fold_yjs_edits(room, authority, fragment)
-                for _ in range(10):
-                    at = authority.version if version is None else version
-                    outcome = await authority.submit(at, steps, "server", change_id)
-                    if not (isinstance(outcome, Behind) and version is None):
-                        break
+                outcome: Outcome | None = await authority.duplicate(change_id)
+                if outcome is None:
+                    check_types(authority.schema, steps)
+                    bridged = self._bridged(room)
+                    if bridged:
+                        await self._fold_yjs_edits(room, authority, steps, version)
+                    for _ in range(10):
+                        at = authority.version if version is None else version
+                        outcome = await authority.submit(at, steps, "server", change_id)
+                        if not (isinstance(outcome, Behind) and version is None):
+                            break
+            assert outcome is not None
             if isinstance(outcome, Duplicate):
-                return StepsResult(authority.version, applied=False, duplicate=True)
+                return StepsResult(outcome.version, applied=False, duplicate=True)
             if isinstance(outcome, Behind):
                 raise StaleVersion(outcome.version, authority.version)
             self.publish_steps(room, outcome)
             written = False
             if bridged:
                 new_doc = authority.doc
+                # Fetched again: the pycrdt document may have been rebuilt meanwhile (ydoc.py).
+                fragment = self._fragment(room)
                 written = room.transact(lambda: update_fragment(fragment, new_doc),
                                         SERVER_ORIGIN)
         await self.writer.flush()
         return StepsResult(outcome.version, applied=True, yjs=written)
 
+    def _fragment(self, room: DocumentRoom) -> XmlFragment:
+        fragment: XmlFragment = room.doc.get(self.settings.pm_fragment, type=XmlFragment)
+        return fragment
+
+    def _bridged(self, room: DocumentRoom) -> bool:
+        """Whether the document is edited through Yjs too (its fragment has content, or
+        y-websocket clients are connected)."""
+        return len(self._fragment(room).children) > 0 or room.has_yjs_members
+
     async def _fold_yjs_edits(self, room: DocumentRoom, authority: StepAuthority,
-                              fragment: XmlFragment) -> None:
+                              steps: list[Any], version: int | None) -> None:
         """Yjs editors changed the document without steps: append one whole-document replace
         step so that the authority's document equals the Yjs one before server steps apply.
-        Call with the authority's lock held."""
+
+        Refuses (``schema_mismatch``, nothing appended) when the Yjs content has node types,
+        marks or attributes the schema cannot represent, and (``invalid_steps``) when the
+        steps would not apply to the Yjs content. Call with the authority's lock held.
+        """
+        fragment = self._fragment(room)
         if len(fragment.children) == 0:
             return
-        try:
-            yjs_doc = fragment_to_node(authority.schema, fragment)
-        except Exception as exc:  # a fragment of another schema: no bridge
-            logger.warning("document %r: Y.XmlFragment %r does not fit the step schema: %s",
-                           room.document_id, self.settings.pm_fragment, exc)
-            return
+        yjs_doc = fragment_to_node(authority.schema, fragment)
         if yjs_doc.eq(authority.doc):
             return
+        if version is None:
+            apply_steps(authority.schema, yjs_doc, steps)  # a dry run: raises, appends nothing
         outcome = await authority.submit(authority.version,
                                          [authority.replace_all_step(yjs_doc)], "yjs")
         if isinstance(outcome, Accepted):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final, Literal
 
-from pycrdt import Doc, merge_updates
+from pycrdt import Doc
 
 from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import CloseCode, InvalidMessage, QuotaExceeded
@@ -27,6 +27,7 @@ from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms.hocuspocus import HocuspocusMembers
 from captify_ws.rooms.presence import Change, Presence, PresenceState
 from captify_ws.rooms.steps import StepAuthority
+from captify_ws.ydoc import YDoc
 
 logger = logging.getLogger("captify_ws.rooms")
 
@@ -96,17 +97,6 @@ PresenceListener = Callable[["DocumentRoom", list[Change]], None]
 RelayListener = Callable[["DocumentRoom", str, str | None], None]
 
 
-def _apply(doc: Doc[Any], update: bytes) -> None:
-    try:
-        doc.apply_update(update)
-    except Exception as exc:  # pycrdt raises ValueError; a Rust panic surfaces as another type
-        raise InvalidMessage(f"not a valid Yjs update ({exc})") from None
-    except BaseException as exc:  # pyo3 PanicException derives from BaseException
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise InvalidMessage("not a valid Yjs update") from None
-
-
 class DocumentRoom:
     """One document loaded in this process; created by ``RoomManager``."""
 
@@ -115,10 +105,10 @@ class DocumentRoom:
                  stats: Stats | None = None) -> None:
         self.document_id = document_id
         self.stats = stats if stats is not None else Stats()
-        #: bytes of updates applied since load (stored state included): the quota's measure
-        self.size = 0
+        #: the quota: estimated bytes of memory the document may take (0: no quota)
         self.max_size = max_size
-        self.doc: Doc[Any] = Doc()
+        #: the Yjs document (pycrdt, integrating updates as Yjs does; see ``ydoc.py``)
+        self.ydoc = YDoc()
         self._yws: dict[Connection, Member] = {}
         self._json: dict[Connection, Member] = {}
         #: Hocuspocus members: several per connection (one per document it multiplexes)
@@ -126,7 +116,7 @@ class DocumentRoom:
         self._full_state: bytes | None = None
         self._full_step2: PreparedFrame | None = None
         self._pending: list[Pending] = []
-        self._pending_size = 0
+        self._pending_cost = 0
         self._update_listeners: list[UpdateListener] = []
         self.presence_listeners: list[PresenceListener] = []
         self.relay_listeners: list[RelayListener] = []
@@ -154,6 +144,11 @@ class DocumentRoom:
 
     def __len__(self) -> int:
         return len(self._yws) + len(self._json) + len(self.hocuspocus)
+
+    @property
+    def doc(self) -> Doc[Any]:
+        """The pycrdt document (a new object after :class:`YDoc` rebuilt it: do not keep it)."""
+        return self.ydoc.doc
 
     @property
     def has_yjs_members(self) -> bool:
@@ -192,10 +187,41 @@ class DocumentRoom:
 
     def load_state(self, update: bytes) -> None:
         """Apply stored state while loading; nobody is told."""
-        _apply(self.doc, update)
-        self.size += len(update)
+        self.ydoc.apply(update)
         self._full_state = None
         self._full_step2 = None
+
+    # -- the quota -------------------------------------------------------------------------
+
+    @property
+    def cost(self) -> int:
+        """Estimated bytes of memory the document takes here: its Yjs document and, once
+        loaded, its ProseMirror step authority (document and kept steps)."""
+        return self.ydoc.cost + (self.steps.cost if self.steps is not None else 0)
+
+    def admit(self, extra: int) -> None:
+        """Raise :class:`QuotaExceeded` if adding ``extra`` estimated bytes would take the
+        document past ``max_size``.
+
+        Estimates only grow between measurements (typing merges into few structs, deleted
+        content is collected), so before refusing, the cost is measured again from the
+        documents themselves — at most once per sixteenth of the quota added, so that a client
+        hovering at the quota cannot make the server measure on every message.
+        """
+        if not self.max_size or self.cost + self._pending_cost + extra <= self.max_size:
+            return
+        stale = self.ydoc.cost_since_measure + (
+            self.steps.cost_since_measure if self.steps is not None else 0)
+        if stale >= self.max_size // 16:
+            self.flush_pending()
+            self.ydoc.measure()
+            if self.steps is not None:
+                self.steps.measure()
+            if self.cost + extra <= self.max_size:
+                return
+        raise QuotaExceeded(f"document quota of {self.max_size} bytes exceeded (the "
+                            f"document takes ~{self.cost + self._pending_cost}, this change "
+                            f"~{extra})", quota=self.max_size)
 
     def apply_update(self, update: bytes, origin: Origin, *, frame: bytes | None = None) -> None:
         """Apply a Yjs update and send it to the members (and to the update listeners).
@@ -214,16 +240,17 @@ class DocumentRoom:
         per batch keeps a busy document's cost flat. Updates from the server API are applied
         at once (the caller waits for them to be stored).
         """
-        if self.max_size and origin.kind != "broker" and \
-                self.size + self._pending_size + len(update) > self.max_size:
-            raise QuotaExceeded(f"document size quota of {self.max_size} bytes exceeded")
+        cost = 0
+        if self.max_size and origin.kind != "broker":
+            cost = self.ydoc.cost_of(update)
+            self.admit(cost)
         if origin.kind not in ("member", "broker"):
             self.flush_pending()
-            _apply(self.doc, update)
+            self.ydoc.apply(update, cost or None)
             self._applied(update, origin, frame)
             return
         self._pending.append((update, origin, frame))
-        self._pending_size += len(update)
+        self._pending_cost += cost
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self.flush_pending)
 
@@ -232,15 +259,15 @@ class DocumentRoom:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        self._pending_size = 0
+        self._pending_cost = 0
         if len(batch) == 1:
             accepted = self._integrate_each(batch)
         else:
             try:
-                _apply(self.doc, merge_updates(*(update for update, _, _ in batch)))
-                accepted = batch
-            except (InvalidMessage, ValueError):
-                accepted = self._integrate_each(batch)
+                merged = self.ydoc.apply_batch([update for update, _, _ in batch])
+            except InvalidMessage:
+                merged = False
+            accepted = batch if merged else self._integrate_each(batch)
         for update, origin, frame in accepted:
             self._applied(update, origin, frame)
 
@@ -250,7 +277,7 @@ class DocumentRoom:
         accepted = []
         for entry in batch:
             try:
-                _apply(self.doc, entry[0])
+                self.ydoc.apply(entry[0])
                 accepted.append(entry)
             except InvalidMessage as exc:
                 member = entry[1].member
@@ -274,12 +301,12 @@ class DocumentRoom:
         finally:
             self.doc.unobserve(subscription)
         for update in updates:
+            self.ydoc.record_local(update)
             self._applied(update, origin, None)
         return bool(updates)
 
     def _applied(self, update: bytes, origin: Origin, frame: bytes | None) -> None:
         """An update is in the document: tell the members and the listeners."""
-        self.size += len(update)
         self._full_state = None
         self._full_step2 = None
         if update == ywebsocket.EMPTY_UPDATE:
@@ -311,12 +338,9 @@ class DocumentRoom:
         self.flush_pending()
         if state_vector is None or state_vector == EMPTY_STATE_VECTOR:
             if self._full_state is None:
-                self._full_state = self.doc.get_update()
+                self._full_state = self.ydoc.encode()
             return self._full_state
-        try:
-            return self.doc.get_update(state_vector)
-        except ValueError:
-            raise InvalidMessage("not a valid Yjs state vector") from None
+        return self.ydoc.encode(state_vector)
 
     def sync_step2(self, state_vector: bytes) -> PreparedFrame:
         """The y-websocket answer to a sync step 1; for a fresh client (empty state vector)
@@ -332,7 +356,7 @@ class DocumentRoom:
 
     def state_vector(self) -> bytes:
         self.flush_pending()
-        return self.doc.get_state()
+        return self.ydoc.state_vector()
 
     # -- relaying --------------------------------------------------------------------------
 

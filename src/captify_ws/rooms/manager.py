@@ -87,6 +87,7 @@ class RoomManager:
             authority = StepAuthority(room.document_id, self.schema, self.store)
             await authority.load()
             if room.steps is None:  # nobody loaded it meanwhile
+                authority.admit = room.admit
                 room.steps = authority
         return room.steps
 

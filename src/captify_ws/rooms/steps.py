@@ -7,7 +7,18 @@ instead (the client rebases and resubmits); steps that do not apply are refused.
 The log is kept in the store with a compare-and-append on ``(document, version)``: when two
 instances share a PostgreSQL store, only one of them can accept steps for a given version;
 the other catches up from the store and answers its client "behind". Server-originated steps
-carry a change id, stored with them, so a retried call is never applied twice.
+carry a change id, stored with the version they were applied at, so a retried call is never
+applied twice: on any instance, it is answered with the version it was applied at.
+
+Versions mean one thing everywhere (prosemirror-collab's): the ``version`` of a change is the
+document version its first step applies to. A submission names the version it was built on;
+an accepted change is announced with the version it was applied at; a duplicate is answered
+with the version it was applied at; a submission behind the document gets the current
+version, the one to rebuild on.
+
+Steps that name a node or mark type the schema does not have are refused with
+``schema_mismatch`` naming them (the editors' schema is not the server's); steps that do not
+apply with ``invalid_steps``.
 """
 
 from __future__ import annotations
@@ -15,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from prosemirror.model import Node, Schema, Slice
-from prosemirror.transform import ReplaceStep, Step
+from prosemirror.model import Fragment, Node, Schema, Slice
+from prosemirror.transform import ReplaceAroundStep, ReplaceStep, Step
 
-from captify_ws.errors import InvalidMessage
+from captify_ws.errors import InvalidMessage, QuotaExceeded
 from captify_ws.store.base import APPENDED, CONFLICT, DocumentStore, StepRecord
 
 logger = logging.getLogger("captify_ws.steps")
@@ -31,6 +42,9 @@ logger = logging.getLogger("captify_ws.steps")
 KEEP_STEPS: Final = 1000
 #: A snapshot of the ProseMirror document is stored every this many steps.
 SNAPSHOT_EVERY: Final = 200
+#: Estimated bytes of memory per ProseMirror node in the ``prosemirror`` port (measured: a
+#: paragraph with a short text is about 1 KB), besides its text.
+NODE_COST: Final = 1024
 
 
 class StepsRefused(InvalidMessage):
@@ -63,9 +77,10 @@ class Behind:
 
 @dataclass(frozen=True)
 class Duplicate:
-    """This change id was applied before: nothing was done."""
+    """This change id was applied before, at ``version``: nothing was done."""
 
     change_id: Any
+    version: int
 
 
 Outcome = Accepted | Behind | Duplicate
@@ -80,7 +95,82 @@ def default_schema() -> Schema[Any, Any]:
                    "marks": basic.spec["marks"]})
 
 
-def _apply(schema: Schema[Any, Any], doc: Node, steps_json: Sequence[Any]) -> Node:
+def _type_names(step_json: Any) -> tuple[set[str], set[str]]:
+    """The node and mark type names a step's JSON uses."""
+    nodes: set[str] = set()
+    marks: set[str] = set()
+
+    def mark(value: Any) -> None:
+        if isinstance(value, dict) and isinstance(value.get("type"), str):
+            marks.add(value["type"])
+
+    def node(value: Any) -> None:
+        if not isinstance(value, dict):
+            return
+        if isinstance(value.get("type"), str):
+            nodes.add(value["type"])
+        for item in value.get("marks") or ():
+            mark(item)
+        for child in value.get("content") or ():
+            node(child)
+
+    if isinstance(step_json, dict):
+        piece = step_json.get("slice")
+        if isinstance(piece, dict):
+            for child in piece.get("content") or ():
+                node(child)
+        mark(step_json.get("mark"))
+    return nodes, marks
+
+
+def schema_mismatch(what: str, nodes: Iterable[str] = (), marks: Iterable[str] = (),
+                    attrs: Iterable[str] = ()) -> StepsRefused:
+    """The refusal of content the schema cannot represent, naming what does not fit."""
+    named = [*(f"node type {name!r}" for name in sorted(nodes)),
+             *(f"mark type {name!r}" for name in sorted(marks)),
+             *(f"attribute {name!r}" for name in sorted(attrs))]
+    return StepsRefused(f"{what} {', '.join(named) or 'content'} that the document's schema "
+                        "cannot represent (--pm-schema)", "schema_mismatch",
+                        nodes=sorted(nodes), marks=sorted(marks), attrs=sorted(attrs))
+
+
+def check_types(schema: Schema[Any, Any], steps_json: Sequence[Any]) -> None:
+    """Refuse steps that name node or mark types the schema lacks (``schema_mismatch``)."""
+    for index, step_json in enumerate(steps_json):
+        nodes, marks = _type_names(step_json)
+        unknown_nodes = nodes - set(schema.nodes)
+        unknown_marks = marks - set(schema.marks)
+        if unknown_nodes or unknown_marks:
+            raise schema_mismatch(f"step {index} uses", unknown_nodes, unknown_marks)
+
+
+def fragment_cost(fragment: Fragment) -> int:
+    """Estimated bytes of memory of a ProseMirror fragment (see :data:`NODE_COST`)."""
+    total = 0
+    for child in fragment.content:
+        total += NODE_COST + (2 * len(child.text or "") if child.is_text
+                              else fragment_cost(child.content))
+    return total
+
+
+def step_cost(step: Step) -> int:
+    """Estimated bytes of memory a step can add to a document: what its slice inserts, or
+    the text nodes a mark step can split."""
+    if isinstance(step, (ReplaceStep, ReplaceAroundStep)):
+        return fragment_cost(step.slice.content)
+    return 2 * NODE_COST
+
+
+def apply_steps(schema: Schema[Any, Any], doc: Node, steps_json: Sequence[Any]) -> Node:
+    """``doc`` after the steps; raises :class:`StepsRefused` (``schema_mismatch``,
+    ``invalid_steps``)."""
+    return _apply(schema, doc, steps_json)[0]
+
+
+def _apply(schema: Schema[Any, Any], doc: Node, steps_json: Sequence[Any]) -> tuple[Node, int]:
+    """The document after the steps, and their estimated memory cost."""
+    check_types(schema, steps_json)
+    cost = 0
     for index, step_json in enumerate(steps_json):
         try:
             step = Step.from_json(schema, step_json)
@@ -91,7 +181,8 @@ def _apply(schema: Schema[Any, Any], doc: Node, steps_json: Sequence[Any]) -> No
             raise StepsRefused(f"step {index} does not apply: {result.failed}",
                                "invalid_steps")
         doc = result.doc
-    return doc
+        cost += step_cost(step)
+    return doc, cost
 
 
 class StepAuthority:
@@ -109,6 +200,22 @@ class StepAuthority:
         self.history_start = 0
         self.lock = asyncio.Lock()
         self._since_snapshot = 0
+        #: estimated bytes of memory: the document and the kept steps
+        self.cost = fragment_cost(self.doc.content)
+        self.cost_since_measure = 0
+        #: called with the estimated cost of steps before they are accepted; raises
+        #: :class:`~captify_ws.errors.QuotaExceeded` to refuse them (the room's quota)
+        self.admit: Callable[[int], None] | None = None
+
+    def measure(self) -> int:
+        """Recompute :attr:`cost` from the document and the kept steps; O(document)."""
+        self.cost = fragment_cost(self.doc.content) + sum(len(r.step) for r in self.history)
+        self.cost_since_measure = 0
+        return self.cost
+
+    def _charge(self, amount: int) -> None:
+        self.cost += amount
+        self.cost_since_measure += amount
 
     async def load(self) -> None:
         log = await self.store.load_steps(self.document_id, 0)
@@ -122,11 +229,13 @@ class StepAuthority:
         for record in log.steps:
             if record.version >= base:
                 self._replay(record)
+        self.measure()
 
     def _replay(self, record: StepRecord) -> None:
         if record.version != self.version:
             raise StepsRefused(f"gap in the step log at {self.version}", "corrupt_log")
-        self.doc = _apply(self.schema, self.doc, [json.loads(record.step)])
+        self.doc, cost = _apply(self.schema, self.doc, [json.loads(record.step)])
+        self._charge(cost + len(record.step))
         self.version += 1
 
     async def catch_up(self) -> list[StepRecord]:
@@ -156,30 +265,54 @@ class StepAuthority:
         (the next submission catches up from the store)."""
         if accepted.version != self.version:
             return False
-        new_doc = _apply(self.schema, self.doc, accepted.steps)
+        new_doc, cost = _apply(self.schema, self.doc, accepted.steps)
         for offset, (step, client) in enumerate(zip(accepted.steps, accepted.client_ids,
                                                     strict=True)):
-            self.history.append(StepRecord(accepted.version + offset, json.dumps(step),
-                                           json.dumps(client)))
+            record = StepRecord(accepted.version + offset, json.dumps(step), json.dumps(client))
+            self.history.append(record)
+            cost += len(record.step)
+        self._charge(cost)
         self.doc = new_doc
         self.version += len(accepted.steps)
         return True
 
+    async def duplicate(self, change_id: Any) -> Duplicate | None:
+        """The earlier application of ``change_id`` (on any instance), if there was one."""
+        if change_id is None:
+            return None
+        applied_at = await self.store.find_change(self.document_id, json.dumps(change_id))
+        return None if applied_at is None else Duplicate(change_id, applied_at)
+
     async def submit(self, version: int, steps: Sequence[Any], client_id: Any,
                      change_id: Any = None) -> Outcome:
-        """Compare-and-append; see the module docstring. Call with :attr:`lock` held."""
+        """Compare-and-append; see the module docstring. Call with :attr:`lock` held.
+
+        A change id applied before is answered :class:`Duplicate` whatever ``version`` says
+        (a retry of a request that was applied).
+        """
         if not steps:
             raise StepsRefused("no steps", "invalid_steps")
-        if version > self.version:
+        earlier = await self.duplicate(change_id)
+        if earlier is not None:
+            return earlier
+        if version != self.version:
+            # Another instance may have appended meanwhile: answer with the store's version.
             await self.catch_up()
         if version < self.version:
             return self.since(version)
         if version > self.version:
             raise StepsRefused(f"version {version} is ahead of the document ({self.version})",
                                "invalid_version", version=self.version)
-        new_doc = _apply(self.schema, self.doc, steps)
+        new_doc, cost = _apply(self.schema, self.doc, steps)
         client_text = json.dumps(client_id)
         texts = [json.dumps(step, separators=(",", ":")) for step in steps]
+        cost += sum(len(text) for text in texts)
+        if self.admit is not None:
+            try:
+                self.admit(cost)
+            except QuotaExceeded as exc:
+                raise StepsRefused(exc.message, "quota_exceeded",
+                                   quota=exc.data["quota"]) from None
         result = await self.store.append_steps(
             self.document_id, version, texts, client_text,
             None if change_id is None else json.dumps(change_id))
@@ -187,9 +320,11 @@ class StepAuthority:
             # Another instance took this version: catch up, and tell the client it is behind.
             await self.catch_up()
             return self.since(version)
-        if result != APPENDED:
-            return Duplicate(change_id)
+        if result != APPENDED:  # another instance applied this change id meanwhile
+            earlier = await self.duplicate(change_id)
+            return earlier if earlier is not None else Duplicate(change_id, version)
         self.doc = new_doc
+        self._charge(cost)
         for offset, text in enumerate(texts):
             self.history.append(StepRecord(version + offset, text, client_text))
         self.version += len(steps)
@@ -209,8 +344,10 @@ class StepAuthority:
         await self.store.save_step_snapshot(
             self.document_id, self.version, json.dumps(self.doc.to_json()), KEEP_STEPS)
         keep_from = max(self.history_start, self.version - KEEP_STEPS)
+        forgotten = self.history[:keep_from - self.history_start]
         self.history = self.history[keep_from - self.history_start:]
         self.history_start = keep_from
+        self.cost -= sum(len(record.step) for record in forgotten)
 
     def replace_all_step(self, doc: Node) -> dict[str, Any]:
         """A step that replaces the whole document content with ``doc``'s (used to fold edits

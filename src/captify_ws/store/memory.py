@@ -29,7 +29,7 @@ class MemoryStore:
         self._logs: dict[str, list[bytes]] = {}
         self._steps: dict[str, dict[int, StepRecord]] = {}
         self._pm: dict[str, tuple[int, str]] = {}
-        self._changes: dict[str, set[str]] = {}
+        self._changes: dict[str, dict[str, int]] = {}
 
     async def open(self) -> None:
         return None
@@ -76,7 +76,7 @@ class MemoryStore:
 
     async def append_steps(self, document_id: str, version: int, steps: Sequence[str],
                            client_id: str, change_id: str | None = None) -> str:
-        if change_id is not None and change_id in self._changes.get(document_id, set()):
+        if change_id is not None and change_id in self._changes.get(document_id, {}):
             return DUPLICATE
         log = self._steps.setdefault(document_id, {})
         if any(version + offset in log for offset in range(len(steps))):
@@ -84,8 +84,11 @@ class MemoryStore:
         for offset, step in enumerate(steps):
             log[version + offset] = StepRecord(version + offset, step, client_id)
         if change_id is not None:
-            self._changes.setdefault(document_id, set()).add(change_id)
+            self._changes.setdefault(document_id, {})[change_id] = version
         return APPENDED
+
+    async def find_change(self, document_id: str, change_id: str) -> int | None:
+        return self._changes.get(document_id, {}).get(change_id)
 
     async def save_step_snapshot(self, document_id: str, version: int, doc: str,
                                  keep_steps: int) -> None:

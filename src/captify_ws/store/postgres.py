@@ -236,6 +236,18 @@ class PostgresStore:
         result: str = await self._call(work)
         return result
 
+    async def find_change(self, document_id: str, change_id: str) -> int | None:
+        pool = self._pool_or_fail()
+
+        async def work() -> int | None:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                value = await conn.fetchval("SELECT version FROM captify_changes WHERE "
+                                            "document_id = $1 AND change_id = $2",
+                                            document_id, change_id)
+                return None if value is None else int(value)
+        result: int | None = await self._call(work)
+        return result
+
     async def save_step_snapshot(self, document_id: str, version: int, doc: str,
                                  keep_steps: int) -> None:
         pool = self._pool_or_fail()

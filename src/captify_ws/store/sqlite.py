@@ -247,6 +247,13 @@ class SqliteStore:
                 raise
         return await self._run(work)
 
+    async def find_change(self, document_id: str, change_id: str) -> int | None:
+        def work(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT version FROM captify_changes WHERE document_id = ? AND "
+                             "change_id = ?", (document_id, change_id)).fetchone()
+            return None if row is None else int(row[0])
+        return await self._run(work)
+
     async def save_step_snapshot(self, document_id: str, version: int, doc: str,
                                  keep_steps: int) -> None:
         def work(db: sqlite3.Connection) -> None:
