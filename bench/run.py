@@ -33,6 +33,8 @@ CAPTIFY = str(ROOT / ".venv" / "bin" / "captify-ws")
 
 FANOUT = ["--scenario", "fanout", "--edits", "200", "--rate", "20", "--settle", "30"]
 CLUSTER_ARGS = [*FANOUT, "--readers", "1000", "--probes", "50"]
+#: bench/hocuspocus_multiplex.mjs: 200 documents × 2 providers over 20 shared sockets
+MULTIPLEX = ["--sockets", "20", "--docs", "200", "--rate", "5", "--duration", "15"]
 
 #: set name → list of (tag, peers, loadgen args); peers from PEERS below.
 MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
@@ -85,6 +87,12 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
     ],
     "cluster": [
         ("fanout-1000-2-instances", ["captify-2"], CLUSTER_ARGS),
+    ],
+    "hocuspocus": [
+        *((tag, ["captify-hp", "hocuspocus"], [*FANOUT, "--readers", "1000", "--probes", "50"])
+          for tag in ("hp-fanout-1000", "hp-fanout-1000-r2", "hp-fanout-1000-r3")),
+        *((tag, ["captify-hp-mx", "hocuspocus-mx"], MULTIPLEX)
+          for tag in ("hp-multiplex-200", "hp-multiplex-200-r2", "hp-multiplex-200-r3")),
     ],
     "join": [
         ("join-storm-20x10", ["captify", "ywss"],
@@ -166,7 +174,49 @@ def peer_command(peer: str, port: int, workdir: Path) -> tuple[str, list[str]]:
         return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store sqlite:///{db} "
                 "--log-level warning",
                 ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws-sqlite"])
+    if peer == "captify-hp":
+        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning",
+                ["--url", f"ws://127.0.0.1:{port}/ws/hocuspocus", "--protocol", "hocuspocus",
+                 "--label", "captify-ws /ws/hocuspocus"])
     return peer, ["--label", peer]
+
+
+def run_multiplex(peer: str, port: int, tag: str, args: list[str]) -> dict[str, Any]:
+    """bench/hocuspocus_multiplex.mjs (many documents over shared sockets) against captify-ws
+    or Hocuspocus 3.4.4, server on CPU 0 and clients on CPU 1, one fresh server per run."""
+    work = Path(os.environ.get("BENCH_WORK", "/tmp/bench-work"))
+    if peer == "hocuspocus-mx":
+        hocus = work / "peers" / "hocus"
+        shutil.copy(BENCH / "peers" / "hocuspocus-server.mjs", hocus)
+        command = ["node", str(hocus / "hocuspocus-server.mjs"), str(port)]
+        url, label = f"ws://127.0.0.1:{port}", "hocuspocus"
+    else:
+        command = [CAPTIFY, "serve", "--port", str(port), "--store", "memory",
+                   "--log-level", "warning"]
+        url, label = f"ws://127.0.0.1:{port}/ws/hocuspocus", "captify-ws /ws/hocuspocus"
+    print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}", file=sys.stderr, flush=True)
+    server = subprocess.Popen(["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                             capture_output=True, check=False).returncode:
+            if time.monotonic() > deadline or server.poll() is not None:
+                return {"peer": peer, "tag": tag, "error": "server did not start"}
+            time.sleep(0.1)
+        time.sleep(0.5)
+        result = subprocess.run(
+            ["taskset", "-c", "1", "node", str(ROOT / "bench" / "hocuspocus_multiplex.mjs"),
+             "--url", url, "--server-pid", str(server.pid), "--label", label, *args],
+            capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        server.terminate()
+        server.wait(30)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    data: dict[str, Any] = json.loads(lines[-1]) if lines else {
+        "error": (result.stderr or "no output")[-500:]}
+    data.update({"peer": peer, "tag": tag})
+    return data
 
 
 def run_one(peer: str, port: int, tag: str, args: list[str], workdir: Path) -> dict[str, Any]:
@@ -217,6 +267,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         "noted.",
         "",
     ]
+    lines += render_hocuspocus(by_tag)
     fanout_tags = [t for t in by_tag if t.startswith("fanout")]
     if fanout_tags:
         lines += ["## Fan-out (1 writer, N readers)", "",
@@ -323,6 +374,72 @@ def render(results: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n" + NOTES
 
 
+def _median(values: list[Any]) -> Any:
+    numbers = sorted(v for v in values if isinstance(v, (int, float)))
+    return numbers[len(numbers) // 2] if numbers else None
+
+
+def render_hocuspocus(by_tag: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The /ws/hocuspocus tables: each run beside Hocuspocus 3.4.4, then medians."""
+    lines: list[str] = []
+    fanout = [t for t in by_tag if t.startswith("hp-fanout")]
+    if fanout:
+        lines += ["## Hocuspocus protocol: fan-out (1 writer, 1000 HocuspocusProviders)", "",
+                  "Both servers speak the Hocuspocus protocol to real `@hocuspocus/provider` "
+                  "3.4.4 clients (`--protocol hocuspocus`): captify-ws on `/ws/hocuspocus`, "
+                  "the peer `hocuspocus` is @hocuspocus/server 3.4.4 without extensions. "
+                  "Ratios are against Hocuspocus in the same invocation.", "",
+                  "| run | server | p50 ms | p99 ms | server µs/copy | vs Hocuspocus µs/copy | "
+                  "vs Hocuspocus p99 | server CPU % | converged | server state |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        ratios: list[tuple[float, float]] = []
+        for tag in fanout:
+            ref = by_tag[tag].get("hocuspocus", {})
+            ref_p99 = (ref.get("latency_ms") or {}).get("p99")
+            for peer, r in by_tag[tag].items():
+                lat = r.get("latency_ms") or {}
+                cost = r.get("server_cpu_us_per_delivery")
+                if peer != "hocuspocus" and cost and ref.get("server_cpu_us_per_delivery") and \
+                        lat.get("p99") and ref_p99:
+                    ratios.append((cost / ref["server_cpu_us_per_delivery"],
+                                   lat["p99"] / ref_p99))
+                lines.append("| " + " | ".join([
+                    tag, r.get("label") or peer, _fmt(lat.get("p50")), _fmt(lat.get("p99")),
+                    _fmt(cost), _ratio(cost, ref.get("server_cpu_us_per_delivery")),
+                    _ratio(lat.get("p99"), ref_p99),
+                    _fmt((r.get("server") or {}).get("cpu_pct_of_core")),
+                    _fmt(r.get("all_converged")), _fmt(r.get("server_state_converged")),
+                ]) + (f" {r['error'][:80]}" if r.get("error") else "") + " |")
+        if ratios:
+            lines += ["", f"Medians over {len(ratios)} runs: server CPU per copy "
+                      f"{_median([c for c, _ in ratios]):.2f}× Hocuspocus's, p99 "
+                      f"{_median([p for _, p in ratios]):.2f}× Hocuspocus's."]
+        lines.append("")
+    multiplex = [t for t in by_tag if t.startswith("hp-multiplex")]
+    if multiplex:
+        lines += ["## Hocuspocus protocol: many documents over shared sockets", "",
+                  "`bench/hocuspocus_multiplex.mjs`: 200 documents, each opened by two "
+                  "`@hocuspocus/provider` 3.4.4 providers on two of 20 shared "
+                  "`HocuspocusProviderWebsocket`s (20 documents per socket), each provider "
+                  "appending to its own Y.Text at 5 edits/s for 15 s; latency measured at the "
+                  "document's other provider.", "",
+                  "| run | server | edits | p50 ms | p99 ms | server µs/edit | vs Hocuspocus | "
+                  "converged docs | unacknowledged |", "|---|---|---|---|---|---|---|---|---|"]
+        for tag in multiplex:
+            ref = by_tag[tag].get("hocuspocus-mx", {})
+            for peer, r in by_tag[tag].items():
+                lat = r.get("latency_ms") or {}
+                lines.append("| " + " | ".join([
+                    tag, r.get("label") or peer, _fmt(r.get("edits")), _fmt(lat.get("p50")),
+                    _fmt(lat.get("p99")), _fmt(r.get("server_cpu_us_per_edit")),
+                    _ratio(r.get("server_cpu_us_per_edit"), ref.get("server_cpu_us_per_edit")),
+                    f"{r.get('converged_docs', '–')}/{(r.get('params') or {}).get('docs', '–')}",
+                    _fmt(r.get("unacknowledged_providers")),
+                ]) + (f" {r['error'][:80]}" if r.get("error") else "") + " |")
+        lines.append("")
+    return lines
+
+
 NOTES = """
 ## Reading these figures
 
@@ -385,6 +502,8 @@ def main() -> int:
                         result = run_cluster(port, workdir)
                     elif peer == "store-load":
                         result = run_store_load()
+                    elif peer.endswith("-mx"):
+                        result = run_multiplex(peer, port, tag, args)
                     else:
                         result = run_one(peer, port, tag, args, workdir)
                     results.append(result)
