@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from captify_ws.errors import CloseCode
 from captify_ws.protocol import hocuspocus as hp
+from captify_ws.protocol.ywebsocket import AwarenessEntry
 from tests.helpers import ProviderRepl, RunningServer, hocuspocus_providers, running_server
 
 HOOKS = "tests.outside.hocuspocus_hooks"
@@ -184,3 +185,28 @@ async def test_random_frames_never_reach_the_honest_clients() -> None:
                 codes.append(ws.close_code)
     assert set(codes) <= EXPECTED_CLOSES | {CloseCode.NORMAL}, codes
     assert set(codes) & EXPECTED_CLOSES  # the mutations did hit the codecs' refusals
+
+
+async def test_preauth_queue_is_released_when_a_document_closes_while_draining() -> None:
+    """Frames queued before authentication count against the socket's bounds until they are
+    handled or dropped: a document closed while its queue drains (an oversized presence state)
+    gives its share back, so the next document can queue as many again."""
+    async with running_server(auth=f"{HOOKS}:authenticate", max_awareness_size=1024) as srv:
+        big = hp.FrameEncoder("q").awareness([AwarenessEntry(1, 1, '"' + "x" * 2000 + '"')])
+        async with connect(f"{srv.ws}/ws/hocuspocus") as ws:
+            await ws.send(token_frame("q", "slow"))
+            await ws.send(big)
+            for _ in range(998):
+                await ws.send(update_frame("q", b"\x00\x00"))
+            closed = await next_frame(ws, "q", timeout=10)  # after Authenticated
+            if closed[len(_s("q"))] == hp.MESSAGE_AUTH:
+                closed = await next_frame(ws, "q", timeout=10)
+            assert closed.startswith(_s("q") + b"\x07") and b"presence state" in closed
+            await ws.send(token_frame("r", "slow"))
+            for _ in range(999):
+                await ws.send(update_frame("r", b"\x00\x00"))
+            assert await next_frame(ws, "r", timeout=10) == hp.FrameEncoder("r").authenticated(
+                read_only=False)
+            await ws.send(token_frame("q", "eve"))  # the closed document opens afresh
+            assert await next_frame(ws, "q") == hp.FrameEncoder("q").authenticated(
+                read_only=False)

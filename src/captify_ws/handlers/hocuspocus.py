@@ -347,6 +347,8 @@ class HocuspocusHandler:
                 await result
         if sock.documents.get(address) is pending:
             sock.documents[address] = member
+        while pending.queue:  # closed while draining: the rest is dropped, and unaccounted
+            sock.dequeue(pending)
         logger.debug("%s opened %r (%s)", conn.id, document_id, access,
                      extra={"connection": conn.id, "document": document_id})
 
@@ -434,7 +436,8 @@ class HocuspocusHandler:
         member.send(member.encoder.close(reason))
         self._leave(member)
         sock = member.socket
-        if sock.documents.get(member.encoder.address) is member:
+        entry = sock.documents.get(member.encoder.address)
+        if entry is member or isinstance(entry, Pending):  # Pending: closed while draining
             sock.documents[member.encoder.address] = None
         logger.info("%s: closed %r: %s", member.connection.id, member.encoder.address, reason)
 
