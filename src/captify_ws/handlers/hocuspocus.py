@@ -13,8 +13,8 @@ Per document, as Hocuspocus's server does (``server/src/ClientConnection.ts``):
    (``read-write`` or ``readonly``); a refusal is ``PermissionDenied`` with its reason, for that
    document only. A v2 provider without a token sends no Token: its first frame opens the
    document when the upgrade itself authenticated, and is refused otherwise.
-2. Until then its frames wait in a queue bounded per socket (:data:`PREAUTH_MAX_BYTES`,
-   :data:`PREAUTH_MAX_MESSAGES`, :data:`PREAUTH_MAX_DOCUMENTS`); past a bound the socket closes
+2. Until then its frames wait in a queue bounded per socket (5 MiB, 1000 messages, 100
+   documents waiting: ``hocuspocus_socket.py``); past a bound the socket closes
    with 4205. A socket with no authenticated document ``hocuspocus_auth_deadline_s`` after it
    opened closes with 4408.
 3. Step1 is answered with the server's Step1 then Step2; every Step2 and Update is acknowledged
@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from pycrdt import get_update
 
-from captify_ws.auth import Access, Principal, with_timeout
-from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
+from captify_ws.auth import Principal, with_timeout
+from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import (
     BadRequest,
     CloseCode,
@@ -50,22 +49,24 @@ from captify_ws.errors import (
     ProtocolError,
     Reject,
 )
+from captify_ws.handlers.hocuspocus_socket import (
+    PREAUTH_MAX_DOCUMENTS,
+    HocuspocusMember,
+    Pending,
+    Socket,
+    with_token,
+)
 from captify_ws.protocol import hocuspocus as hp
 from captify_ws.protocol import names
 from captify_ws.protocol.ywebsocket import EMPTY_UPDATE
-from captify_ws.rooms.document import DocumentRoom, Member, Origin
+from captify_ws.rooms.document import DocumentRoom
 from captify_ws.rooms.hocuspocus import adds_nothing, holds_structs
-from captify_ws.stateless import StatelessEvent
+from captify_ws.stateless import StatelessEvent, member_user
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
 
 logger = logging.getLogger("captify_ws.hocuspocus")
-
-#: Pre-authentication bounds of one socket (Hocuspocus 4.3's defaults, GHSA-xwhh-v746-pj9m).
-PREAUTH_MAX_BYTES: Final = 5 << 20
-PREAUTH_MAX_MESSAGES: Final = 1000
-PREAUTH_MAX_DOCUMENTS: Final = 100
 
 _KINDS: Final[dict[type, str]] = {
     hp.SyncUpdate: "update", hp.SyncStep1: "sync-step1", hp.SyncStep2: "sync-step2",
@@ -74,98 +75,6 @@ _KINDS: Final[dict[type, str]] = {
 }
 _PING: Final = PreparedFrame.binary(hp.PING)
 _SILENT_KEEPALIVE: Final = PreparedFrame.binary(hp.SILENT_KEEPALIVE)
-
-
-class Pending:
-    """A document waiting for its authentication; its frames wait here, in order."""
-
-    __slots__ = ("queue", "task")
-
-    def __init__(self) -> None:
-        self.queue: deque[tuple[hp.AddressedEvent, int]] = deque()
-        self.task: asyncio.Task[None] | None = None
-
-
-class Socket:
-    """One provider socket: its documents by address (a :class:`HocuspocusMember` when open,
-    :class:`Pending` while authenticating, ``None`` once refused or closed by the server)."""
-
-    __slots__ = ("authenticated", "connection", "documents", "opened_at", "queued_bytes",
-                 "queued_messages", "v4")
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.documents: dict[str, HocuspocusMember | Pending | None] = {}
-        self.opened_at = monotonic()
-        #: some document authenticated once (the pre-authentication deadline no longer applies)
-        self.authenticated = False
-        #: a v4 provider (its Token carried a version): it understands Ping
-        self.v4 = False
-        self.queued_bytes = 0
-        self.queued_messages = 0
-
-    def pending_count(self) -> int:
-        return sum(isinstance(entry, Pending) for entry in self.documents.values())
-
-    def enqueue(self, pending: Pending, event: hp.AddressedEvent, size: int) -> None:
-        if self.queued_bytes + size > PREAUTH_MAX_BYTES or \
-                self.queued_messages + 1 > PREAUTH_MAX_MESSAGES:
-            raise ProtocolError(f"more than {PREAUTH_MAX_MESSAGES} messages or "
-                                f"{PREAUTH_MAX_BYTES} bytes before authentication",
-                                close_code=CloseCode.RESET_CONNECTION)
-        pending.queue.append((event, size))
-        self.queued_bytes += size
-        self.queued_messages += 1
-
-    def dequeue(self, pending: Pending) -> hp.AddressedEvent:
-        event, size = pending.queue.popleft()
-        self.queued_bytes -= size
-        self.queued_messages -= 1
-        return event
-
-    def discard(self, pending: Pending) -> None:
-        while pending.queue:
-            self.dequeue(pending)
-        if pending.task is not None:
-            pending.task.cancel()
-
-
-class HocuspocusMember(Member):
-    """One document of a provider socket, a member of that document's room."""
-
-    __slots__ = ("encoder", "handler", "origin", "socket")
-
-    def __init__(self, handler: HocuspocusHandler, socket: Socket, address: str,
-                 principal: Principal, access: Access) -> None:
-        super().__init__(socket.connection, socket.connection.id, "hocuspocus", access=access,
-                         address=address, principal=principal)
-        self.handler = handler
-        self.socket = socket
-        self.encoder = hp.FrameEncoder(address)
-        self.origin = Origin("member", member=self)
-
-    def send(self, frame: bytes) -> None:
-        self.connection.send_frame(PreparedFrame.binary(frame))
-
-    def close(self, code: int, reason: str) -> None:
-        """Close this document only (CLOSE with ``reason``); the socket stays open."""
-        self.handler.end(self, reason)
-
-    def revoke(self, to: str) -> None:
-        """``"none"``: PermissionDenied then CLOSE; ``"read"``: ``Authenticated("readonly")``."""
-        if to == "none":
-            self.send(self.encoder.permission_denied("access revoked"))
-            self.close(CloseCode.FORBIDDEN, "access revoked")
-        elif self.access != "read":
-            self.access = "read"
-            self.send(self.encoder.authenticated(read_only=True))
-
-
-def with_token(request: UpgradeRequest, token: str) -> UpgradeRequest:
-    """A copy of the upgrade request carrying ``token`` as ``Authorization: Bearer``."""
-    headers = [(name, value) for name, value in request.headers if name != "authorization"]
-    headers.append(("authorization", f"Bearer {token}"))
-    return UpgradeRequest(request.path, request.query_string, headers, request.client)
 
 
 class HocuspocusHandler:
@@ -296,6 +205,7 @@ class HocuspocusHandler:
 
     def _refuse(self, sock: Socket, address: str, reason: str, *, keep: bool = True) -> None:
         sock.connection.send_bytes(hp.FrameEncoder(address).permission_denied(reason))
+        self._stats.refused("hocuspocus-document")
         if keep:
             sock.documents[address] = None
         logger.debug("%s: refused %r: %s", sock.connection.id, address, reason)
@@ -334,7 +244,7 @@ class HocuspocusHandler:
         if sock.documents.get(address) is not pending or conn.close_code is not None:
             server.rooms.release(room)
             return
-        member = HocuspocusMember(self, sock, address, principal, access)
+        member = HocuspocusMember(sock, address, principal, access, self.end)
         room.join(member)
         sock.authenticated = True
         member.send(member.encoder.authenticated(read_only=access != "write"))
@@ -392,7 +302,7 @@ class HocuspocusHandler:
             stateless = self._server.stateless
             if stateless.hooks:
                 return stateless.dispatch(StatelessEvent(
-                    room.document_id, event.payload, _user(member), member.connection,
+                    room.document_id, event.payload, member_user(member), member.connection,
                     member.encoder.address))
         elif isinstance(event, hp.Close):
             self._leave(member)
@@ -422,7 +332,7 @@ class HocuspocusHandler:
         asked = 0
         for member in list(room.hocuspocus):
             if isinstance(member, HocuspocusMember) and \
-                    (user_id is None or _user(member) == user_id):
+                    (user_id is None or member_user(member) == user_id):
                 member.send(member.encoder.token_request())
                 asked += 1
         return asked
@@ -446,11 +356,6 @@ class HocuspocusHandler:
         if room is not None:
             room.remove(member)
             self._server.rooms.release(room)
-
-
-def _user(member: Member) -> str | None:
-    user: Any = getattr(member.principal, "user_id", None)
-    return user if isinstance(user, str) else None
 
 
 def _adds_nothing(room: DocumentRoom, update: bytes) -> bool:
