@@ -77,9 +77,10 @@ async def test_dashboard_in_chromium_follows_connections() -> None:
             "--disable-dev-shm-usage", "--no-first-run"])
         try:
             page = await browser.new_page()
-            refused = await page.goto(f"{srv.http}/admin/")
-            assert refused is not None and refused.status == 401
-            await page.goto(f"{srv.http}/admin?key=dash-key")
+            login = await page.goto(f"{srv.http}/admin")
+            assert login is not None and login.status == 401  # the login form
+            await page.fill("#key", "dash-key")
+            await page.click("button[type=submit]")
             total = page.locator("#connections-total")
             await page.wait_for_function(
                 "document.getElementById('connections-total').textContent === '0'")
@@ -92,7 +93,7 @@ async def test_dashboard_in_chromium_follows_connections() -> None:
             assert await page.locator("#rooms-loaded").text_content() == "1"
             for ws in clients[:2]:
                 await ws.send(json.dumps({"type": "sync", "documentId": "dash-doc"}))
-            await page.reload()  # the cookie set on the first visit keeps us in
+            await page.reload()  # the session cookie set at login keeps us in
             await page.wait_for_function(
                 "document.getElementById('connections-total').textContent === '3'")
             await page.wait_for_timeout(2500)  # a few refreshes: the charts have points

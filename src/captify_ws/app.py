@@ -15,24 +15,20 @@ somewhere that does not forward lifespan events (Starlette's ``Mount``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
-import inspect
 import logging
-from importlib import resources
 from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import Request
 from starlette.responses import (
-    HTMLResponse,
     JSONResponse,
     PlainTextResponse,
-    RedirectResponse,
     Response,
 )
 from starlette.routing import Route, Router
 
+from captify_ws.admin import AdminPages
 from captify_ws.config import Settings
 from captify_ws.demo import DemoPages
 from captify_ws.errors import (
@@ -40,15 +36,13 @@ from captify_ws.errors import (
     InvalidMessage,
     ProtocolError,
     QuotaExceeded,
-    Reject,
     StaleVersion,
     StoreError,
     log_with_id,
 )
 from captify_ws.http_channels import ChannelRoutes
 from captify_ws.http_stateless import stateless_routes
-from captify_ws.imports import import_attribute
-from captify_ws.metrics import build_registry, snapshot
+from captify_ws.metrics import build_registry
 from captify_ws.protocol import envelope, names
 from captify_ws.server import Server
 from captify_ws.transport.asgi import deny, raw_path, serve_websocket
@@ -58,7 +52,6 @@ logger = logging.getLogger("captify_ws.app")
 
 #: Paths captify-ws answers itself; everything else goes to the user's http_app.
 OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/", "/client/")
-ADMIN_COOKIE: Final = "captify_admin"
 #: HTTP status of refused steps, by the refusal's code (else 400)
 _STEPS_STATUS: Final = {"schema_mismatch": 422, "quota_exceeded": 413}
 _DOCUMENTS: Final = "/api/v1/documents/"
@@ -103,9 +96,7 @@ class CaptifyApp:
             Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
             Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
             Route("/metrics", self._metrics, methods=["GET"]),
-            Route("/admin", self._admin_redirect, methods=["GET"]),
-            Route("/admin/", self._admin_page, methods=["GET"]),
-            Route("/admin/api/stats", self._admin_stats, methods=["GET"]),
+            *AdminPages(server).routes(),
             Route("/api/v1/documents/{document_id:path}/steps", self._post_steps,
                   methods=["POST"]),
             Route("/api/v1/documents/{document_id:path}/updates", self._post_update,
@@ -232,56 +223,6 @@ class CaptifyApp:
         if self._registry is None:
             self._registry = build_registry(self.server)
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
-
-    def _admin_token(self) -> str:
-        key = self.server.settings.api_key or ""
-        return hmac.new(key.encode(), b"captify-admin", hashlib.sha256).hexdigest()
-
-    async def _check_admin(self, request: Request) -> Response | None:
-        """The dashboard needs the API key (``?key=``, a Bearer header, or the cookie set on
-        the first visit) or passes the admin hook (``--admin-auth``)."""
-        hook = self.server.settings.admin_auth
-        if hook:
-            try:
-                result = import_attribute(hook, "admin_auth")(request)
-                if inspect.isawaitable(result):
-                    await result
-            except Reject as exc:
-                return PlainTextResponse(exc.reason, status_code=403)
-            return None
-        key = self.server.settings.api_key
-        if not key:
-            return PlainTextResponse("The admin dashboard is off: set CAPTIFY_WS_API_KEY (or "
-                                     "--admin-auth module:function).", status_code=404)
-        given = request.query_params.get("key") or \
-            request.headers.get("authorization", "").partition(" ")[2].strip()
-        if given and hmac.compare_digest(given.encode(), key.encode()):
-            return None
-        cookie = request.cookies.get(ADMIN_COOKIE, "")
-        if cookie and hmac.compare_digest(cookie, self._admin_token()):
-            return None
-        return PlainTextResponse("Open /admin/?key=<CAPTIFY_WS_API_KEY>", status_code=401)
-
-    async def _admin_redirect(self, request: Request) -> Response:
-        query = f"?{request.url.query}" if request.url.query else ""
-        return RedirectResponse(f"{request.url.path}/{query}", status_code=307)
-
-    async def _admin_page(self, request: Request) -> Response:
-        refused = await self._check_admin(request)
-        if refused is not None:
-            return refused
-        page = (resources.files("captify_ws") / "static" / "admin.html").read_text()
-        response = HTMLResponse(page, headers={"Cache-Control": "no-store"})
-        if self.server.settings.api_key:
-            response.set_cookie(ADMIN_COOKIE, self._admin_token(), httponly=True,
-                                samesite="strict", path="/admin")
-        return response
-
-    async def _admin_stats(self, request: Request) -> Response:
-        refused = await self._check_admin(request)
-        if refused is not None:
-            return refused
-        return JSONResponse(snapshot(self.server), headers={"Cache-Control": "no-store"})
 
     def _check_api_key(self, request: Request) -> Response | None:
         key = self.server.settings.api_key

@@ -65,6 +65,9 @@ class Settings:
     admin_auth: str | None = _setting(
         None, "the admin dashboard's own check, 'module:function' taking the request and raising "
         "captify_ws.Reject to refuse", metavar="MOD:ATTR", shown="the API key")
+    admin_session_s: float = _setting(
+        8 * 3600.0, "how long an admin login lasts: the dashboard's session cookie and its "
+        "signature expire after this many seconds", float)
     log_format: str = _setting("text", "'text' (readable) or 'json' (one object per line)",
                                metavar="text|json")
     shutdown_timeout_s: float = _setting(
