@@ -251,14 +251,18 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     stopping = False
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(args, env={**env, "CAPTIFY_WS_WORKER_INDEX": str(index)})
+        # In a session of their own: Ctrl+C in a terminal reaches the supervisor only, which
+        # stops every worker the same way (a worker still importing would otherwise print a
+        # KeyboardInterrupt traceback).
+        return subprocess.Popen(args, env={**env, "CAPTIFY_WS_WORKER_INDEX": str(index)},
+                                start_new_session=True)
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
         for worker in workers:
             if worker.poll() is None:
-                worker.send_signal(signum)
+                worker.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
