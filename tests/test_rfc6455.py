@@ -148,7 +148,9 @@ async def test_ping_is_answered_with_its_payload(transport: str) -> None:
                 pongs.append(payload)
             if opcode == 0x2 and payload[:2] == b"\x00\x01":  # sync step 2: the answer
                 break
-        assert pongs == [b"hello", b"again"]
+        # every ping is answered, or only the most recent of those that arrived together
+        # (RFC 6455 §5.5.3)
+        assert pongs and pongs[-1] == b"again" and set(pongs) <= {b"hello", b"again"}
         writer.close()
 
 

@@ -20,7 +20,7 @@ import logging
 from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     JSONResponse,
     PlainTextResponse,
@@ -169,6 +169,8 @@ class CaptifyApp:
             if length > limit:
                 raise _BodyTooLarge
             await self._router(scope, bounded_receive, tracking_send)
+        except ClientDisconnect:
+            return  # the client went away, or its body timed out (answered 408 already)
         except _BodyTooLarge:
             if not started:
                 await JSONResponse({"error": f"body larger than {limit} bytes"},

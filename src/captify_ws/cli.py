@@ -28,6 +28,7 @@ from captify_ws import __version__, logs
 from captify_ws.config import Settings
 from captify_ws.errors import CaptifyError, ConfigError
 from captify_ws.imports import import_attribute
+from captify_ws.memory import keep_large_blocks_returnable
 from captify_ws.values import parse_bool, show_value
 
 logger = logging.getLogger("captify_ws")
@@ -126,6 +127,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
     from captify_ws.server import Server
     from captify_ws.transport.native import NativeServer
 
+    keep_large_blocks_returnable()
     http_app = import_attribute(settings.http_app, "http_app") if settings.http_app else None
     server = Server(settings)
     app = create_app(http_app=http_app, server=server)

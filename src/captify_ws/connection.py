@@ -73,11 +73,12 @@ class Connection:
 
     transport_name: ClassVar[str] = "abstract"
 
-    __slots__ = ("_accounted", "_allowance", "_close_timer", "_closing", "_held", "_inbox",
-                 "_inbox_bytes", "_limits", "_on_closed", "_paused", "_pending", "_pending_bytes",
-                 "_ping_outstanding", "_reading_paused", "_server_closed", "_stamp", "_tokens",
-                 "active", "close_code", "closed", "handler", "id", "principal", "request",
-                 "state", "subpath")
+    __slots__ = ("_allowance", "_close_timer", "_closing", "_discarded", "_inbox", "_inbox_bytes",
+                 "_limits",
+                 "_on_closed", "_paused", "_pending", "_pending_bytes", "_ping_outstanding",
+                 "_private", "_reading_paused", "_stamp", "_tokens", "_trigger", "active",
+                 "close_code", "closed", "closed_by_server", "handler", "id", "principal",
+                 "request", "state", "subpath")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, *,
                  limits: ConnectionLimits) -> None:
@@ -94,17 +95,25 @@ class Connection:
         #: the transport is gone
         self.closed = False
         self._closing = False  # nothing more is sent or delivered
-        self._server_closed = False  # close() was called: the server ends this connection
+        #: the server decided to end this connection (close() was called: a refusal, a limit,
+        #: a restart); one whose peer left is not, and what it sent before is still handled
+        self.closed_by_server = False
         self._limits = limits
-        self._tokens = float(limits.message_burst)
+        # A new connection starts with a quarter of the burst (at least one second's worth):
+        # one that reconnects over and over cannot spend a whole burst every time.
+        self._tokens = float(min(limits.message_burst,
+                                 max(limits.message_rate, limits.message_burst // 4)))
         self._stamp = _monotonic()
         self._paused = False
         self._pending: deque[PreparedFrame] = _NO_FRAMES  # a real deque once something waits
         self._pending_bytes = 0
-        self._held = 0  # bytes in the transport's buffer, as last measured while paused
+        #: while paused: the frame whose write filled the transport (held in the ledger), and
+        #: the other bytes the transport held then (counted as this connection's own)
+        self._trigger: PreparedFrame | None = None
+        self._private = 0
         self._allowance = 0  # a message larger than the budget, on its way out
-        self._accounted = 0  # what this connection counts in the server's OutboundBudget
         self._close_timer: asyncio.TimerHandle | None = None
+        self._discarded = 0  # frames read and dropped after the server's close frame
         #: set by the transport on every frame received; the keepalive sweep clears it
         self.active = True
         self._ping_outstanding = False
@@ -115,13 +124,6 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.request.path}>"
-
-    @property
-    def closed_by_server(self) -> bool:
-        """Whether the server decided to end this connection (a refusal, a limit, a restart).
-
-        A connection whose peer left is not: what it sent before leaving is still handled."""
-        return self._server_closed
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -136,6 +138,8 @@ class Connection:
             self._enqueue(frame)
         else:
             self._write(frame)
+            if self._paused:  # this write filled the transport
+                self._hold_trigger(frame)
 
     def send_text(self, text: str) -> None:
         self.send_frame(PreparedFrame.text(text))
@@ -153,21 +157,31 @@ class Connection:
             self._pending = deque()
         self._pending.append(frame)
         self._pending_bytes += len(frame)
-        self._held = self._transport_buffered()
-        waiting = self._pending_bytes + self._held
+        self._limits.outbound.hold(frame)
+        waiting = self._pending_bytes + self._transport_buffered()
         budget = self._limits.send_budget
         if waiting > budget + self._allowance:
             self.too_slow(f"{waiting} bytes waiting, budget {budget}", abort=False)
-            return
-        self._account()
 
-    def _account(self) -> None:
-        """Tell the server's OutboundBudget what this connection has waiting now."""
-        waiting = self._pending_bytes + self._held
-        delta = waiting - self._accounted
-        if delta:
-            self._accounted = waiting
-            self._limits.outbound.add(delta)
+    def _hold_trigger(self, frame: PreparedFrame) -> None:
+        """``frame`` filled the transport: it is held (once for every connection that holds
+        it) until the transport drains; the rest of the transport's bytes are this one's."""
+        if self._trigger is None:
+            self._trigger = frame
+            self._limits.outbound.hold(frame)
+            self._set_private(max(0, self._private - len(frame)))
+
+    def _set_private(self, size: int) -> None:
+        if size != self._private:
+            self._limits.outbound.add(size - self._private)
+            self._private = size
+
+    def _release_transport(self) -> None:
+        """The transport drained (or is gone): what it held no longer counts."""
+        if self._trigger is not None:
+            self._limits.outbound.release(self._trigger)
+            self._trigger = None
+        self._set_private(0)
 
     def too_slow(self, reason: str, *, abort: bool) -> None:
         """Close with 1013: the peer does not take what it is sent (``reason`` is logged).
@@ -176,19 +190,35 @@ class Connection:
             logger.warning("closing %s as too slow to keep up: %s", self.id, reason)
             self._limits.stats.slow_consumers += 1
             self.close(CloseCode.OVERLOADED, "too slow to keep up")
-        if abort and not self.closed:
-            self._abort_transport()
+        if abort:
+            self._abort()
+
+    def _abort(self) -> None:
+        """Drop the TCP connection now. Its buffer is freed at once (connection_lost comes
+        later), so it no longer counts."""
+        if self.closed:
+            return
+        self._abort_transport()
+        self._release_transport()
+        self._limits.outbound.progressed(self)
 
     def _drop_pending(self) -> None:
+        outbound = self._limits.outbound
+        for frame in self._pending:
+            outbound.release(frame)
         self._pending = _NO_FRAMES
         self._pending_bytes = 0
 
     def _flush_pending(self) -> None:
         """Write what waited while the transport was paused (called on resume)."""
+        outbound = self._limits.outbound
         while self._pending and not self._paused and not self._closing:
             frame = self._pending.popleft()
             self._pending_bytes -= len(frame)
             self._write(frame)
+            if self._paused:
+                self._hold_trigger(frame)
+            outbound.release(frame)
         if not self._pending:
             self._pending = _NO_FRAMES
 
@@ -197,19 +227,17 @@ class Connection:
         outbound: OutboundBudget = self._limits.outbound
         if paused:
             self._paused = True
-            self._held = self._transport_buffered()
-            if self._held > self._limits.send_budget:
-                self._allowance = self._held
+            held = self._transport_buffered()
+            if held > self._limits.send_budget:
+                self._allowance = held
             outbound.stalled(self)
-            self._account()
+            self._set_private(held)
             return
         self._paused = False
         self._allowance = 0
         outbound.progressed(self)
+        self._release_transport()
         self._flush_pending()
-        if not self._paused:
-            self._held = 0
-        self._account()
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -220,11 +248,10 @@ class Connection:
         if self._closing:
             return
         self._closing = True
-        self._server_closed = True
+        self.closed_by_server = True
         self.close_code = code
         flush = [] if code == CloseCode.OVERLOADED else list(self._pending)
         self._drop_pending()
-        self._account()
         self._close_transport(code, truncate_reason(reason), flush)
         if not self.closed and self._close_timer is None:
             try:
@@ -234,18 +261,30 @@ class Connection:
             self._close_timer = loop.call_later(self._limits.close_timeout_s,
                                                 self._close_timed_out)
 
+    def discard(self, size: int) -> None:
+        """A frame of ``size`` bytes arrived after the server's close frame and was dropped
+        (RFC 6455 §7.1.1 keeps reading until the peer's close). A peer that keeps sending
+        instead of closing — past ``max_message_frames`` frames' worth — is aborted."""
+        if self._discarded < 0:
+            return  # aborted already; what is left of the last read is dropped
+        limits = self._limits
+        self._discarded += 1 + size // limits.message_cost_bytes
+        if self._discarded > limits.max_message_frames and not self.closed:
+            logger.info("aborting %s: it keeps sending after the close frame", self.id)
+            self._discarded = -1
+            self._abort()
+
     def _close_timed_out(self) -> None:
         self._close_timer = None
         if not self.closed:
             logger.info("aborting %s: no close frame from the peer within %g s", self.id,
                         self._limits.close_timeout_s)
-            self._abort_transport()
+            self._abort()
 
     def abort(self, code: int, reason: str) -> None:
         """Close without waiting for the peer (it seems dead, or does not read)."""
         self.close(code, reason)
-        if not self.closed:
-            self._abort_transport()
+        self._abort()
 
     def keepalive(self) -> None:
         """One keepalive sweep (every ``ping_interval_s``): ping a silent peer, or close one
@@ -287,7 +326,7 @@ class Connection:
 
     async def _connect(self, gate: Gate) -> None:
         await gate(self)
-        if self._server_closed:
+        if self.closed_by_server:
             return
         result = self.handler.on_connect(self)
         if result is not None:
@@ -295,20 +334,27 @@ class Connection:
 
     def charge(self, cost: int = 1) -> bool:
         """Take ``cost`` tokens from the bucket (``message_rate`` per second, ``message_burst``
-        at most); when there are not enough, close with 4429 and answer ``False``."""
+        at most). A costly message is accepted while any token is left and puts the bucket in
+        debt (at most one burst), which later messages wait out; with no token left, close with
+        4429 and answer ``False``."""
         limits = self._limits
         now = _monotonic()
         tokens = self._tokens + (now - self._stamp) * limits.message_rate
         self._stamp = now
-        burst = limits.message_burst
-        cost = min(cost, burst)
-        if tokens < cost:
+        if tokens < 1.0:
             logger.info("closing %s: more than %g messages per second", self.id,
                         limits.message_rate)
             self.close(CloseCode.RATE_LIMITED, "rate limited")
             return False
-        self._tokens = (burst if tokens > burst else tokens) - cost
+        burst = limits.message_burst
+        self._tokens = (burst if tokens > burst else tokens) - min(cost, burst)
         return True
+
+    def charge_work(self, size: int) -> bool:
+        """Charge the work an answer of ``size`` bytes took (a sync reply: the document's size,
+        not the request's) against the rate limit; ``False`` if that closed the connection."""
+        cost = size // self._limits.message_cost_bytes
+        return self.charge(cost) if cost else True
 
     def deliver(self, message: str | bytes) -> None:
         """One complete message from the peer."""
@@ -346,9 +392,8 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
         self._drop_pending()
-        self._held = 0
+        self._release_transport()
         self._limits.outbound.progressed(self)
-        self._account()
         if self._inbox is None:
             self._finish()
         # else: the running coroutine calls _finish once the inbox is drained
@@ -368,7 +413,7 @@ class Connection:
         while inbox:
             message = inbox.popleft()
             self._inbox_bytes -= len(message)
-            if self._server_closed:
+            if self.closed_by_server:
                 continue
             try:
                 result = self.handler.on_message(self, message)

@@ -11,6 +11,9 @@ from typing import Any, Final
 OPCODE_TEXT: Final = 0x1
 OPCODE_BINARY: Final = 0x2
 
+#: Frames this large keep one copy of their payload (inside ``wire``), not two.
+LARGE_FRAME: Final = 64 * 1024
+
 
 def frame_header(opcode: int, length: int) -> bytes:
     """RFC 6455 §5.2 header of a final, unmasked (server → client) frame."""
@@ -30,14 +33,17 @@ class PreparedFrame:
     ``yjs_update`` marks a y-websocket sync-update frame and holds its Yjs update.
     """
 
-    __slots__ = ("_asgi", "_wire", "opcode", "payload", "yjs_update")
+    __slots__ = ("_asgi", "_wire", "holders", "opcode", "payload", "yjs_update")
 
     def __init__(self, opcode: int, payload: bytes, yjs_update: bytes | None = None) -> None:
         self.opcode = opcode
-        self.payload = payload
+        #: the message (a ``memoryview`` into ``wire`` once a large frame was encoded)
+        self.payload: bytes | memoryview = payload
         self.yjs_update = yjs_update
         self._wire: bytes | None = None
         self._asgi: dict[str, Any] | None = None
+        #: connections holding this frame while it waits (``OutboundBudget`` counts it once)
+        self.holders = 0
 
     @classmethod
     def text(cls, text: str) -> PreparedFrame:
@@ -50,16 +56,21 @@ class PreparedFrame:
     @property
     def wire(self) -> bytes:
         if self._wire is None:
-            self._wire = frame_header(self.opcode, len(self.payload)) + self.payload
+            header = frame_header(self.opcode, len(self.payload))
+            self._wire = header + self.payload
+            if len(self._wire) >= LARGE_FRAME:
+                # One copy in memory, not two: the payload becomes a view into the frame (a
+                # large reply may wait in a transport's buffer while its peer does not read).
+                self.payload = memoryview(self._wire)[len(header):]
         return self._wire
 
     @property
     def asgi(self) -> dict[str, Any]:
         if self._asgi is None:
             if self.opcode == OPCODE_TEXT:
-                self._asgi = {"type": "websocket.send", "text": self.payload.decode("utf-8")}
+                self._asgi = {"type": "websocket.send", "text": str(self.payload, "utf-8")}
             else:
-                self._asgi = {"type": "websocket.send", "bytes": self.payload}
+                self._asgi = {"type": "websocket.send", "bytes": bytes(self.payload)}
         return self._asgi
 
     def __len__(self) -> int:

@@ -3,7 +3,8 @@
 * :class:`ConnectionLimits` — one frozen object per server with each connection's bounds (send
   budget, message rate and cost, inbox, send and close timeouts) and the server's counters.
 * :class:`OutboundBudget` — the bytes waiting to be sent to *all* connections (queues and
-  transport buffers), and the connections whose output is stalled, oldest stall first. Past
+  transport buffers; a frame broadcast to many counts once, as it is one object in memory), and
+  the connections whose output is stalled, oldest stall first. Past
   ``limit`` the connections stalled longest are dropped first (1013, then aborted: their peers
   are not reading, so the close frame cannot reach them anyway); a connection stalled longer than
   ``send_timeout_s`` is closed with 1013 and aborted if it does not finish the closing handshake.
@@ -32,6 +33,14 @@ class Stallable(Protocol):
     def too_slow(self, reason: str, *, abort: bool) -> None: ...
 
 
+class Held(Protocol):
+    """A frame as the ledger sees it (``captify_ws.PreparedFrame``)."""
+
+    holders: int
+
+    def __len__(self) -> int: ...
+
+
 class OutboundBudget:
     """Bytes waiting for every connection of one server, and the stalled connections."""
 
@@ -54,6 +63,18 @@ class OutboundBudget:
         self.total += delta
         if self.limit and self.total > self.limit and not self._shedding:
             self._shed()
+
+    def hold(self, frame: Held) -> None:
+        """A connection holds ``frame`` (queued, or in its full transport). A frame broadcast to
+        many connections is one object in memory: it counts once, however many hold it."""
+        if frame.holders == 0:
+            self.add(len(frame))
+        frame.holders += 1
+
+    def release(self, frame: Held) -> None:
+        frame.holders -= 1
+        if frame.holders == 0:
+            self.total -= len(frame)
 
     def stalled(self, conn: Stallable) -> None:
         """``conn``'s output stopped making progress (its transport is full) as of now."""

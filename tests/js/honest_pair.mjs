@@ -50,6 +50,8 @@ try {
 }
 
 const sentAt = new Map() // "a:17" → ms
+const startedAt = performance.now()
+const worst = [] // [latency ms, sent at ms since start]
 const latencies = []
 const seen = new Set()
 for (const [peer, other] of [[a, 'b'], [b, 'a']]) {
@@ -59,7 +61,10 @@ for (const [peer, other] of [[a, 'b'], [b, 'a']]) {
       if (!key.startsWith(other + ':') || seen.has(key)) continue
       seen.add(key)
       const at = sentAt.get(key)
-      if (at !== undefined) latencies.push(now - at)
+      if (at !== undefined) {
+        latencies.push(now - at)
+        worst.push([Math.round(now - at), Math.round(at - startedAt)])
+      }
     }
   })
 }
@@ -115,6 +120,7 @@ process.stdout.write(JSON.stringify({
   p99: percentile(latencies, 99),
   max: percentile(latencies, 100),
   equal,
+  worst: worst.sort((x, y) => y[0] - x[0]).slice(0, 5),
   health: {
     count: health.length,
     failures: healthFailures,

@@ -26,7 +26,7 @@ from captify_ws.errors import (
     MessageTooBig,
     ProtocolError,
 )
-from captify_ws.protocol import envelope, names, ywebsocket
+from captify_ws.protocol import envelope, names, statevector, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
 from captify_ws.rooms.steps import Accepted, Behind
 
@@ -144,7 +144,13 @@ class FabricHandler:
             if self._may_write(conn, member):
                 room.apply_update(event.update, member.origin, frame=event.frame)
         elif isinstance(event, ywebsocket.SyncStep1):
-            conn.send_frame(room.sync_step2(event.state_vector))
+            # Entries for clients the document does not know change nothing in the answer;
+            # without them most joiners get the cached full-state frame (statevector.py).
+            # The answer's size is the work it took: it counts against the rate limit.
+            reply = room.sync_step2(statevector.relevant_entries(event.state_vector,
+                                                                 room.state_vector()))
+            if conn.charge_work(len(reply)):
+                conn.send_frame(reply)
         elif isinstance(event, ywebsocket.SyncStep2):
             if event.update != ywebsocket.EMPTY_UPDATE and self._may_write(conn, member):
                 room.apply_update(event.update, member.origin)
@@ -235,7 +241,12 @@ class FabricHandler:
         if isinstance(event, envelope.UpdateMessage):
             room.apply_update(event.update, member.origin)
         elif isinstance(event, envelope.SyncRequest):
-            update = room.encode_state(event.state_vector)
+            wanted = event.state_vector
+            if wanted is not None:
+                wanted = statevector.relevant_entries(wanted, room.state_vector())
+            update = room.encode_state(wanted)
+            if not conn.charge_work(len(update)):
+                return
             conn.send_text(envelope.encode_synced(document_id, update, room.state_vector()))
         elif isinstance(event, envelope.AwarenessMessage):
             limit = self._server.settings.max_awareness_size

@@ -108,16 +108,14 @@ class AsgiConnection(Connection):
                     size = len(frame)
                     self._pending_bytes -= size
                     self._inflight = size
-                    if size > budget:
-                        self._allowance = size
+                    self._allowance = size if size > budget else 0
                     outbound.stalled(self)  # until the ASGI server takes the frame
                     await self._send(frame.asgi)
                     outbound.progressed(self)
+                    outbound.release(frame)
                     self._inflight = 0
-                    self._held = self._transport_buffered()
-                    if self._held <= budget:
-                        self._allowance = 0
-                    self._account()
+                    # what the ASGI server wrote is its own copy, held by its transport
+                    self._set_private(self._transport_buffered())
                 if self._close_frame is not None:
                     code, reason = self._close_frame
                     for frame in self._final_frames:

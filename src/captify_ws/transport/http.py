@@ -182,8 +182,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         logger.info("HTTP request refused: %s", status.decode())
-        if self.cycle is not None and self.cycle.response_started:
-            self.transport.close()
+        if self.cycle is not None and self.cycle.response_started and \
+                not self.cycle.response_complete:
+            self.transport.close()  # an answer is on its way: it cannot be followed by ours
         else:
             refuse(self.transport, status)
 

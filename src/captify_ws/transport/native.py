@@ -64,6 +64,15 @@ _SENDABLE_CLOSE_CODES: Final = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 10
                                           1012, 1013, 1014))
 
 
+# Enum members looked up once: a comparison by identity on every frame.
+_BINARY: Final = WSMsgType.BINARY
+_TEXT: Final = WSMsgType.TEXT
+_PING: Final = WSMsgType.PING
+_PONG: Final = WSMsgType.PONG
+_CLOSE: Final = WSMsgType.CLOSE
+_CONTINUATION: Final = WSMsgType.CONTINUATION
+
+
 def close_code_allowed(code: int) -> bool:
     """Whether a peer may send ``code`` in a close frame (RFC 6455 §7.4.1, §7.4.2)."""
     return code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
@@ -80,11 +89,12 @@ class NativeConnection(Connection):
 
     transport_name = "native"
 
-    __slots__ = ("_raw", "_raw_write", "_ws", "peer_closed")
+    __slots__ = ("_listener", "_raw", "_raw_write", "_ws", "peer_closed")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str,
-                 ws: WSTransport, *, limits: ConnectionLimits) -> None:
+                 ws: WSTransport, *, limits: ConnectionLimits, listener: _Listener) -> None:
         super().__init__(request, handler, subpath, limits=limits)
+        self._listener = listener
         self._ws = ws
         raw = ws.underlying_transport
         self._raw = raw
@@ -126,6 +136,9 @@ class NativeConnection(Connection):
             self._ws.disconnect()
 
     def _abort_transport(self) -> None:
+        # picows goes on dispatching every frame left in its buffer (tens of thousands of
+        # tiny frames from a flood): from now on they are dropped as cheaply as possible.
+        self._listener.mute()
         if not self._ws.is_disconnected:
             self._raw.abort()
 
@@ -153,7 +166,8 @@ class _Listener(WSListener):
     and fragmented messages."""
 
     __slots__ = ("_decoder", "_fragment_frames", "_fragment_size", "_fragment_type",
-                 "_fragments", "_handler", "_limits", "_request", "_server", "_subpath", "conn")
+                 "_fragments", "_handler", "_limits", "_owner", "_ping", "_request", "_server",
+                 "_subpath", "conn")
 
     def __init__(self, server: Server, request: UpgradeRequest, handler: Handler,
                  subpath: str) -> None:
@@ -163,17 +177,25 @@ class _Listener(WSListener):
         self._handler = handler
         self._subpath = subpath
         self._limits = server.connection_limits
+        #: the connection frames are dispatched to (None once muted), and the one it serves
         self.conn: NativeConnection | None = None
+        self._owner: NativeConnection | None = None
         self._fragments: list[Any] | None = None
         self._fragment_type = WSMsgType.BINARY
         self._fragment_size = 0
         self._fragment_frames = 0
         self._decoder: codecs.IncrementalDecoder | None = None
+        self._ping: bytes | None = None  # a ping to answer once the buffer is read
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self.conn = NativeConnection(self._request, self._handler, self._subpath, transport,
-                                     limits=self._limits)
+        self.conn = self._owner = NativeConnection(
+            self._request, self._handler, self._subpath, transport, limits=self._limits,
+            listener=self)
         self._server.open_connection(self.conn)
+
+    def mute(self) -> None:
+        """Drop every frame from now on (the connection was aborted)."""
+        self.conn = None
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         conn = self.conn
@@ -181,30 +203,36 @@ class _Listener(WSListener):
             return
         conn.active = True
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.CLOSE:
-            self._on_close_frame(conn, transport, frame)
-            return
         if conn.closed_by_server or conn.peer_closed:
-            return  # closing: read and discard until the peer's close frame (§7.1.1)
+            if msg_type is _CLOSE:
+                self._on_close_frame(conn, transport, frame)
+            else:
+                conn.discard(frame.payload_size)  # closing: read and discard (§7.1.1), bounded
+            return
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             conn.close(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
             return
-        if msg_type == WSMsgType.BINARY and frame.fin and self._fragments is None:
+        if msg_type is _BINARY and frame.fin and self._fragments is None:
             conn.deliver(frame.get_payload_as_bytes())
-        elif msg_type == WSMsgType.TEXT and frame.fin and self._fragments is None:
+        elif msg_type is _TEXT and frame.fin and self._fragments is None:
             try:
                 text = frame.get_payload_as_utf8_text()
             except UnicodeDecodeError:
                 conn.close(CloseCode.INVALID_PAYLOAD, "text frame is not valid UTF-8")
                 return
             conn.deliver(text)
-        elif msg_type == WSMsgType.PING:
+        elif msg_type is _PING:
             if conn.charge(1):
-                conn.pong(frame.get_payload_as_bytes())
-        elif msg_type == WSMsgType.PONG:
-            pass  # any frame counts as an answer to the keepalive ping (conn.active)
-        else:
+                self._ping = frame.get_payload_as_bytes()
+        elif msg_type is _CLOSE:
+            self._on_close_frame(conn, transport, frame)
+            return
+        elif msg_type is not _PONG:  # a pong needs nothing: any frame answers the keepalive
             self._on_fragment(conn, frame)
+        if self._ping is not None and frame.last_in_buffer:
+            # RFC 6455 §5.5.3: the most recent ping of what arrived together is answered.
+            conn.pong(self._ping)
+            self._ping = None
 
     def _on_close_frame(self, conn: NativeConnection, transport: WSTransport,
                         frame: WSFrame) -> None:
@@ -224,7 +252,7 @@ class _Listener(WSListener):
     def _on_fragment(self, conn: NativeConnection, frame: WSFrame) -> None:
         """One frame of a fragmented message (RFC 6455 §5.4), bounded in frames and bytes."""
         limits = self._limits
-        if frame.msg_type != WSMsgType.CONTINUATION:
+        if frame.msg_type is not _CONTINUATION:
             if self._fragments is not None:
                 conn.close(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
                 return
@@ -233,7 +261,7 @@ class _Listener(WSListener):
             self._fragment_size = 0
             self._fragment_frames = 0
             self._decoder = codecs.getincrementaldecoder("utf-8")() \
-                if frame.msg_type == WSMsgType.TEXT else None
+                if frame.msg_type is _TEXT else None
         elif self._fragments is None:
             conn.close(CloseCode.PROTOCOL_ERROR, "continuation frame without a message")
             return
@@ -272,7 +300,7 @@ class _Listener(WSListener):
             conn.deliver(b"".join(parts))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        conn = self.conn
+        conn = self._owner
         if conn is None:
             return
         code = 1006
@@ -285,12 +313,12 @@ class _Listener(WSListener):
         conn.lost(code)
 
     def pause_writing(self) -> None:
-        if self.conn is not None:
-            self.conn._set_paused(True)
+        if self._owner is not None:
+            self._owner._set_paused(True)
 
     def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn._set_paused(False)
+        if self._owner is not None:
+            self._owner._set_paused(False)
 
 
 def _request_from_picows(request: WSUpgradeRequest, transport: Any) -> UpgradeRequest:

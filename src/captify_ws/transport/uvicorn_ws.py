@@ -54,6 +54,7 @@ class TransportAccess(Protocol):
 @dataclass(frozen=True, slots=True)
 class WebSocketBounds:
     max_message_frames: int = 1024
+    max_message_size: int = 16 << 20
     close_timeout_s: float = 5.0
 
 
@@ -69,6 +70,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._decoder: codecs.IncrementalDecoder | None = None
         self._charged: Chargeable | None = None
         self._failed = False
+        self._discarded = 0
 
     # -- TransportAccess -------------------------------------------------------------------
 
@@ -91,8 +93,19 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._failed:
             self.conn.receive_data(data)  # discarded: the protocol failed (RFC 6455 §7.1.7)
             self.conn.data_to_send()
+            self._discard(len(data))
             return
         super().data_received(data)
+        if self.close_sent:
+            self._discard(len(data))
+
+    def _discard(self, size: int) -> None:
+        """Past the close frame, what arrives is read and dropped until the peer closes (its
+        messages already on their way, the rest of a message too big); a peer that keeps
+        sending past a whole message more than that is aborted."""
+        self._discarded += size
+        if self._discarded > self.bounds.max_message_size + (1 << 20):
+            self.abort()
 
     def handle_connect(self, event: Any) -> None:
         # RFC 6455 §4.2.2: another version → 426 naming the one we speak (websockets says 400).
@@ -211,6 +224,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 def websocket_protocol(settings: Settings) -> type[BoundedWebSocketProtocol]:
     """A protocol class for uvicorn's ``ws=`` with the bounds of ``settings``."""
     bounds = WebSocketBounds(max_message_frames=settings.max_message_frames,
+                             max_message_size=settings.max_message_size,
                              close_timeout_s=settings.close_timeout_s)
     return type("CaptifyWebSocketProtocol", (BoundedWebSocketProtocol,), {"bounds": bounds})
 

@@ -1,0 +1,43 @@
+"""Memory a server freed goes back to the operating system (glibc's malloc).
+
+glibc serves a large allocation with its own ``mmap`` (returned to the system on ``free``) only
+while it is above ``M_MMAP_THRESHOLD``, and raises that threshold to the size of every such
+block freed (up to 32 MiB). After a burst of large replies (a 10 MB document synced to clients
+that do not read) every later large block comes from the heap instead, and the heap keeps its
+pages when they are freed: the process stays at its peak after the clients are gone. A fixed
+threshold keeps large blocks on ``mmap``. ``captify-ws serve`` calls
+:func:`keep_large_blocks_returnable` at start; an application that embeds captify-ws decides
+for its own process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from typing import Final
+
+logger = logging.getLogger("captify_ws.memory")
+
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+
+#: Allocations at least this large are mapped on their own and unmapped when freed.
+MMAP_THRESHOLD_BYTES: Final = 256 * 1024
+
+
+def keep_large_blocks_returnable(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fix glibc's mmap threshold (and trim the heap above 1 MiB); ``False`` without glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    done = bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and \
+        bool(mallopt(_M_TRIM_THRESHOLD, 1 << 20))
+    if not done:
+        logger.debug("mallopt refused the mmap threshold")
+    return done
