@@ -609,7 +609,7 @@ async def _main(args: argparse.Namespace) -> None:
         if args.store == "sqlite" else args.store
     command = [sys.executable, "-m", "captify_ws", "serve", "--port", str(args.port),
                "--store", store, "--api-key", API_KEY, *args.server_args]
-    log = open(args.server_log, "wb") if args.server_log else None  # noqa: SIM115
+    log = open(args.server_log, "wb") if args.server_log else None  # noqa: SIM115, ASYNC230
     process = await asyncio.create_subprocess_exec(
         *command, env=env, stdout=log or asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.STDOUT if log else asyncio.subprocess.DEVNULL)
