@@ -15,6 +15,8 @@ Hierarchy::
     ├── Reject                   a connection refused by policy (auth, origin, limits); `code`
     ├── ChannelError             a channel request that cannot be served; `code` (4400, 4403,
     │                            4429, 1009) goes into the `error` answer or the HTTP status
+    ├── HistoryError             a history request that cannot be served (unknown document or
+    │                            version, bad cursor, a store without history); `status`
     ├── StoreError               the document store failed (the caller retries or reports)
     ├── BrokerError              the broker failed
     └── ServerNotRunning         the module-level API was called with no server in this process
@@ -152,6 +154,16 @@ class ChannelError(CaptifyError):
     @property
     def message(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class HistoryError(CaptifyError):
+    """A history request that cannot be served; ``status`` is its HTTP status (400 bad input,
+    404 no such document or version, 501 a store that keeps no history)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class StoreError(CaptifyError):

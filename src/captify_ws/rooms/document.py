@@ -74,13 +74,16 @@ class Member:
 class Origin:
     """Where a change came from. ``member`` is set for changes made by a connection here."""
 
-    __slots__ = ("instance", "kind", "member")
+    __slots__ = ("instance", "kind", "label", "member")
 
     def __init__(self, kind: Literal["member", "server", "broker", "store"], *,
-                 member: Member | None = None, instance: str | None = None) -> None:
+                 member: Member | None = None, instance: str | None = None,
+                 label: str | None = None) -> None:
         self.kind = kind
         self.member = member
         self.instance = instance
+        #: who the server API acts for, as the change feed names them (default ``server``)
+        self.label = label
 
     def __repr__(self) -> str:
         return f"<Origin {self.kind}>"

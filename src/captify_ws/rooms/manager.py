@@ -29,6 +29,22 @@ logger = logging.getLogger("captify_ws.rooms")
 RoomListener = Callable[[DocumentRoom], None]
 
 
+def who_label(origin: Origin) -> str:
+    """Who made a change, as the change feed names them (``store/history.py``):
+    ``agent:<name>`` for a principal whose claims name an agent, ``user:<id>``,
+    ``anonymous``, or the server API's label (``server`` unless it said)."""
+    member = origin.member
+    if member is None:
+        return origin.label or "server"
+    principal = member.principal or member.connection.principal
+    claims = getattr(principal, "claims", None) or {}
+    agent = claims.get("agent") if isinstance(claims, dict) else None
+    if isinstance(agent, str) and agent:
+        return f"agent:{agent}"
+    user_id = getattr(principal, "user_id", None)
+    return f"user:{user_id}" if user_id is not None else "anonymous"
+
+
 class RoomManager:
     """The rooms of this process, by document id."""
 
@@ -126,7 +142,7 @@ class RoomManager:
     def _persist(self, room: DocumentRoom, update: bytes, origin: Origin) -> None:
         # Changes that arrive from the broker were stored by the instance that accepted them.
         if origin.kind in ("member", "server"):
-            self.writer.enqueue(room.document_id, update)
+            self.writer.enqueue(room.document_id, update, who_label(origin))
 
     def _cancel_unload(self, document_id: str) -> None:
         handle = self._unloads.pop(document_id, None)

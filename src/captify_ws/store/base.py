@@ -12,7 +12,7 @@ Implementations: ``memory`` (tests; says what it cannot do), ``sqlite`` (the emb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -97,10 +97,13 @@ class DocumentStore(Protocol):
         """
         ...
 
-    async def append_updates(self, entries: Sequence[tuple[str, bytes]]) -> None:
+    async def append_updates(self, entries: Sequence[tuple[str, bytes]],
+                             who: Mapping[str, Collection[str]] | None = None) -> None:
         """Append Yjs updates, to one or many documents, in one transaction.
 
         When this returns, every entry is durable (committed); when it raises, none is.
+        ``who``: by document, the labels of who made these updates, for a store that keeps a
+        change feed (``store/history.py``); others ignore it.
         """
         ...
 

@@ -6,7 +6,8 @@ What it cannot do: keep anything past the process, or share documents between pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 
 from captify_ws.store.base import (
     APPENDED,
@@ -16,6 +17,18 @@ from captify_ws.store.base import (
     StepRecord,
     StoredDocument,
     merge_into_snapshot,
+)
+from captify_ws.store.history import (
+    MAX_PAGE,
+    FeedEntry,
+    FeedKind,
+    Version,
+    VersionInfo,
+    VersionKind,
+    decode_who,
+    doomed_versions,
+    merge_who,
+    summarize,
 )
 
 
@@ -30,6 +43,8 @@ class MemoryStore:
         self._steps: dict[str, dict[int, StepRecord]] = {}
         self._pm: dict[str, tuple[int, str]] = {}
         self._changes: dict[str, dict[str, int]] = {}
+        self._feed: list[FeedEntry] = []
+        self._versions: dict[str, dict[int, Version]] = {}
 
     async def open(self) -> None:
         return None
@@ -45,9 +60,22 @@ class MemoryStore:
             return None
         return StoredDocument(self._snapshots.get(document_id), list(self._logs[document_id]))
 
-    async def append_updates(self, entries: Sequence[tuple[str, bytes]]) -> None:
+    async def append_updates(self, entries: Sequence[tuple[str, bytes]],
+                             who: Mapping[str, Collection[str]] | None = None) -> None:
+        created = {document_id for document_id, _ in entries if document_id not in self._logs}
         for document_id, update in entries:
             self._logs.setdefault(document_id, []).append(update)
+        for document_id, count, authors in summarize(entries, who):
+            self._append_feed(document_id, "created" if document_id in created else "changed",
+                              count, authors)
+
+    def _append_feed(self, document_id: str, kind: FeedKind, updates: int, who: str,
+                     version: int | None = None) -> FeedEntry:
+        cursor = self._feed[-1].cursor + 1 if self._feed else 1
+        entry = FeedEntry(cursor, document_id, kind, time.time(), updates, decode_who(who),
+                          version)
+        self._feed.append(entry)
+        return entry
 
     async def compact(self, document_id: str) -> int:
         log = self._logs.get(document_id)
@@ -67,7 +95,54 @@ class MemoryStore:
         existed = self._steps.pop(document_id, None) is not None or existed
         self._pm.pop(document_id, None)
         self._changes.pop(document_id, None)
+        self._versions.pop(document_id, None)
+        if existed:
+            self._append_feed(document_id, "deleted", 0, "[]")
         return existed
+
+    # -- history (store/history.py) -------------------------------------------------------
+
+    async def read_feed(self, since: int, limit: int) -> list[FeedEntry]:
+        return [entry for entry in self._feed if entry.cursor > since][:min(limit, MAX_PAGE)]
+
+    async def last_cursor(self) -> int:
+        return self._feed[-1].cursor if self._feed else 0
+
+    async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
+                          name: str | None, *, only_if_changed: bool = False,
+                          who: Sequence[str] = ()) -> VersionInfo | None:
+        versions = self._versions.setdefault(document_id, {})
+        previous = versions[max(versions)].info if versions else None
+        since = previous.cursor if previous is not None else 0
+        authors = [merge_who([], entry.who) for entry in self._feed
+                   if entry.cursor > since and entry.document_id == document_id
+                   and entry.kind in ("created", "changed")]
+        if only_if_changed and not authors:
+            return None
+        number = previous.number + 1 if previous is not None else 1
+        entry = self._append_feed(document_id, "version", 0, merge_who([], who), number)
+        info = VersionInfo(document_id, number, kind, name, entry.at,
+                           decode_who(merge_who(authors, who)), entry.cursor, len(state))
+        versions[number] = Version(info, state)
+        return info
+
+    async def list_versions(self, document_id: str, before: int | None,
+                            limit: int) -> list[VersionInfo]:
+        versions = self._versions.get(document_id, {})
+        return [versions[number].info for number in sorted(versions, reverse=True)
+                if before is None or number < before][:min(limit, MAX_PAGE)]
+
+    async def get_version(self, document_id: str, number: int) -> Version | None:
+        return self._versions.get(document_id, {}).get(number)
+
+    async def prune_versions(self, document_id: str, keep: int, older_than: float) -> int:
+        versions = self._versions.get(document_id, {})
+        autos = [(number, versions[number].info.at) for number in sorted(versions, reverse=True)
+                 if versions[number].info.kind == "auto"]
+        doomed = doomed_versions(autos, keep, older_than)
+        for number in doomed:
+            del versions[number]
+        return len(doomed)
 
     async def load_steps(self, document_id: str, since: int = 0) -> StepLog:
         steps = self._steps.get(document_id, {})

@@ -9,13 +9,15 @@ instance may commit a lower sequence number later), so concurrent appends are ne
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from captify_ws.errors import StoreError
+from captify_ws.store import postgres_history as history
 from captify_ws.store.base import (
     APPENDED,
     CONFLICT,
@@ -24,6 +26,14 @@ from captify_ws.store.base import (
     StepRecord,
     StoredDocument,
     merge_into_snapshot,
+)
+from captify_ws.store.history import (
+    MAX_PAGE,
+    FeedEntry,
+    Version,
+    VersionInfo,
+    VersionKind,
+    summarize,
 )
 from captify_ws.store.schema import POSTGRES_MIGRATIONS
 
@@ -117,24 +127,29 @@ class PostgresStore:
         result: StoredDocument | None = await self._call(work)
         return result
 
-    async def append_updates(self, entries: Sequence[tuple[str, bytes]]) -> None:
+    async def append_updates(self, entries: Sequence[tuple[str, bytes]],
+                             who: Mapping[str, Collection[str]] | None = None) -> None:
+        """Also writes the batch's ``created``/``changed`` feed rows (``store/history.py``)."""
         if not entries:
             return
         pool = self._pool_or_fail()
         # Document rows are created once (see SqliteStore.append_updates).
         documents = sorted({document_id for document_id, _ in entries} - self._known)
+        feed = summarize(entries, who)
 
         async def work() -> None:
             async with pool.acquire(timeout=self._connect_timeout) as conn, \
                     conn.transaction():
+                created: set[str] = set()
                 if documents:
-                    await conn.execute(
+                    created = {r["id"] for r in await conn.fetch(
                         "INSERT INTO captify_documents (id) SELECT unnest($1::text[]) "
-                        "ON CONFLICT (id) DO NOTHING", documents)
+                        "ON CONFLICT (id) DO NOTHING RETURNING id", documents)}
                 await conn.execute(
                     "INSERT INTO captify_updates (document_id, data) "
                     "SELECT * FROM unnest($1::text[], $2::bytea[])",
                     [e[0] for e in entries], [e[1] for e in entries])
+                await history.write_feed(conn, feed, created, time.time())
         await self._call(work)
         self._known.update(documents)
 
@@ -187,8 +202,58 @@ class PostgresStore:
                 for table in ("captify_pm_snapshots", "captify_changes"):
                     await conn.execute(f"DELETE FROM {table} WHERE document_id = $1",
                                        document_id)
-                return bool(status != "DELETE 0" or steps != "DELETE 0")
+                existed = bool(status != "DELETE 0" or steps != "DELETE 0")
+                if existed:
+                    await history.write_deleted(conn, document_id)
+                return existed
         result: bool = await self._call(work)
+        return result
+
+    # -- history (store/history.py) -------------------------------------------------------
+
+    async def _in_transaction(self, work: Callable[[Any], Awaitable[Any]], *,
+                              write: bool = False) -> Any:
+        pool = self._pool_or_fail()
+
+        async def run() -> Any:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction(readonly=not write):
+                return await work(conn)
+        return await self._call(run)
+
+    async def read_feed(self, since: int, limit: int) -> list[FeedEntry]:
+        result: list[FeedEntry] = await self._in_transaction(
+            lambda conn: history.read_feed(conn, since, min(limit, MAX_PAGE)))
+        return result
+
+    async def last_cursor(self) -> int:
+        result: int = await self._in_transaction(history.last_cursor)
+        return result
+
+    async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
+                          name: str | None, *, only_if_changed: bool = False,
+                          who: Sequence[str] = ()) -> VersionInfo | None:
+        result: VersionInfo | None = await self._in_transaction(
+            lambda conn: history.add_version(conn, document_id, state, kind, name,
+                                             only_if_changed, who), write=True)
+        return result
+
+    async def list_versions(self, document_id: str, before: int | None,
+                            limit: int) -> list[VersionInfo]:
+        result: list[VersionInfo] = await self._in_transaction(
+            lambda conn: history.list_versions(conn, document_id, before,
+                                               min(limit, MAX_PAGE)))
+        return result
+
+    async def get_version(self, document_id: str, number: int) -> Version | None:
+        result: Version | None = await self._in_transaction(
+            lambda conn: history.get_version(conn, document_id, number))
+        return result
+
+    async def prune_versions(self, document_id: str, keep: int, older_than: float) -> int:
+        result: int = await self._in_transaction(
+            lambda conn: history.prune_versions(conn, document_id, keep, older_than),
+            write=True)
         return result
 
     async def load_steps(self, document_id: str, since: int = 0) -> StepLog:

@@ -45,6 +45,17 @@ SQLITE_MIGRATIONS: Final[list[list[str]]] = [
         "ALTER TABLE captify_updates_v3 RENAME TO captify_updates",
         "CREATE INDEX captify_updates_by_doc ON captify_updates (doc, seq)",
     ],
+    # 4: history (store/history.py): the change feed (AUTOINCREMENT: a cursor is never
+    # reused, even after the newest rows were deleted) and versions
+    [
+        "CREATE TABLE captify_feed (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "document_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL, "
+        "updates INTEGER NOT NULL, who TEXT NOT NULL, version INTEGER)",
+        "CREATE INDEX captify_feed_by_document ON captify_feed (document_id, seq)",
+        "CREATE TABLE captify_versions (document_id TEXT NOT NULL, number INTEGER NOT NULL, "
+        "kind TEXT NOT NULL, name TEXT, at REAL NOT NULL, who TEXT NOT NULL, "
+        "seq INTEGER NOT NULL, state BLOB NOT NULL, PRIMARY KEY (document_id, number))",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
@@ -63,5 +74,16 @@ POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
         "version BIGINT NOT NULL, doc TEXT NOT NULL)",
         "CREATE TABLE captify_changes (document_id TEXT NOT NULL, change_id TEXT NOT NULL, "
         "version BIGINT NOT NULL, PRIMARY KEY (document_id, change_id))",
+    ],
+    # 3: history (store/history.py): the change feed, numbered under an advisory lock in
+    # commit order, and versions
+    [
+        "CREATE TABLE captify_feed (seq BIGSERIAL PRIMARY KEY, document_id TEXT NOT NULL, "
+        "kind TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, updates INTEGER NOT NULL, "
+        "who TEXT NOT NULL, version INTEGER)",
+        "CREATE INDEX captify_feed_by_document ON captify_feed (document_id, seq)",
+        "CREATE TABLE captify_versions (document_id TEXT NOT NULL, number INTEGER NOT NULL, "
+        "kind TEXT NOT NULL, name TEXT, at DOUBLE PRECISION NOT NULL, who TEXT NOT NULL, "
+        "seq BIGINT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (document_id, number))",
     ],
 ]

@@ -14,13 +14,14 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from captify_ws.errors import ConfigError, StoreError
+from captify_ws.store import sqlite_history as history
 from captify_ws.store.base import (
     APPENDED,
     CONFLICT,
@@ -29,6 +30,14 @@ from captify_ws.store.base import (
     StepRecord,
     StoredDocument,
     merge_into_snapshot,
+)
+from captify_ws.store.history import (
+    MAX_PAGE,
+    FeedEntry,
+    Version,
+    VersionInfo,
+    VersionKind,
+    summarize,
 )
 from captify_ws.store.schema import SQLITE_MIGRATIONS
 
@@ -127,7 +136,9 @@ class SqliteStore:
             return StoredDocument(bytes(row[1]) if row[1] is not None else None, updates)
         return await self._run(work)
 
-    async def append_updates(self, entries: Sequence[tuple[str, bytes]]) -> None:
+    async def append_updates(self, entries: Sequence[tuple[str, bytes]],
+                             who: Mapping[str, Collection[str]] | None = None) -> None:
+        """Also writes the batch's ``created``/``changed`` feed rows (``store/history.py``)."""
         if not entries:
             return
         now = time.time()
@@ -135,20 +146,24 @@ class SqliteStore:
         # Document rows are created once; a busy batch touches many documents, and updating
         # each row on every commit cost more than the inserts themselves.
         new = {document_id for document_id, _ in entries if document_id not in numbers}
+        feed = summarize(entries, who)
 
         def work(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
+                created = set()
                 for document_id in new:
-                    db.execute("INSERT INTO captify_documents (id, created_at, updated_at) "
-                               "VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                               (document_id, now, now))
+                    if db.execute("INSERT INTO captify_documents (id, created_at, updated_at) "
+                                  "VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                                  (document_id, now, now)).rowcount:
+                        created.add(document_id)
                     numbers[document_id] = db.execute(
                         "SELECT num FROM captify_documents WHERE id = ?",
                         (document_id,)).fetchone()[0]
                 db.executemany("INSERT INTO captify_updates (doc, data) VALUES (?, ?)",
                                [(numbers[document_id], update)
                                 for document_id, update in entries])
+                history.write_feed(db, feed, created, now)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -198,12 +213,54 @@ class SqliteStore:
                                       (document_id,)).rowcount
                 for table in ("captify_pm_snapshots", "captify_changes"):
                     db.execute(f"DELETE FROM {table} WHERE document_id = ?", (document_id,))
+                if deleted:
+                    history.write_deleted(db, document_id)
                 db.execute("COMMIT")
                 return bool(deleted)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         return await self._run(work)
+
+    # -- history (store/history.py) -------------------------------------------------------
+
+    async def read_feed(self, since: int, limit: int) -> list[FeedEntry]:
+        return await self._run(lambda db: history.read_feed(db, since, min(limit, MAX_PAGE)))
+
+    async def last_cursor(self) -> int:
+        return await self._run(history.last_cursor)
+
+    async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
+                          name: str | None, *, only_if_changed: bool = False,
+                          who: Sequence[str] = ()) -> VersionInfo | None:
+        return await self._run(self._write(lambda db: history.add_version(
+            db, document_id, state, kind, name, only_if_changed, who)))
+
+    async def list_versions(self, document_id: str, before: int | None,
+                            limit: int) -> list[VersionInfo]:
+        return await self._run(lambda db: history.list_versions(db, document_id, before,
+                                                                min(limit, MAX_PAGE)))
+
+    async def get_version(self, document_id: str, number: int) -> Version | None:
+        return await self._run(lambda db: history.get_version(db, document_id, number))
+
+    async def prune_versions(self, document_id: str, keep: int, older_than: float) -> int:
+        return await self._run(self._write(lambda db: history.prune_versions(
+            db, document_id, keep, older_than)))
+
+    @staticmethod
+    def _write(work: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+        """``work`` in a write transaction, rolled back if it raises."""
+        def run(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+        return run
 
     # -- the step authority ----------------------------------------------------------------
 

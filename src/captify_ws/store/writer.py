@@ -44,8 +44,9 @@ class StoreWriter:
         self._compact_after = compact_after
         self._retry_max_s = retry_max_s
         self._on_commit = on_commit
-        #: (document_id, update, sequence of the oldest enqueue it stands for), oldest first
-        self._queue: list[tuple[str, bytes, int]] = []
+        #: (document_id, update, sequence of the oldest enqueue it stands for, who made it:
+        #: a label or several), oldest first
+        self._queue: list[tuple[str, bytes, int, str | frozenset[str] | None]] = []
         self._enqueued = 0   # sequence of the last enqueued update
         self._committed = 0  # every update up to this sequence is committed
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -82,10 +83,11 @@ class StoreWriter:
             self._task = None
         return done
 
-    def enqueue(self, document_id: str, update: bytes) -> None:
-        """Queue an update for the next batch. Never blocks, never fails."""
+    def enqueue(self, document_id: str, update: bytes, who: str | None = None) -> None:
+        """Queue an update for the next batch. Never blocks, never fails. ``who``: the label
+        of who made it, for the change feed (``store/history.py``)."""
         self._enqueued += 1
-        self._queue.append((document_id, update, self._enqueued))
+        self._queue.append((document_id, update, self._enqueued, who))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -113,12 +115,15 @@ class StoreWriter:
 
     def _merge_queue(self) -> None:
         """Merge queued updates per document (the order of Yjs updates does not matter)."""
-        per_document: dict[str, tuple[list[bytes], int]] = {}
-        for document_id, update, sequence in self._queue:
-            updates, _first = per_document.setdefault(document_id, ([], sequence))
+        per_document: dict[str, tuple[list[bytes], int, set[str]]] = {}
+        for document_id, update, sequence, who in self._queue:
+            updates, _first, authors = per_document.setdefault(document_id,
+                                                               ([], sequence, set()))
             updates.append(update)
+            _add_who(authors, who)
         self._queue = [(document_id, updates[0] if len(updates) == 1 else merge_updates(*updates),
-                        first) for document_id, (updates, first) in per_document.items()]
+                        first, frozenset(authors))
+                       for document_id, (updates, first, authors) in per_document.items()]
         logger.warning("store unavailable: merged queued updates into %d, one per document",
                        len(self._queue))
 
@@ -142,7 +147,8 @@ class StoreWriter:
                 batch = self._queue[:self._max_batch]
                 started = time.perf_counter()
                 try:
-                    await self.store.append_updates([(doc, update) for doc, update, _ in batch])
+                    await self.store.append_updates(
+                        [(doc, update) for doc, update, _, _ in batch], _who(batch))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -169,8 +175,8 @@ class StoreWriter:
             self._urgent.clear()
             await self._compact_due_documents()
 
-    def _count(self, batch: list[tuple[str, bytes, int]]) -> None:
-        for document_id, _, _ in batch:
+    def _count(self, batch: list[tuple[str, bytes, int, str | frozenset[str] | None]]) -> None:
+        for document_id, _, _, _ in batch:
             length = self._log_lengths.get(document_id)
             if length is not None:
                 length += 1
@@ -203,3 +209,19 @@ class StoreWriter:
                 return
             if document_id in self._log_lengths:
                 self._log_lengths[document_id] = max(0, self._log_lengths[document_id] - merged)
+
+
+def _add_who(authors: set[str], who: str | frozenset[str] | None) -> None:
+    if isinstance(who, str):
+        authors.add(who)
+    elif who:
+        authors.update(who)
+
+
+def _who(batch: list[tuple[str, bytes, int, str | frozenset[str] | None]]
+         ) -> dict[str, set[str]]:
+    """Who made a batch's updates, by document."""
+    authors: dict[str, set[str]] = {}
+    for document_id, _, _, who in batch:
+        _add_who(authors.setdefault(document_id, set()), who)
+    return authors

@@ -1,0 +1,169 @@
+"""What the stores keep of a document's history: the change feed and versions.
+
+The change feed is one row per committed change of a document, numbered by a cursor that only
+grows in commit order across the whole deployment: a reader that has seen cursor ``n`` and asks
+for what follows never misses a change committed later (SQLite has one writer at a time;
+PostgreSQL takes a transaction-scoped advisory lock before numbering a feed row, so numbers are
+taken in commit order by every instance). Kinds:
+
+``created``   the first updates of a new document were committed (``updates``: how many)
+``changed``   more updates of a document were committed in one transaction (``updates``)
+``version``   a version was recorded (``version``: its number)
+``deleted``   the document was deleted
+
+``who`` lists who made the change: the labels of the principals whose connections' updates went
+in (``user:<id>``, ``agent:<name>``, ``anonymous``), ``server`` for the server API.
+
+A version is the whole document at one moment (a Yjs update, garbage-collected like any encoded
+state), so it survives compaction of the update log and costs one copy of the document.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol, runtime_checkable
+
+FeedKind = Literal["created", "changed", "version", "deleted"]
+VersionKind = Literal["auto", "named", "restore"]
+
+#: the most feed entries or versions one read returns
+MAX_PAGE: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One committed change of a document, as the change feed lists it."""
+
+    #: position in the feed: strictly increasing in commit order
+    cursor: int
+    document_id: str
+    kind: FeedKind
+    #: seconds since the epoch (UTC) when it was committed
+    at: float
+    #: Yjs updates committed (``created``/``changed``), else 0
+    updates: int
+    who: tuple[str, ...]
+    #: the version number of a ``version`` entry, else ``None``
+    version: int | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {"cursor": self.cursor, "documentId": self.document_id, "kind": self.kind,
+                "at": self.at, "updates": self.updates, "who": list(self.who),
+                "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """A version without its content."""
+
+    document_id: str
+    #: 1, 2, … per document
+    number: int
+    kind: VersionKind
+    name: str | None
+    at: float
+    #: who changed the document since the previous version
+    who: tuple[str, ...]
+    #: the feed cursor of this version's ``version`` entry
+    cursor: int
+    #: bytes of the stored state
+    size: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"documentId": self.document_id, "version": self.number, "kind": self.kind,
+                "name": self.name, "at": self.at, "who": list(self.who),
+                "cursor": self.cursor, "size": self.size}
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A version and the document at that version (one Yjs update)."""
+
+    info: VersionInfo
+    state: bytes
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """The history a store keeps beside its documents (``memory``, ``sqlite``, ``postgres``).
+
+    ``append_updates(entries, who)`` of the same store writes the ``created``/``changed``
+    feed rows in the transaction that commits the updates, and ``delete_document`` the
+    ``deleted`` row and drops the document's versions.
+    """
+
+    async def read_feed(self, since: int, limit: int) -> list[FeedEntry]:
+        """Feed entries with a cursor greater than ``since``, in order, at most ``limit``.
+
+        Reflects every change committed before this call started; never skips one.
+        """
+        ...
+
+    async def last_cursor(self) -> int:
+        """The cursor of the newest feed entry, 0 if there is none."""
+        ...
+
+    async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
+                          name: str | None, *, only_if_changed: bool = False,
+                          who: Sequence[str] = ()) -> VersionInfo | None:
+        """Record ``state`` as the document's next version, with its ``version`` feed entry,
+        in one transaction. ``who`` of the version: the authors of the feed entries since
+        the previous version, plus ``who``. With ``only_if_changed``, records nothing (and
+        returns ``None``) when no update was committed since the previous version."""
+        ...
+
+    async def list_versions(self, document_id: str, before: int | None,
+                            limit: int) -> list[VersionInfo]:
+        """Versions newest first, numbered below ``before`` (all when ``None``)."""
+        ...
+
+    async def get_version(self, document_id: str, number: int) -> Version | None:
+        """A version with its state, or ``None``."""
+        ...
+
+    async def prune_versions(self, document_id: str, keep: int, older_than: float) -> int:
+        """Delete the automatic versions past the newest ``keep`` (0: no count limit) and those
+        recorded before ``older_than`` (epoch seconds; 0: no age limit); named and restore
+        versions stay. Returns how many were deleted."""
+        ...
+
+
+def encode_who(who: object) -> str:
+    """``who`` as stored: a JSON list of labels, sorted, each once."""
+    labels = sorted({str(label) for label in who}) if isinstance(who, (set, list, tuple,
+                                                                        frozenset)) else []
+    return json.dumps(labels, separators=(",", ":"))
+
+
+def decode_who(text: str) -> tuple[str, ...]:
+    value = json.loads(text)
+    return tuple(str(label) for label in value) if isinstance(value, list) else ()
+
+
+def summarize(entries: Sequence[tuple[str, bytes]],
+              who: Mapping[str, Collection[str]] | None) -> list[tuple[str, int, str]]:
+    """One feed row per document of a committed batch: ``(document_id, updates, who)``, in
+    the order the documents first appear in the batch."""
+    counts: dict[str, int] = {}
+    for document_id, _ in entries:
+        counts[document_id] = counts.get(document_id, 0) + 1
+    return [(document_id, count, encode_who(set((who or {}).get(document_id, ()))))
+            for document_id, count in counts.items()]
+
+
+def merge_who(stored: Iterable[str], extra: Iterable[str]) -> str:
+    """The ``who`` of a version: the authors of the stored feed rows (JSON lists) and
+    ``extra``."""
+    labels: set[str] = set(extra)
+    for text in stored:
+        labels.update(decode_who(text))
+    return encode_who(labels)
+
+
+def doomed_versions(newest_first: Sequence[tuple[int, float]], keep: int,
+                    older_than: float) -> list[int]:
+    """Which automatic versions ``(number, at)`` retention deletes (``prune_versions``)."""
+    return [number for rank, (number, at) in enumerate(newest_first)
+            if (keep and rank >= keep) or (older_than and at < older_than)]

@@ -1,0 +1,164 @@
+"""Every store keeps history as store/history.py promises: the change feed and versions."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Text
+
+from captify_ws.store import store_from_url
+from captify_ws.store.history import HistoryStore, doomed_versions
+from tests.services import fresh_database
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+    else:
+        with fresh_database() as url:
+            yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Any]:
+    opened = store_from_url(store_url)
+    await opened.open()
+    assert isinstance(opened, HistoryStore)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _update(text: str) -> bytes:
+    doc: Doc[Any] = Doc()
+    doc.get("t", type=Text).insert(0, text)
+    return doc.get_update()
+
+
+async def test_feed_lists_commits_per_document_in_order(store: Any) -> None:
+    """Each committed batch gives one row per document: created first, then changed, with
+    the update count and who made them."""
+    await store.append_updates([("a", _update("1")), ("b", _update("2")), ("a", _update("3"))],
+                               {"a": {"user:ann", "user:bob"}, "b": {"server"}})
+    await store.append_updates([("a", _update("4"))], {"a": {"user:ann"}})
+    feed = await store.read_feed(0, 100)
+    assert [(e.document_id, e.kind, e.updates, e.who) for e in feed] == [
+        ("a", "created", 2, ("user:ann", "user:bob")), ("b", "created", 1, ("server",)),
+        ("a", "changed", 1, ("user:ann",))]
+    assert [e.cursor for e in feed] == sorted({e.cursor for e in feed})
+    assert await store.last_cursor() == feed[-1].cursor
+    assert await store.read_feed(feed[0].cursor, 1) == [feed[1]]
+    assert await store.read_feed(feed[-1].cursor, 100) == []
+    assert abs(feed[0].at - time.time()) < 60
+
+
+async def test_versions_record_who_changed_since_the_previous_one(store: Any) -> None:
+    """A version's who is everyone whose updates went in since the previous version; with
+    only_if_changed nothing is recorded when nothing was committed since."""
+    await store.append_updates([("d", _update("x"))], {"d": {"user:ann"}})
+    first = await store.add_version("d", b"state-1", "auto", None)
+    assert (first.number, first.who, first.size) == (1, ("user:ann",), 7)
+    assert await store.add_version("d", b"state-1", "auto", None, only_if_changed=True) is None
+    await store.append_updates([("d", _update("y"))], {"d": {"user:bob"}})
+    await store.append_updates([("e", _update("z"))], {"e": {"user:eve"}})
+    second = await store.add_version("d", b"state-2", "named", "draft", who=["user:cat"])
+    assert (second.number, second.name, second.who) == (2, "draft", ("user:bob", "user:cat"))
+    feed = await store.read_feed(0, 100)
+    assert [(e.kind, e.version) for e in feed if e.document_id == "d"][-1] == ("version", 2)
+    assert [v.number for v in await store.list_versions("d", None, 10)] == [2, 1]
+    assert [v.number for v in await store.list_versions("d", 2, 10)] == [1]
+    got = await store.get_version("d", 1)
+    assert got is not None and got.state == b"state-1" and got.info == first
+    assert await store.get_version("d", 3) is None
+    assert await store.get_version("nope", 1) is None
+
+
+async def test_delete_is_in_the_feed_and_drops_versions(store: Any) -> None:
+    """Deleting a document writes a deleted entry and forgets its versions."""
+    await store.append_updates([("gone", _update("x"))])
+    await store.add_version("gone", b"s", "named", "kept")
+    assert await store.delete_document("gone")
+    assert (await store.read_feed(0, 100))[-1].kind == "deleted"
+    assert await store.list_versions("gone", None, 10) == []
+    assert not await store.delete_document("gone")
+    assert [e.kind for e in await store.read_feed(0, 100)] == ["created", "version", "deleted"]
+
+
+async def test_retention_prunes_automatic_versions_only(store: Any) -> None:
+    """prune_versions keeps the newest automatic versions and every named one."""
+    for index in range(5):
+        await store.append_updates([("r", _update(str(index)))])
+        await store.add_version("r", b"s", "named" if index == 1 else "auto", None)
+    assert await store.prune_versions("r", 2, 0) == 2
+    assert [v.number for v in await store.list_versions("r", None, 10)] == [5, 4, 2]
+    assert await store.prune_versions("r", 0, time.time() + 1) == 2
+    assert [v.number for v in await store.list_versions("r", None, 10)] == [2]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.floats(0, 100), max_size=12), st.integers(0, 5), st.floats(0, 120))
+def test_retention_rule(ages: list[float], keep: int, older_than: float) -> None:
+    """doomed_versions: past the newest keep, or older than the age limit; nothing else."""
+    newest_first = [(len(ages) - rank, at) for rank, at in enumerate(ages)]
+    doomed = set(doomed_versions(newest_first, keep, older_than))
+    for rank, (number, at) in enumerate(newest_first):
+        expected = bool(keep and rank >= keep) or bool(older_than and at < older_than)
+        assert (number in doomed) == expected
+
+
+async def test_paging_is_gap_free_while_two_writers_commit(store_url: str) -> None:
+    """Two store connections (two instances) commit while a reader pages by cursor: the
+    pages, joined, are exactly the whole feed read afterwards."""
+    writers = [store_from_url(store_url) for _ in range(2)] if store_url != "memory" else []
+    reader = store_from_url(store_url) if writers else None
+    if reader is None:
+        memory = store_from_url("memory")
+        writers, reader = [memory, memory], memory
+    for opened in {id(s): s for s in [*writers, reader]}.values():
+        await opened.open()
+    stop = asyncio.Event()
+
+    async def write(index: int, writer: Any) -> None:
+        rng = random.Random(index)
+        count = 0
+        while not stop.is_set() or count < 20:
+            batch = [(f"doc-{rng.randrange(6)}", _update(str(count))) for _ in range(3)]
+            await writer.append_updates(batch, {doc: {f"user:{index}"} for doc, _ in batch})
+            count += 1
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(write(i, w)) for i, w in enumerate(writers)]
+    seen: list[Any] = []
+    cursor = 0
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        page = await reader.read_feed(cursor, 7)
+        seen.extend(page)
+        cursor = page[-1].cursor if page else cursor
+        await asyncio.sleep(0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    while page := await reader.read_feed(cursor, 50):
+        seen.extend(page)
+        cursor = page[-1].cursor
+    whole = []
+    cursor = 0
+    while page := await reader.read_feed(cursor, 1000):
+        whole.extend(page)
+        cursor = page[-1].cursor
+    assert len(whole) > 40
+    assert seen == whole
+    for opened in {id(s): s for s in [*writers, reader]}.values():
+        await opened.close()
