@@ -45,7 +45,8 @@ KINDS: dict[str, list[str]] = {
 #: under 100 ms for the pair and /healthz under 50 ms; on this 2-core machine the attackers
 #: share the cores with the server, and CI measured /healthz p99 at 121-132 ms and the pair's
 #: p99 at 69-77 ms (against 3.5-12.5 s before the bounds). The suite asserts bounds an order of
-#: magnitude below the faults with room for that noise; the closing note of issue 13 keeps the figures.
+#: magnitude below the faults with room for that noise; the closing note of issue 13 keeps the
+#: figures.
 RSS_PEAK_GROWTH_MB = OUTBOUND_MB + 120
 RSS_AFTER_GROWTH_MB = 40
 HONEST_P99_MS = 200
