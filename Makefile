@@ -3,12 +3,15 @@
 #                address of the demo page; installs the runtime only
 #   make test    run the whole test suite (lint, types, tests against real clients and
 #                services); installs the development tools and the npm test clients first
+#   make test-fast   the unit tier only (no npm, no services, no subprocesses): seconds
+#   make coverage    the whole suite under coverage, subprocess servers included; prints the
+#                    share of src lines run (a separate target: measuring slows every test)
 
 PYTHON ?= python3
 VENV ?= .venv
 PIP_QUIET ?= -q
 
-.PHONY: serve test lint typecheck pytest setup services demo bench clean
+.PHONY: serve test test-fast coverage lint typecheck pytest setup services demo bench clean
 
 # The virtualenv with captify-ws (editable) and its runtime dependencies only.
 $(VENV)/.runtime: pyproject.toml
@@ -46,6 +49,18 @@ pytest: setup services
 
 test: lint typecheck pytest
 
+# The unit tier: codecs, rooms, stores on memory/SQLite, settings — under 15 s, no npm needed.
+test-fast: $(VENV)/.dev
+	$(VENV)/bin/pytest -q -m "unit and not services"
+
+# Every test, with captify-ws measured in this process and in every Python subprocess it starts
+# (captify-ws serve, --workers); the report lists the files with the most lines never run.
+coverage: setup services
+	rm -rf .coverage-data
+	$(VENV)/bin/coverage run -m pytest -q
+	$(VENV)/bin/coverage combine -q
+	$(VENV)/bin/coverage report
+
 # Rebuild the demo page's bundle (src/captify_ws/static/demo/) from demo/ and the pinned npm
 # packages; tests/test_demo.py fails while the shipped bundle is stale.
 demo: tests/js/node_modules/.installed
@@ -55,4 +70,4 @@ bench: $(VENV)/.dev
 	$(VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules
+	rm -rf $(VENV) tests/js/node_modules .coverage-data

@@ -10,6 +10,9 @@ from tests.helpers import JS
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The fast tier (make test-fast: -m "unit and not services") needs no npm clients.
+    if config.option.markexpr.startswith("unit"):
+        return
     if not (JS / "node_modules" / "y-websocket").is_dir() or shutil.which("node") is None:
         raise pytest.UsageError("the npm test clients are missing: run `make test` (it runs "
                                 "`npm ci --prefix tests/js`)")

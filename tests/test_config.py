@@ -7,6 +7,8 @@ import pytest
 from captify_ws.config import Settings
 from captify_ws.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_bind_loopback_port_3000() -> None:
     """The default bind is 127.0.0.1:3000, like the seed's port and uvicorn's loopback."""

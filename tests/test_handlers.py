@@ -52,6 +52,7 @@ def test_outside_handler_in_a_real_process() -> None:
         assert proc.stop() == 0
 
 
+@pytest.mark.unit
 def test_registry_longest_prefix_and_subpath() -> None:
     """/ws/fabric/doc-1 resolves to the fabric handler with subpath doc-1."""
     server = Server(Settings(store="memory"))
@@ -61,6 +62,7 @@ def test_registry_longest_prefix_and_subpath() -> None:
     assert server.route("/ws/other") is None
 
 
+@pytest.mark.unit
 def test_bad_handler_specs_are_config_errors() -> None:
     """Unimportable or incomplete handlers fail at start with a clear message."""
     server = Server(Settings(store="memory"))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from pycrdt import Doc, Text
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
 from captify_ws.protocol import ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
+
+pytestmark = pytest.mark.unit
 
 
 class Recorder(Connection):

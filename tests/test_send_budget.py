@@ -67,6 +67,7 @@ def _frame(size: int) -> PreparedFrame:
     return PreparedFrame.binary(b"\0" * size)
 
 
+@pytest.mark.unit
 async def test_the_transport_buffer_counts_against_the_budget() -> None:
     """600 KB in the transport plus 300 KB queued fits a 1 MB budget; 200 KB more does not
     (queued bytes alone, 500 KB, would have)."""
@@ -79,6 +80,7 @@ async def test_the_transport_buffer_counts_against_the_budget() -> None:
     assert conn.closed_with == CloseCode.OVERLOADED
 
 
+@pytest.mark.unit
 async def test_one_message_larger_than_the_budget_still_goes_out() -> None:
     """A 3 MB answer to a client on a slow link is sent; the budget applies beyond it."""
     conn = Socket(_limits())
@@ -90,6 +92,7 @@ async def test_one_message_larger_than_the_budget_still_goes_out() -> None:
     assert conn.closed_with == CloseCode.OVERLOADED
 
 
+@pytest.mark.unit
 async def test_a_broadcast_frame_counts_once_however_many_hold_it() -> None:
     """100 stalled connections holding the same 100 KB frame count 100 KB, not 10 MB; it is
     released when the last one lets it go."""
@@ -110,6 +113,7 @@ async def test_a_broadcast_frame_counts_once_however_many_hold_it() -> None:
     assert limits.outbound.total == 0
 
 
+@pytest.mark.unit
 async def test_past_the_total_the_longest_stalled_go_first() -> None:
     """Three connections stall one after another with 400 KB each; a 1 MB total drops the
     first (1013, aborted at once), not the others."""
@@ -122,6 +126,7 @@ async def test_past_the_total_the_longest_stalled_go_first() -> None:
     assert second.closed_with is None and third.closed_with is None
 
 
+@pytest.mark.unit
 async def test_output_without_progress_is_closed_then_aborted() -> None:
     """A connection whose transport stays full for send_timeout_s is closed with 1013, and
     aborted close_timeout_s later when it does not finish the closing handshake."""
@@ -136,6 +141,7 @@ async def test_output_without_progress_is_closed_then_aborted() -> None:
     assert conn.closed_with == CloseCode.OVERLOADED
 
 
+@pytest.mark.unit
 async def test_asgi_queue_and_frame_in_flight_count() -> None:
     """Under an ASGI server whose send does not return (its client does not read), the queued
     frames and the one being sent count: past the budget, 1013."""

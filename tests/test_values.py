@@ -12,6 +12,8 @@ from captify_ws.config import Settings
 from captify_ws.errors import ConfigError
 from captify_ws.values import parse_bool, parse_float, parse_int, parse_size, show_size
 
+pytestmark = pytest.mark.unit
+
 SIZE_ERROR = "is not a size (use 16m, 512k, 1g)"
 VALID_SIZE = re.compile(r"\s*(\d+(\.\d+)?|\.\d+)\s*[kmgKMG]?([iI]?[bB])?\s*")
 

@@ -21,6 +21,8 @@ from captify_ws.protocol import channels as wire
 from captify_ws.protocol.channels import Since
 from tests.services import REDIS_URL, require_redis
 
+pytestmark = pytest.mark.unit
+
 RETENTION = Retention(history_size=5, history_ttl_s=60, meta_ttl_s=600)
 DURABLE = Retention(history_size=5, history_ttl_s=60, meta_ttl_s=600, durable_state=True)
 
@@ -107,7 +109,7 @@ def test_never_a_partial_replay(since: int, top: int, first: int, same_epoch: bo
 # -- backends ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.services)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[ChannelBackend]:
     store = MemoryChannelStore()
     made: ChannelBackend

@@ -214,7 +214,14 @@ const commands = {
   },
   async status ({ name }) {
     const entry = get(name)
-    return { synced: entry.synced, connected: entry.provider.wsconnected, closes: entry.closes }
+    // silentMs: how long ago the provider last received a message (y-websocket closes the
+    // socket when this passes its 30 s messageReconnectTimeout)
+    return {
+      synced: entry.synced,
+      connected: entry.provider.wsconnected,
+      closes: entry.closes,
+      silentMs: Date.now() - entry.provider.wsLastMessageReceived
+    }
   },
   async close ({ name }) {
     const entry = get(name)

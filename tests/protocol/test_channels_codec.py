@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from captify_ws.errors import ChannelError
 from captify_ws.protocol import channels as wire
 
+pytestmark = pytest.mark.unit
+
 
 def test_subscribe_with_and_without_since() -> None:
     """subscribe decodes with an optional since {offset, epoch}."""

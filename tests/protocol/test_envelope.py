@@ -10,6 +10,8 @@ import pytest
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import envelope
 
+pytestmark = pytest.mark.unit
+
 
 def test_sync_without_and_with_state_vector() -> None:
     """sync decodes with an optional base64 state vector."""

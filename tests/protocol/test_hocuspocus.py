@@ -16,6 +16,8 @@ from captify_ws.protocol import hocuspocus as hp
 from captify_ws.protocol.ywebsocket import AwarenessEntry, encode_awareness_payload
 from captify_ws.rooms.hocuspocus import adds_nothing, holds_structs
 
+pytestmark = pytest.mark.unit
+
 
 def _s(text: str) -> bytes:
     return write_message(text.encode())

@@ -14,6 +14,8 @@ from captify_ws.errors import InvalidMessage
 from captify_ws.protocol.yupdate import scan, split_strings
 from captify_ws.ydoc import YDoc, read_state_vector
 
+pytestmark = pytest.mark.unit
+
 PIECES = st.sampled_from(["a", "é", "👷", "中", "e\u0301", "😀x", "🇫🇷", ""])
 EDITS = st.lists(st.tuples(st.sampled_from(["text", "xml", "map", "array", "delete"]),
                            st.integers(0, 50), PIECES), min_size=1, max_size=25)

@@ -9,6 +9,8 @@ from captify_ws.errors import CloseCode, InvalidMessage
 from captify_ws.protocol import ywebsocket as yws
 from captify_ws.protocol.ywebsocket import AwarenessEntry
 
+pytestmark = pytest.mark.unit
+
 
 def _update() -> bytes:
     doc: Doc = Doc()

@@ -16,8 +16,10 @@ from captify_ws.store.base import DocumentStore
 from captify_ws.store.sqlite import migrate_sqlite
 from tests.services import fresh_database
 
+pytestmark = pytest.mark.unit
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.services)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "memory":
         yield "memory"
