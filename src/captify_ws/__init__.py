@@ -6,6 +6,7 @@ The public API::
     from captify_ws import broadcast_steps, broadcast_steps_to_client, get_connection_count
     from captify_ws import Handler, Connection             # to write your own handler
     from captify_ws import publish, notify_user, is_online  # channels: pushed streams
+    from captify_ws import agent_run, cancel_run            # /ws/agent run streams
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from captify_ws.api import (
+    agent_run,
     apply_update,
     broadcast_stateless,
     broadcast_steps,
     broadcast_steps_to_client,
+    cancel_run,
     channel_position,
     current_server,
     get_connection_count,
@@ -43,6 +46,7 @@ from captify_ws.errors import (
     InvalidMessage,
     ProtocolError,
     Reject,
+    RunEnded,
     ServerNotRunning,
     StoreError,
 )
@@ -70,6 +74,7 @@ __all__ = [
     "ProtocolError",
     "Published",
     "Reject",
+    "RunEnded",
     "Server",
     "ServerNotRunning",
     "Settings",
@@ -77,10 +82,12 @@ __all__ = [
     "StoreError",
     "UpgradeRequest",
     "__version__",
+    "agent_run",
     "apply_update",
     "broadcast_stateless",
     "broadcast_steps",
     "broadcast_steps_to_client",
+    "cancel_run",
     "channel_position",
     "create_app",
     "current_server",

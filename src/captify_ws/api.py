@@ -31,6 +31,8 @@ from captify_ws.errors import ServerNotRunning
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from captify_ws.agents.producer import AgentRun, OnCancel
+    from captify_ws.agents.runs import AgentRuns
     from captify_ws.channels.types import Position, Published
     from captify_ws.channelstore.base import Notification
     from captify_ws.handlers.notifications import Mailbox
@@ -164,3 +166,34 @@ async def notify_user(user_id: str, kind: str, payload: Any, *,
 async def is_online(user_id: str) -> bool:
     """Whether ``user_id`` has a ``/ws/notifications`` connection on any instance."""
     return await current_server().channel_services.online.count(user_id) > 0
+
+
+# -- agents ------------------------------------------------------------------------------------
+
+
+def agent_runs(server: Server) -> AgentRuns:
+    """The ``/ws/agent`` handler's runs of ``server``."""
+    handler = server.registry.by_name("agent")
+    found = getattr(handler, "runs", None)
+    if found is None:
+        raise ServerNotRunning("the agent handler is not registered")
+    return found  # type: ignore[no-any-return]
+
+
+def agent_run(run_id: str, owner: str | None = None, *, on_cancel: OnCancel | None = None,
+              metadata: dict[str, Any] | None = None) -> AgentRun:
+    """The producer of agent run ``run_id`` (channel ``agent:{run_id}``), an async context
+    manager: ``async with agent_run("run-42", owner="u-7") as run: await run.token("m1",
+    "Hel")``. Entering publishes ``run.started`` (``owner`` may subscribe and cancel);
+    leaving publishes ``run.completed`` (``run.failed`` on an exception). A client's cancel
+    calls ``on_cancel``, else cancels the task in the block. Tokens are coalesced
+    (``agent_coalesce_ms``, ``agent_coalesce_tokens``). See ``agents/producer.py``."""
+    from captify_ws.agents.producer import AgentRun
+
+    return AgentRun(agent_runs(current_server()), run_id, owner=owner, on_cancel=on_cancel,
+                    metadata=metadata)
+
+
+async def cancel_run(run_id: str, by: str | None = None) -> str:
+    """Cancel agent run ``run_id`` as the server; answers its final status."""
+    return await agent_runs(current_server()).cancel(run_id, by)

@@ -347,4 +347,4 @@ class Publisher:
             raise ChannelError(int(parts[1]), parts[2])
         flags = parts[2] if len(parts) > 2 else ""
         return Published(int(parts[0]), parts[1], duplicate="duplicate" in flags,
-                         stale="stale" in flags)
+                         stale="stale" in flags, sealed="sealed" in flags)

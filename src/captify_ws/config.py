@@ -275,6 +275,25 @@ class Settings:
     notifications_payload_max_bytes: int = _setting(
         16 << 10, "largest notification payload, JSON bytes; larger → refused (HTTP 413)",
         _parse_size, metavar="SIZE")
+    agent_history_size: int = _setting(
+        50_000, "publications kept per agent:… run (the whole run, for its snapshot)", int)
+    agent_history_ttl_s: float = _setting(
+        3600.0, "an agent run's stream is dropped this many seconds after its last "
+        "publication (its final snapshot stays in the store)", float)
+    agent_recovery_max_publications: int = _setting(
+        100, "most publications a reconnecting tab of an agent run gets replayed; past it, "
+        "one compacted snapshot (text per message, tool calls, status)", int)
+    agent_coalesce_ms: float = _setting(
+        50.0, "agent_run(): tokens of one message are published together at most this many "
+        "milliseconds after the first of them", float)
+    agent_coalesce_tokens: int = _setting(
+        32, "agent_run(): … or as soon as this many tokens wait", int)
+    agent_delta_max_chars: int = _setting(
+        16384, "largest token delta of one publication, characters; larger → refused (1009)",
+        int)
+    agent_producer_ttl_s: float = _setting(
+        30.0, "an agent run whose producer published nothing (no heartbeat either) for this "
+        "many seconds ends as run.failed (the producer died)", float)
     online_ttl_s: float = _setting(
         60.0, "with Redis: an instance's per-user connection counts (is_online) stop counting "
         "this many seconds after it last refreshed them (it died)", float)
@@ -405,7 +424,9 @@ class Settings:
                     "workflow_history_size", "workflow_history_ttl_s",
                     "notifications_history_size", "notifications_history_ttl_s",
                     "notifications_latest_count", "notifications_payload_max_bytes",
-                    "online_ttl_s")
+                    "online_ttl_s", "agent_history_size", "agent_history_ttl_s",
+                    "agent_recovery_max_publications", "agent_coalesce_ms",
+                    "agent_coalesce_tokens", "agent_delta_max_chars", "agent_producer_ttl_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

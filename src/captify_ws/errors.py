@@ -14,7 +14,8 @@ Hierarchy::
     ├── StaleVersion             server steps for a version that is not current (HTTP 409)
     ├── Reject                   a connection refused by policy (auth, origin, limits); `code`
     ├── ChannelError             a channel request that cannot be served; `code` (4400, 4403,
-    │                            4429, 1009) goes into the `error` answer or the HTTP status
+    │   │                        4429, 1009) goes into the `error` answer or the HTTP status
+    │   └── RunEnded             an agent run's event after its terminal one (HTTP 409)
     ├── HistoryError             a history request that cannot be served (unknown document or
     │                            version, bad cursor, a store without history); `status`
     ├── StoreError               the document store failed (the caller retries or reports)
@@ -164,6 +165,17 @@ class HistoryError(CaptifyError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class RunEnded(ChannelError):
+    """A publication on an agent run after its terminal event (``run.completed``,
+    ``run.failed`` or ``run.cancelled``): nothing was stored. ``status`` is how it ended;
+    HTTP answers 409."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(CloseCode.BAD_REQUEST, f"run {run_id!r} already ended ({status})")
+        self.run_id = run_id
+        self.status = status
 
 
 class StoreError(CaptifyError):

@@ -4,7 +4,8 @@ JavaScript client files served at ``/client/``.
 =====================================================  =========================================
 ``POST /api/v1/publish``                               ``{channel, event, data, state_patch?,
                                                        idempotency_key?, ephemeral?}`` →
-                                                       ``{offset, epoch, duplicate, stale}``
+                                                       ``{offset, epoch, duplicate, stale,
+                                                       sealed}``
 ``POST /api/v1/publish/batch``                         ``{"publications": [...]}`` (at most
                                                        100) → ``{"results": [... or {error}]}``
 ``GET /api/v1/channels/{channel}/position``            ``{offset, epoch}``
@@ -136,7 +137,7 @@ class ChannelRoutes:
         if ephemeral:
             return {"offset": None, "epoch": None, "ephemeral": True}
         return {"offset": result.offset, "epoch": result.epoch,
-                "duplicate": result.duplicate, "stale": result.stale}
+                "duplicate": result.duplicate, "stale": result.stale, "sealed": result.sealed}
 
     async def _publish(self, request: Request) -> Response:
         return JSONResponse(await self._publish_one(await self._body(request)))

@@ -224,7 +224,8 @@ async def test_http_publish_batch_position_and_history() -> None:
         one = (await http.post(f"{srv.http}/api/v1/publish", headers=auth, json={
             "channel": "workflow:api", "event": "a", "data": {"n": 1},
             "state_patch": {"n": 1}, "idempotency_key": "i1"})).json()
-        assert one == {"offset": 1, "epoch": one["epoch"], "duplicate": False, "stale": False}
+        assert one == {"offset": 1, "epoch": one["epoch"], "duplicate": False, "stale": False,
+                       "sealed": False}
         batch = (await http.post(f"{srv.http}/api/v1/publish/batch", headers=auth, json={
             "publications": [{"channel": "workflow:api", "event": "b", "data": 2},
                              {"channel": "nope:api", "event": "b"},

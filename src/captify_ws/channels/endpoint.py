@@ -185,19 +185,25 @@ class ChannelEndpoint:
                                f"more than {limit} channels on one connection")
         session.channels.add(channel)
         try:
-            if klass.authorize is not None:
-                if not klass.authorize(session.principal, channel):
-                    raise ChannelError(CloseCode.FORBIDDEN, f"access to {channel!r} denied")
-            else:
-                # Every subscribe, recovering or not, asks the authorizer (a channel is a
-                # resource like a document); revocations are checked there too.
-                await self.services.authorize(session.conn, channel)
+            await self.authorize(session, klass, channel)
             if session.conn.close_code is not None:
                 raise ChannelError(CloseCode.GOING_AWAY, "connection closing")
             await self.services.hub.subscribe(session.conn, ident, channel, since)
         except BaseException:
             session.channels.discard(channel)
             raise
+
+    async def authorize(self, session: ChannelSession, klass: ChannelClass,
+                        channel: str) -> None:
+        """Whether ``session`` may subscribe ``channel``; raises ``ChannelError(4403)`` or
+        ``Reject``. Handlers with their own rule (an agent run's owner) override it."""
+        if klass.authorize is not None:
+            if not klass.authorize(session.principal, channel):
+                raise ChannelError(CloseCode.FORBIDDEN, f"access to {channel!r} denied")
+        else:
+            # Every subscribe, recovering or not, asks the authorizer (a channel is a
+            # resource like a document); revocations are checked there too.
+            await self.services.authorize(session.conn, channel)
 
     def unsubscribe(self, session: ChannelSession, channel: str) -> None:
         if channel in session.channels:

@@ -105,9 +105,14 @@ class ChannelHub:
         if len(data_json) > limits.publication_max_bytes:
             raise ChannelError(CloseCode.MESSAGE_TOO_BIG,
                                f"data larger than {limits.publication_max_bytes} bytes")
+        if klass.prepare is not None:
+            state_patch = klass.prepare(channel, event, data, state_patch)
         fields, version = encode_patch(state_patch, limits.publication_max_bytes)
         ts_ms = int(time.time() * 1000)
         if ephemeral:
+            if event in klass.terminal_events:
+                raise ChannelError(CloseCode.BAD_REQUEST, f"{event!r} ends the stream: it "
+                                   "cannot be ephemeral")
             if fields or idempotency_key is not None:
                 raise ChannelError(CloseCode.BAD_REQUEST, "an ephemeral publication has no "
                                    "state_patch and no idempotency_key (it is never stored)")
@@ -120,9 +125,10 @@ class ChannelHub:
                                         for key, value in fields) + "}"
         outgoing = Outgoing(wire.pub_head(channel),
                             wire.pub_tail(event, data_json, ts_ms, patch_json),
-                            fields, version, idempotency_key)
+                            fields, version, idempotency_key,
+                            seal=event in klass.terminal_events)
         result = await self.backend.publish(channel, outgoing, klass.retention)
-        if not (result.duplicate or result.stale):
+        if not (result.duplicate or result.stale or result.sealed):
             self.counters["publications"] += 1
         return result
 
@@ -155,6 +161,9 @@ class ChannelHub:
         reason: str | None = None
         if since is not None:
             limit = self.limits.recovery_max_publications
+            cap = self.class_of(channel).recovery_max_publications
+            if cap is not None:
+                limit = min(limit, cap)
             read = await self.read(channel, since.offset, limit)
             decision = decide(since, read, limit, self.limits.recovery_max_bytes)
             if isinstance(decision, Recovered):
@@ -171,8 +180,6 @@ class ChannelHub:
         text = wire.encode_subscribed(ident, channel, position.epoch, position.offset,
                                       recovered=False, reason=reason, state_json=snap.state_json)
         return Answer(text, (), position.offset, position.epoch)
-
-    # -- subscribing -----------------------------------------------------------------------
 
     # -- subscribing -----------------------------------------------------------------------
 

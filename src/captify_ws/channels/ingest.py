@@ -4,7 +4,7 @@ A backend that cannot call captify-ws (or must not lose a publication while capt
 down) appends to the stream ``P:ingest`` with fields ``ch`` (channel), ``ev`` (event), ``d``
 (the data, JSON), and optionally ``sp`` (a state patch, JSON), ``ik`` (an idempotency key),
 ``eph`` (``1``: ephemeral), ``rk`` (a list ``P:ingest:reply:…`` that gets the answer
-``"<offset> <epoch>[ duplicate|stale]"`` or ``"error <code> <message>"``; what
+``"<offset> <epoch>[ duplicate|stale|sealed]"`` or ``"error <code> <message>"``; what
 :class:`captify_ws.client.Publisher` waits on)::
 
     redis-cli XADD captify:ingest MAXLEN '~' 100000 '*' ch workflow:run-7 ev step.status \
@@ -124,8 +124,10 @@ class Ingest:
             try:
                 result = await self._publish(ident, fields)
                 answer = f"{result.offset} {result.epoch}"
-                if result.duplicate or result.stale:
-                    answer += " duplicate" if result.duplicate else " stale"
+                if result.duplicate:
+                    answer += " duplicate"
+                elif result.stale or result.sealed:
+                    answer += " stale" if result.stale else " sealed"
             except ChannelError as exc:
                 logger.warning("ingest entry %s dropped: %s", ident, exc.message)
                 await self._client.xadd(self.dead, {**fields, "id": ident,

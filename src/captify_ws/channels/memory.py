@@ -68,6 +68,8 @@ class _Stream:
     last_publish: float = field(default_factory=time.monotonic)
     #: idempotency key → (position answered, expires at)
     seen: dict[str, tuple[Published, float]] = field(default_factory=dict)
+    #: a terminal publication was appended: nothing more is
+    sealed: bool = False
 
 
 class MemoryBackend:
@@ -158,6 +160,8 @@ class MemoryBackend:
             seen = stream.seen.get(key)
             if seen is not None and seen[1] > now:
                 return Published(seen[0].offset, seen[0].epoch, duplicate=True)
+        if stream.sealed:
+            return Published(stream.top, stream.epoch, sealed=True)
         if channel_state.is_stale(stream.state.get("version"), outgoing.version):
             return Published(stream.top, stream.epoch, stale=True)
         fields = outgoing.state_fields
@@ -173,6 +177,7 @@ class MemoryBackend:
         while len(stream.entries) > retention.history_size:
             stream.entries.popleft()
         stream.last_publish = now
+        stream.sealed = outgoing.seal
         self._meta_ttl[channel] = retention.meta_ttl_s
         channel_state.merge(stream.state, fields)
         published = Published(offset, stream.epoch)

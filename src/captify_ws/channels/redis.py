@@ -160,7 +160,8 @@ class RedisBackend:
             max(1, int(retention.history_ttl_s)), max(1, int(retention.meta_ttl_s)),
             new_epoch(), "" if outgoing.version is None else repr(outgoing.version),
             self._window if idem is not None else 0, self._state_max_keys,
-            "1" if durable else "0", "1" if durable and outgoing.state_fields else "0"]
+            "1" if durable else "0", "1" if durable and outgoing.state_fields else "0",
+            "1" if outgoing.seal else "0"]
         for key, value in outgoing.state_fields:
             args += [key, "" if value is None else value]
         for _ in range(3):
@@ -176,6 +177,8 @@ class RedisBackend:
             return Published(int(offset_text), epoch_text, duplicate=True)
         if kind == "stale":
             return Published(int(answer[1]), _text(answer[2]), stale=True)
+        if kind == "sealed":
+            return Published(int(answer[1]), _text(answer[2]), sealed=True)
         if kind == "full":
             raise ChannelError(CloseCode.MESSAGE_TOO_BIG,
                                f"the channel's state would have more than "

@@ -5,7 +5,7 @@ every key of a channel lives on one node):
 
 =================  ======  ==========================================================
 ``P:{C}:s``        STREAM  entry id ``<offset>-0``, field ``f`` = the finished ``pub`` frame
-``P:{C}:m``        HASH    ``e`` epoch, ``t`` top offset (the position)
+``P:{C}:m``        HASH    ``e`` epoch, ``t`` top offset (the position), ``x`` sealed
 ``P:{C}:st``       HASH    the state: field → JSON-encoded value
 ``P:{C}:i:<key>``  STRING  ``"<offset> <epoch>"`` answered for an idempotency key
 =================  ======  ==========================================================
@@ -23,10 +23,10 @@ from typing import Final
 #: KEYS: stream, meta, state, idempotency key.
 #: ARGV: 1 fan-out channel, 2 frame head, 3 frame tail, 4 history size, 5 history ttl s,
 #: 6 meta ttl s, 7 fresh epoch, 8 version ('' none), 9 idempotency window s (0: none),
-#: 10 max state keys, 11 seed required ('1'), 12 answer the state ('1'),
-#: 13… field, value pairs ('' deletes the field).
+#: 10 max state keys, 11 seed required ('1'), 12 answer the state ('1'), 13 seal ('1'),
+#: 14… field, value pairs ('' deletes the field).
 #: Answers {'ok', offset, epoch[, state]}, {'dup', "offset epoch"}, {'stale', top, epoch},
-#: {'full', top, epoch} or {'seed'}.
+#: {'sealed', top, epoch}, {'full', top, epoch} or {'seed'}.
 PUBLISH: Final = """
 local window = tonumber(ARGV[9])
 if window > 0 then
@@ -41,13 +41,14 @@ if not epoch then
   redis.call('HSET', KEYS[2], 'e', epoch, 't', 0)
 end
 local top = tonumber(redis.call('HGET', KEYS[2], 't'))
+if redis.call('HEXISTS', KEYS[2], 'x') == 1 then return {'sealed', top, epoch} end
 if ARGV[8] ~= '' then
   local current = tonumber(redis.call('HGET', KEYS[3], 'version') or '')
   if current and current >= tonumber(ARGV[8]) then return {'stale', top, epoch} end
 end
-if #ARGV > 12 then
+if #ARGV > 13 then
   local adding = 0
-  for i = 13, #ARGV, 2 do
+  for i = 14, #ARGV, 2 do
     if ARGV[i + 1] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0 then
       adding = adding + 1
     end
@@ -59,7 +60,8 @@ end
 top = redis.call('HINCRBY', KEYS[2], 't', 1)
 local frame = ARGV[2] .. top .. ',"epoch":"' .. epoch .. '"' .. ARGV[3]
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], top .. '-0', 'f', frame)
-for i = 13, #ARGV, 2 do
+if ARGV[13] == '1' then redis.call('HSET', KEYS[2], 'x', '1') end
+for i = 14, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', KEYS[3], ARGV[i])
   else

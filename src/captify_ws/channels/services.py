@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from captify_ws.auth import Access
 from captify_ws.channels.backend import ChannelBackend
@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("captify_ws.channels")
 
 Authorize = Callable[[Connection, str], Awaitable[Access]]
+
+
+class Part(Protocol):
+    """A handler's background work (the agent watchdog): started and stopped with the hub."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -67,6 +75,8 @@ class ChannelServices:
     online: OnlineCounts
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     ingest: Ingest | None = None
+    #: handlers' own background work, started after the hub and stopped before it
+    parts: list[Part] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.store.open()
@@ -78,8 +88,12 @@ class ChannelServices:
         await self.online.start()
         if self.ingest is not None:
             await self.ingest.start()
+        for part in self.parts:
+            await part.start()
 
     async def stop(self) -> None:
+        for part in reversed(self.parts):
+            await part.stop()
         if self.ingest is not None:
             await self.ingest.stop()
         await self.online.stop()

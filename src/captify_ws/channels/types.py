@@ -54,17 +54,22 @@ class Outgoing:
     #: the patch's ``version``: the publication is dropped unless it is above the state's
     version: float | None = None
     idempotency_key: str | None = None
+    #: the publication ends the stream: it is appended, and every later one is refused
+    #: (``sealed``) — an agent run's terminal event, stored exactly once
+    seal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Published(Position):
     """What a publish answers: the publication's position — or, for a repeat of an
     idempotency key (``duplicate``), the first one's; for a patch not newer than the state's
-    ``version`` (``stale``, nothing appended), the channel's current one. Ephemeral
-    publications have no position: ``Published(0, "")``."""
+    ``version`` (``stale``, nothing appended), the channel's current one; for a publication
+    after the stream was sealed (``sealed``, nothing appended), the channel's current one.
+    Ephemeral publications have no position: ``Published(0, "")``."""
 
     duplicate: bool = False
     stale: bool = False
+    sealed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +131,14 @@ class ChannelClass:
     authorize: Callable[[Any, str], bool] | None = None
     #: what the class is for, in errors that name the classes an endpoint serves
     description: str = ""
+    #: events that end a channel's stream: the first one is appended and seals it, every
+    #: later publication (of any event) is refused as ``sealed`` (on every backend, atomically)
+    terminal_events: frozenset[str] = frozenset()
+    #: checks a publication before it is encoded, whoever publishes it (Python, HTTP, the
+    #: Redis ingest): ``(channel, event, data, state_patch)`` → the state patch to use; raises
+    #: ``ChannelError`` to refuse it
+    prepare: Callable[[str, str, Any, Any], Any] | None = None
+    #: most publications a recovery of this class replays (below the hub's own cap); past it
+    #: the subscriber gets the snapshot (``too_far``) — an agent run's compacted text instead
+    #: of thousands of tokens
+    recovery_max_publications: int | None = None

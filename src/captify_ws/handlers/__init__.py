@@ -6,6 +6,7 @@ and having ``path``, ``on_connect``, ``on_message``, ``on_close``, ``on_error``;
 
 from __future__ import annotations
 
+from captify_ws.handlers.agent import AgentHandler
 from captify_ws.handlers.base import Handler, HandlerFactory, HandlerRegistry
 from captify_ws.handlers.fabric import FabricHandler
 from captify_ws.handlers.hocuspocus import HocuspocusHandler
@@ -17,6 +18,7 @@ BUILTIN_HANDLERS: tuple[HandlerFactory, ...] = (
     HocuspocusHandler,
     NotificationsHandler,
     WorkflowHandler,
+    AgentHandler,
 )
 
 __all__ = ["BUILTIN_HANDLERS", "Handler", "HandlerFactory", "HandlerRegistry"]
