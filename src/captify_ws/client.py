@@ -80,6 +80,21 @@ def notifications_reducer(state: Any, pub: dict[str, Any]) -> Any:
     return nxt
 
 
+def agent_reducer(state: Any, pub: dict[str, Any]) -> Any:
+    """The state of a ``/ws/agent`` run kept from its events: the compacted snapshot's shape
+    (see :mod:`captify_ws.agents.events`); events after the terminal one are ignored."""
+    from captify_ws.agents.events import RunFold
+
+    if state is None:
+        fold = RunFold(str(pub.get("channel", ":")).split(":", 1)[1])
+    else:
+        fold = RunFold.from_json(state)
+    data = pub.get("data")
+    fold.apply(int(pub.get("offset") or 0), str(pub.get("event")),
+               data if isinstance(data, dict) else {}, int(pub.get("ts") or 0))
+    return fold.to_json()
+
+
 class ClientSubscription:
     """One channel of a :class:`ChannelClient`: position, state, and what it delivered."""
 

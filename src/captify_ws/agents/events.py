@@ -175,9 +175,9 @@ class RunFold:
             self.tool_calls[call_id] = {"id": call_id, "name": data.get("name"),
                                         "args": data.get("args"), "completed": False}
         elif event == "tool_result":
-            call = self.tool_calls.setdefault(str(data.get("id")),
-                                              {"id": data.get("id"), "name": None,
-                                               "args": None})
+            call_id = str(data.get("id"))
+            call = self.tool_calls.setdefault(call_id, {"id": call_id, "name": None,
+                                                        "args": None})
             call.update({k: data[k] for k in ("result", "error") if k in data})
             call["completed"] = True
         elif event in TERMINAL:

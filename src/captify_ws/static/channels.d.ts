@@ -44,6 +44,21 @@ export function mergePatch<S extends object> (state: S | undefined, patch: Recor
 /** {unread_count, unread_version, latest} of a /ws/notifications channel, from its events. */
 export function notificationsReducer (state: NotificationsState | undefined, pub: Publication): NotificationsState
 
+/** A /ws/agent run: the compacted snapshot's shape, kept from live events. */
+export interface AgentRunState {
+  run_id: string
+  status: 'pending' | 'running' | 'completed' | 'failed' | 'cancelled'
+  owner: string | null
+  messages: Array<{ id: string, role: string, text: string, completed: boolean }>
+  tool_calls: Array<{ id: string, name: string | null, args: unknown, result?: unknown, error?: unknown, completed: boolean }>
+  result?: unknown
+  error?: unknown
+  cancelled_by?: string | null
+  last_ts: number
+  partial?: boolean
+}
+export function agentReducer (state: AgentRunState | undefined, pub: Publication): AgentRunState
+
 export interface NotificationsState {
   unread_count: number
   unread_version: number

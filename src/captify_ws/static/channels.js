@@ -77,6 +77,66 @@ export function notificationsReducer (state, pub) {
   return next
 }
 
+const ENDED = new Set(['completed', 'failed', 'cancelled'])
+
+/**
+ * The state of a /ws/agent run, kept up to date from its events — the same shape as the
+ * compacted snapshot a late or reloading tab gets: {run_id, status, owner, messages: [{id,
+ * role, text, completed}], tool_calls: [{id, name, args, result?, error?, completed}],
+ * result?, error?, cancelled_by?, last_ts}. Events after the terminal one are ignored.
+ */
+export function agentReducer (state, pub) {
+  const next = state
+    ? { ...state, messages: [...(state.messages || [])], tool_calls: [...(state.tool_calls || [])] }
+    : { run_id: pub.channel.slice(pub.channel.indexOf(':') + 1), status: 'pending', owner: null, messages: [], tool_calls: [], last_ts: 0 }
+  next.last_ts = Math.max(next.last_ts || 0, pub.ts || 0)
+  if (ENDED.has(next.status)) return next
+  const data = pub.data || {}
+  const event = pub.event
+  if (event === 'run.started') {
+    next.status = 'running'
+    next.owner = data.owner ?? null
+  } else if (event === 'message.started' || event === 'token' || event === 'message.completed') {
+    const id = String(data.message_id)
+    let index = next.messages.findIndex((m) => m.id === id)
+    if (index < 0) {
+      next.messages.push({ id, role: 'assistant', text: '', completed: false })
+      index = next.messages.length - 1
+    }
+    const message = { ...next.messages[index] }
+    if (event === 'message.started' && typeof data.role === 'string') message.role = data.role
+    else if (event === 'token') message.text += String(data.delta ?? '')
+    else if (event === 'message.completed') message.completed = true
+    next.messages[index] = message
+  } else if (event === 'tool_call') {
+    const call = { id: String(data.id), name: data.name, args: data.args ?? null, completed: false }
+    const index = next.tool_calls.findIndex((c) => c.id === call.id)
+    if (index < 0) next.tool_calls.push(call)
+    else next.tool_calls[index] = call
+  } else if (event === 'tool_result') {
+    const id = String(data.id)
+    let index = next.tool_calls.findIndex((c) => c.id === id)
+    if (index < 0) {
+      next.tool_calls.push({ id, name: null, args: null })
+      index = next.tool_calls.length - 1
+    }
+    const call = { ...next.tool_calls[index], completed: true }
+    if ('result' in data) call.result = data.result
+    if ('error' in data) call.error = data.error
+    next.tool_calls[index] = call
+  } else if (event === 'run.completed') {
+    next.status = 'completed'
+    if ('result' in data) next.result = data.result
+  } else if (event === 'run.failed') {
+    next.status = 'failed'
+    next.error = data.error
+  } else if (event === 'run.cancelled') {
+    next.status = 'cancelled'
+    next.cancelled_by = data.by ?? null
+  }
+  return next
+}
+
 class Emitter {
   constructor () { this._handlers = new Map() }
 
