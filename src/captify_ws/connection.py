@@ -4,8 +4,11 @@
 transport (native picows, or any ASGI server); handlers and rooms only see this interface.
 
 Sending: :meth:`Connection.send_frame` takes a :class:`PreparedFrame`, a message encoded once per
-broadcast, and writes the same bytes to every socket. While the transport is full (its peer does
-not read as fast as it is sent to), new frames wait in a queue. Every byte waiting for the
+broadcast, and writes the same bytes to every socket; :meth:`Connection.send_frames` takes the
+frames one loop turn produced for a socket (a room's batch of updates) and writes them in one
+write (one ``writev``: the shared ``bytes`` objects, in order, one system call instead of one
+per frame), and so does the queue when the transport drains. While the transport is full (its
+peer does not read as fast as it is sent to), new frames wait in a queue. Every byte waiting for the
 connection — the queue and the transport's buffer — counts against its ``send_budget`` (beyond one
 message larger than the budget by itself) and against the server's ``OutboundBudget``. Past its
 budget, or when its output makes no progress for ``send_timeout_s``, the connection is closed with
@@ -34,7 +37,7 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -107,9 +110,9 @@ class Connection:
         self._paused = False
         self._pending: deque[PreparedFrame] = _NO_FRAMES  # a real deque once something waits
         self._pending_bytes = 0
-        #: while paused: the frame whose write filled the transport (held in the ledger), and
-        #: the other bytes the transport held then (counted as this connection's own)
-        self._trigger: PreparedFrame | None = None
+        #: while paused: the frames of the write that filled the transport (held in the
+        #: ledger), and the other bytes the transport held then (counted as this one's own)
+        self._trigger: Sequence[PreparedFrame] | None = None
         self._private = 0
         self._allowance = 0  # a message larger than the budget, on its way out
         self._close_timer: asyncio.TimerHandle | None = None
@@ -139,7 +142,28 @@ class Connection:
         else:
             self._write(frame)
             if self._paused:  # this write filled the transport
-                self._hold_trigger(frame)
+                self._hold_trigger((frame,))
+
+    def send_frames(self, frames: Sequence[PreparedFrame]) -> None:
+        """Queue ``frames``, in order, for this connection; those that can leave now leave in
+        one write. The caller builds ``frames`` once and passes the same sequence to every
+        member (a broadcast of several messages: each still counts once in the ledger)."""
+        if len(frames) == 1:
+            self.send_frame(frames[0])
+            return
+        if self._closing or not frames:
+            return
+        stats = self._limits.stats
+        stats.frames_out += len(frames)
+        for frame in frames:
+            stats.bytes_out += len(frame.payload)
+        if self._paused:
+            for frame in frames:
+                self._enqueue(frame)
+        else:
+            self._write_many(frames)
+            if self._paused:
+                self._hold_trigger(frames)
 
     def send_text(self, text: str) -> None:
         self.send_frame(PreparedFrame.text(text))
@@ -163,13 +187,18 @@ class Connection:
         if waiting > budget + self._allowance:
             self.too_slow(f"{waiting} bytes waiting, budget {budget}", abort=False)
 
-    def _hold_trigger(self, frame: PreparedFrame) -> None:
-        """``frame`` filled the transport: it is held (once for every connection that holds
-        it) until the transport drains; the rest of the transport's bytes are this one's."""
+    def _hold_trigger(self, frames: Sequence[PreparedFrame]) -> None:
+        """The write of ``frames`` filled the transport: they are held (each once for every
+        connection that holds it) until the transport drains; the rest of the transport's
+        bytes are this one's."""
         if self._trigger is None:
-            self._trigger = frame
-            self._limits.outbound.hold(frame)
-            self._set_private(max(0, self._private - len(frame)))
+            self._trigger = frames
+            outbound = self._limits.outbound
+            size = 0
+            for frame in frames:
+                outbound.hold(frame)
+                size += len(frame)
+            self._set_private(max(0, self._private - size))
 
     def _set_private(self, size: int) -> None:
         if size != self._private:
@@ -179,7 +208,9 @@ class Connection:
     def _release_transport(self) -> None:
         """The transport drained (or is gone): what it held no longer counts."""
         if self._trigger is not None:
-            self._limits.outbound.release(self._trigger)
+            outbound = self._limits.outbound
+            for frame in self._trigger:
+                outbound.release(frame)
             self._trigger = None
         self._set_private(0)
 
@@ -210,17 +241,21 @@ class Connection:
         self._pending_bytes = 0
 
     def _flush_pending(self) -> None:
-        """Write what waited while the transport was paused (called on resume)."""
+        """Write what waited while the transport was paused (called on resume), in one
+        write: the bytes move from the queue to the transport's buffer, and count as much."""
+        if not self._pending or self._paused or self._closing:
+            return
+        frames, self._pending = list(self._pending), _NO_FRAMES
+        self._pending_bytes = 0
+        if len(frames) == 1:
+            self._write(frames[0])
+        else:
+            self._write_many(frames)
+        if self._paused:
+            self._hold_trigger(frames)
         outbound = self._limits.outbound
-        while self._pending and not self._paused and not self._closing:
-            frame = self._pending.popleft()
-            self._pending_bytes -= len(frame)
-            self._write(frame)
-            if self._paused:
-                self._hold_trigger(frame)
+        for frame in frames:
             outbound.release(frame)
-        if not self._pending:
-            self._pending = _NO_FRAMES
 
     def _set_paused(self, paused: bool) -> None:
         """The transport's buffer went over its high-water mark (or back under the low one)."""
@@ -486,6 +521,12 @@ class Connection:
 
     def _write(self, frame: PreparedFrame) -> None:
         raise NotImplementedError
+
+    def _write_many(self, frames: Sequence[PreparedFrame]) -> None:
+        """Write ``frames`` in order, in one write where the transport can (this default
+        writes them one by one)."""
+        for frame in frames:
+            self._write(frame)
 
     def _transport_buffered(self) -> int:
         raise NotImplementedError

@@ -24,6 +24,7 @@ from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import CloseCode, InvalidMessage, QuotaExceeded
 from captify_ws.metrics import Stats
 from captify_ws.protocol import envelope, ywebsocket
+from captify_ws.rooms import fanout
 from captify_ws.rooms.hocuspocus import HocuspocusMembers
 from captify_ws.rooms.presence import Change, Presence, PresenceState
 from captify_ws.rooms.steps import StepAuthority
@@ -271,8 +272,10 @@ class DocumentRoom:
             except InvalidMessage:
                 merged = False
             accepted = batch if merged else self._integrate_each(batch)
-        for update, origin, frame in accepted:
-            self._applied(update, origin, frame)
+        if len(accepted) == 1:
+            self._applied(*accepted[0])
+        elif accepted:
+            self._applied_batch(accepted)
 
     def _integrate_each(self, batch: list[Pending]) -> list[Pending]:
         """Apply one by one; an update Yjs decodes but cannot integrate is dropped and its
@@ -332,6 +335,33 @@ class DocumentRoom:
         self.stats.broadcast("update", len(self), perf_counter() - started)
         for listener in self._update_listeners:
             listener(self, update, origin)
+
+    def _applied_batch(self, batch: list[Pending]) -> None:
+        """Several updates are in the document: each member gets its share of them in one
+        write (``rooms/fanout.py``), in order; then the listeners, update by update."""
+        self._full_state = None
+        self._full_step2 = None
+        batch = [entry for entry in batch if entry[0] != ywebsocket.EMPTY_UPDATE]
+        if not batch:
+            return
+        started = perf_counter()
+        senders = [origin.member for _, origin, _ in batch]
+        if self._yws:
+            fanout.to_all(self._yws, [
+                PreparedFrame.binary(frame or ywebsocket.encode_sync_update(update),
+                                     yjs_update=update) for update, _, frame in batch])
+        if self._json:
+            fanout.to_all_but_senders(self._json, [
+                PreparedFrame.text(envelope.encode_update(
+                    self.document_id, update, sender.client_id if sender is not None else None))
+                for (update, _, _), sender in zip(batch, senders, strict=True)], senders)
+        if self.hocuspocus:
+            self.hocuspocus.broadcast_updates([update for update, _, _ in batch], senders)
+        elapsed = (perf_counter() - started) / len(batch)
+        for update, origin, _ in batch:
+            self.stats.broadcast("update", len(self), elapsed)
+            for listener in self._update_listeners:
+                listener(self, update, origin)
 
     def encode_state(self, state_vector: bytes | None = None) -> bytes:
         """The document as one Yjs update, or what ``state_vector`` lacks.
@@ -429,14 +459,11 @@ class DocumentRoom:
         if self.hocuspocus:
             self.hocuspocus.broadcast_awareness([change.entry for change in changes])
         if self._json:
-            for change in changes:
-                if change.renewal:
-                    continue
-                prepared = PreparedFrame.text(
-                    self._json_presence(change.entry, change.state, change.json_client_id))
-                for connection, member in self._json.items():
-                    if member is not change.owner:
-                        connection.send_frame(prepared)
+            told = [change for change in changes if not change.renewal]
+            if told:
+                fanout.to_all_but_senders(self._json, [PreparedFrame.text(self._json_presence(
+                    change.entry, change.state, change.json_client_id)) for change in told],
+                    [change.owner for change in told])
 
     def close(self) -> None:
         self.flush_pending()

@@ -19,6 +19,7 @@ from captify_ws.connection import PreparedFrame
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol.hocuspocus import FrameEncoder
 from captify_ws.protocol.ywebsocket import AwarenessEntry, _StrictDecoder
+from captify_ws.rooms import fanout
 
 if TYPE_CHECKING:
     from captify_ws.rooms.document import Member
@@ -82,6 +83,15 @@ class HocuspocusMembers:
                 if frame is None:
                     frame = PreparedFrame.binary(group.encoder.sync_update(update))
                 member.connection.send_frame(frame)
+
+    def broadcast_updates(self, updates: Sequence[bytes],
+                          senders: Sequence[Member | None]) -> None:
+        """Several updates, in order, each member's share in one write; a sender gets its
+        ``SyncStatus`` in place of its own update."""
+        for group in self._by_address.values():
+            frames = [PreparedFrame.binary(group.encoder.sync_update(update))
+                      for update in updates]
+            fanout.acknowledged(group.members, frames, senders, group.ack)
 
     def broadcast_awareness(self, entries: Sequence[AwarenessEntry]) -> None:
         """Presence changes to every member, their owners included (a provider alone in a

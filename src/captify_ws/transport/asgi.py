@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -67,6 +68,13 @@ class AsgiConnection(Connection):
         self._enqueue(frame)
         self._wake.set()
 
+    def send_frames(self, frames: Sequence[PreparedFrame]) -> None:
+        if self._closing:
+            return
+        for frame in frames:
+            self._enqueue(frame)
+        self._wake.set()
+
     def _set_paused(self, paused: bool) -> None:
         return None
 
@@ -104,6 +112,9 @@ class AsgiConnection(Connection):
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:
+                    if len(self._pending) > 1 and self._access is not None:
+                        await self._send_together(self._access)
+                        continue
                     frame = self._pending.popleft()
                     size = len(frame)
                     self._pending_bytes -= size
@@ -127,6 +138,28 @@ class AsgiConnection(Connection):
             return
         except Exception:
             return
+
+    async def _send_together(self, access: TransportAccess) -> None:
+        """Every frame waiting, in one write (under uvicorn with ``uvicorn_ws``), else one
+        ASGI ``send`` each; they count as in flight until the transport has them."""
+        outbound = self._limits.outbound
+        frames = list(self._pending)
+        self._pending.clear()
+        size = self._pending_bytes
+        self._pending_bytes = 0
+        self._inflight = size
+        self._allowance = size if size > self._limits.send_budget else 0
+        outbound.stalled(self)  # until the transport takes them
+        try:
+            if not await access.send_frames(frames):
+                for frame in frames:
+                    await self._send(frame.asgi)
+        finally:
+            outbound.progressed(self)
+            for frame in frames:
+                outbound.release(frame)
+            self._inflight = 0
+        self._set_private(self._transport_buffered())
 
     async def stop_writer(self) -> None:
         if not self._writer.done():

@@ -25,6 +25,7 @@ import asyncio
 import codecs
 import logging
 import socket
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -109,14 +110,20 @@ class NativeConnection(Connection):
         if not self._raw.is_closing() and not self._ws.is_close_frame_sent:
             self._raw_write(frame.wire)
 
+    def _write_many(self, frames: Sequence[PreparedFrame]) -> None:
+        # uvloop hands a list to one writev(): the shared frames leave in one system call,
+        # without being copied into one buffer per socket.
+        if not self._raw.is_closing() and not self._ws.is_close_frame_sent:
+            self._raw.writelines([frame.wire for frame in frames])
+
     def _transport_buffered(self) -> int:
         return int(self._raw.get_write_buffer_size())
 
     def _close_transport(self, code: int, reason: str, flush: list[PreparedFrame]) -> None:
         if self._ws.is_disconnected or self._raw.is_closing() or self._ws.is_close_frame_sent:
             return
-        for frame in flush:
-            self._raw_write(frame.wire)
+        if flush:
+            self._raw.writelines([frame.wire for frame in flush])
         self._ws.send_close(WSCloseCode(code), reason.encode("utf-8"))
         if self.peer_closed:
             self._ws.disconnect()

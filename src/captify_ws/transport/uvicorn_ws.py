@@ -21,11 +21,15 @@ websockets checks RFC 6455 itself (reserved bits, opcodes, control frames, close
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
+from websockets.protocol import State
+
+from captify_ws.frames import PreparedFrame
 
 if TYPE_CHECKING:
     from captify_ws.config import Settings
@@ -49,6 +53,10 @@ class TransportAccess(Protocol):
 
     def attach(self, connection: Chargeable) -> None:
         """Fragments and pings are charged to ``connection`` from now on."""
+
+    async def send_frames(self, frames: Sequence[PreparedFrame]) -> bool:
+        """Write ``frames`` in one write; ``False`` (nothing written) when they must go
+        through ASGI ``send`` one by one instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,18 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def attach(self, connection: Chargeable) -> None:
         self._charged = connection
+
+    async def send_frames(self, frames: Sequence[PreparedFrame]) -> bool:
+        """Several messages in one write, as websockets would frame them: server frames are
+        unmasked (RFC 6455 §5.1), so the prepared frames' bytes are the wire bytes, shared by
+        every socket. Not while an extension (permessage-deflate) transforms frames, nor
+        once the connection is closing: then ``False`` and the caller uses ASGI ``send``."""
+        await self.writable.wait()
+        if self.close_sent or self.disconnected or self.conn.extensions or \
+                self.conn.state is not State.OPEN or self.transport.is_closing():
+            return False
+        self.transport.writelines([frame.wire for frame in frames])
+        return True
 
     def _charge(self) -> bool:
         return self._charged is None or self._charged.charge(1)
