@@ -99,6 +99,7 @@ class CaptifyApp:
             Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
             Route("/metrics", self._metrics, methods=["GET"]),
             *AdminPages(server).routes(),
+            *HistoryRoutes(server, self._check_api_key, _document_name).routes(),
             Route("/api/v1/documents/{document_id:path}/steps", self._post_steps,
                   methods=["POST"]),
             Route("/api/v1/documents/{document_id:path}/updates", self._post_update,
@@ -113,7 +114,6 @@ class CaptifyApp:
                   methods=["DELETE"]),
             Route("/api/v1/connections", self._get_connections, methods=["GET"]),
             *ChannelRoutes(server, self._check_api_key).routes(),
-            *HistoryRoutes(server, self._check_api_key).routes(),
             *AgentRoutes(server, self._check_api_key).routes(),
             *(DemoPages().routes() if server.settings.demo_enabled else ()),
         ])

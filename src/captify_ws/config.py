@@ -81,6 +81,18 @@ class Settings:
     store_commit_interval_ms: int = _setting(
         100, "edits from WebSocket clients are committed at most this often, in one transaction "
         "(group commit); API writes commit at once", int)
+    version_idle_s: float = _setting(
+        30.0, "history: an edited document gets an automatic version once it has been idle "
+        "this many seconds (0: no automatic versions)", float)
+    version_max_interval_s: float = _setting(
+        600.0, "history: while editing goes on, an automatic version at least every this many "
+        "seconds", float)
+    version_keep: int = _setting(
+        100, "history: automatic versions kept per document, newest first (0: no count "
+        "limit; named and restore versions are always kept)", int)
+    version_max_age_s: float = _setting(
+        30 * 86400.0, "history: automatic versions older than this many seconds are deleted "
+        "(0: no age limit)", float)
     broker: str = _setting(
         "memory", "how instances reach each other: 'memory' (this process only) or "
         "'redis://host:6379/0'", metavar="URL")
@@ -396,6 +408,10 @@ class Settings:
                 "redis://… and --store postgresql://… (or an SQLite file on this machine)")
         if self.room_grace_s < 0:
             raise ConfigError("room_grace_s cannot be negative")
+        if min(self.version_idle_s, self.version_keep, self.version_max_age_s) < 0 or \
+                self.version_max_interval_s <= 0:
+            raise ConfigError("version_idle_s, version_keep and version_max_age_s cannot be "
+                              "negative; version_max_interval_s must be positive")
         if self.auth == "" and not self.loopback:
             raise ConfigError(
                 f"binding {self.host} (not loopback) needs an authenticator: --auth "

@@ -56,6 +56,7 @@ from captify_ws.handlers.base import (
     handler_name,
     load_handler,
 )
+from captify_ws.history.versions import DocumentHistory
 from captify_ws.imports import import_attribute
 from captify_ws.metrics import Stats
 from captify_ws.outbound import connection_limits
@@ -154,6 +155,8 @@ class Server:
         self.rooms = RoomManager(self.store, self.writer, self.settings, schema,
                                  stats=self.stats)
         self.cluster = ClusterBridge(self, broker) if broker is not None else None
+        #: versions (automatic, named, restore) of the documents, when the store keeps history
+        self.history = DocumentHistory(self)
         #: channels (/ws/notifications, /ws/workflow): what their handlers may use
         self.channel_services = build_channel_services(self.settings, self.authorize,
                                                        self.instance_id)
@@ -190,6 +193,7 @@ class Server:
                     await self.store.close()
                     raise
             self.writer.start()
+            self.history.start()
             try:
                 await self.channel_services.start()
             except BaseException:
@@ -231,6 +235,7 @@ class Server:
                 conn.abort(code, reason)
             await asyncio.sleep(0.05)
         await self.rooms.close()
+        await self.history.stop()
         await self.channel_services.stop()
         await self.writer.stop(timeout=timeout / 2)
         if self.cluster is not None:

@@ -6,7 +6,22 @@
                                                    the start), in commit order, at most
                                                    ``limit`` (1-1000, default 100); ask again
                                                    with ``since=next``
+``GET /api/v1/documents/{id}/versions``            ``?before=&limit=`` → ``{versions: [info…],
+                                                   next}`` newest first; ``next``: the
+                                                   ``before`` of the next page, or null
+``POST /api/v1/documents/{id}/versions``           ``{name?, who?}`` → 201 the new version's
+                                                   info
+``GET /api/v1/documents/{id}/versions/{n}``        the info, ``update`` (the document at that
+                                                   version, one Yjs update, base64), ``text``
+                                                   ``{root: str}`` and ``prosemirror``
+                                                   ``{root: JSON}``
+``POST /api/v1/documents/{id}/versions/{n}/restore``  ``{who?}`` → 201 the ``restore`` version
+``GET /api/v1/documents/{id}/diff?from=&to=``      ``{from, to, authors, text: {root: [op…]},
+                                                   prosemirror: {root: [op…]}}``
 =================================================  ============================================
+
+A version's info: ``{documentId, version, kind, name, at, who, cursor, size}``; ``who`` in a
+request body labels the change (default ``api``).
 
 A feed entry: ``{cursor, documentId, kind, at, updates, who, version}`` (``store/history.py``).
 Errors answer ``{"error": …, "code": …}``: 400 bad input, 404 no such document or version,
@@ -15,6 +30,7 @@ Errors answer ``{"error": …, "code": …}``: 400 bad input, 404 no such docume
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -23,7 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from captify_ws.errors import HistoryError, StoreError, log_with_id
+from captify_ws.errors import BadRequest, HistoryError, ProtocolError, StoreError, log_with_id
+from captify_ws.protocol import envelope
 from captify_ws.store.history import MAX_PAGE, HistoryStore
 
 if TYPE_CHECKING:
@@ -32,6 +49,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("captify_ws.history")
 
 CheckKey = Callable[[Request], "Response | None"]
+#: the document name of an ``/api/v1/documents/<name><suffix>`` request (``app.py``)
+DocumentName = Callable[[Request, str], str]
+#: the longest version name or ``who`` label a request may give
+MAX_LABEL = 200
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -65,14 +86,54 @@ def history_store(server: Server) -> HistoryStore:
 class HistoryRoutes:
     """The routes above, for one server; ``check_key`` answers a refusal or ``None``."""
 
-    def __init__(self, server: Server, check_key: CheckKey) -> None:
+    def __init__(self, server: Server, check_key: CheckKey, document_name: DocumentName) -> None:
         self.server = server
         self._check_key = check_key
+        self._document_name = document_name
 
     def routes(self) -> list[Route]:
+        """The routes; put them before the generic ``/api/v1/documents/{id}`` ones."""
+        versions = "/api/v1/documents/{document_id:path}/versions"
         return [
             Route("/api/v1/changes", self._guard(self._changes), methods=["GET"]),
+            Route(versions, self._guard(self._list), methods=["GET"]),
+            Route(versions, self._guard(self._create), methods=["POST"]),
+            Route(versions + "/{number:int}", self._guard(self._get), methods=["GET"]),
+            Route(versions + "/{number:int}/restore", self._guard(self._restore),
+                  methods=["POST"]),
+            Route("/api/v1/documents/{document_id:path}/diff", self._guard(self._diff),
+                  methods=["GET"]),
         ]
+
+    def _name(self, request: Request, marker: str) -> str:
+        """The document name, given the last path segment that follows it."""
+        path = request.url.path
+        try:
+            return self._document_name(request, path[path.rindex(marker):])
+        except BadRequest as exc:
+            raise HistoryError(400, exc.message) from None
+
+    async def _labels(self, request: Request) -> dict[str, str | None]:
+        """``name`` and ``who`` of a request body (both optional)."""
+        raw = await request.body()
+        if not raw.strip():
+            return {"name": None, "who": "api"}
+        try:
+            body = envelope.parse_json(raw, max_values=self.server.settings.max_json_values)
+        except ProtocolError as exc:
+            raise HistoryError(400, f"body must be JSON: {exc.message}") from None
+        if not isinstance(body, dict):
+            raise HistoryError(400, "body must be an object")
+        out: dict[str, str | None] = {"name": None, "who": "api"}
+        for key in ("name", "who"):
+            value = body.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL:
+                raise HistoryError(400, f"'{key}' must be a string of 1 to {MAX_LABEL} "
+                                   "characters")
+            out[key] = value
+        return out
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
@@ -97,3 +158,43 @@ class HistoryRoutes:
         entries = await history_store(self.server).read_feed(since, limit)
         return JSONResponse({"changes": [entry.as_json() for entry in entries],
                              "next": entries[-1].cursor if entries else since})
+
+    async def _list(self, request: Request) -> Response:
+        document_id = self._name(request, "/versions")
+        before = optional_int(request, "before", 1, 2**31 - 1)
+        limit = int_param(request, "limit", 50, 1, MAX_PAGE)
+        infos = await self.server.history.list_versions(document_id, before, limit)
+        more = len(infos) == limit and infos[-1].number > 1
+        return JSONResponse({"versions": [info.as_json() for info in infos],
+                             "next": infos[-1].number if more else None})
+
+    async def _create(self, request: Request) -> Response:
+        document_id = self._name(request, "/versions")
+        labels = await self._labels(request)
+        info = await self.server.history.create_version(document_id, labels["name"],
+                                                        labels["who"] or "api")
+        return JSONResponse(info.as_json(), status_code=201)
+
+    async def _get(self, request: Request) -> Response:
+        document_id = self._name(request, "/versions")
+        history = self.server.history
+        number: int = request.path_params["number"]
+        version = await history.get_version(document_id, number)
+        readable = await history.version_content(document_id, number)
+        return JSONResponse({**version.info.as_json(),
+                             "update": base64.b64encode(version.state).decode(), **readable})
+
+    async def _restore(self, request: Request) -> Response:
+        document_id = self._name(request, "/versions")
+        labels = await self._labels(request)
+        info = await self.server.history.restore_version(
+            document_id, request.path_params["number"], labels["who"] or "api")
+        return JSONResponse(info.as_json(), status_code=201)
+
+    async def _diff(self, request: Request) -> Response:
+        document_id = self._name(request, "/diff")
+        a = optional_int(request, "from", 1, 2**31 - 1)
+        b = optional_int(request, "to", 1, 2**31 - 1)
+        if a is None or b is None:
+            raise HistoryError(400, "give the versions to compare: ?from=<n>&to=<n>")
+        return JSONResponse(await self.server.history.diff(document_id, a, b))

@@ -1,0 +1,168 @@
+"""What a version holds, how two versions differ, and the forward change that restores one.
+
+Sans-I/O: Yjs states (bytes) in, JSON-ready values and Yjs updates out.
+
+Restoring as a forward change: a document that was at version ``V`` and is now at ``C`` got
+there by the update ``C - V`` (the structs ``V`` lacks, and the deletions since). Applied to a
+copy of ``V`` under a tracked origin, that update is what a Yjs ``UndoManager`` can undo: undoing
+it deletes what was inserted since and inserts again (as new items) what was deleted since —
+exactly what ``Y.UndoManager`` does for an editor's undo. The undo is encoded against ``C`` and
+applied like any edit, so every client receives it and history is never truncated. The root
+types of a document are not in its encoding, so every root is tracked as what it is to the
+undo manager: a branch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from typing import Any, Final
+
+from pycrdt import Array, Doc, Map, Text, UndoManager, XmlElement, XmlFragment, XmlText
+
+from captify_ws.rooms.pm_yjs import fragment_to_json
+
+#: text runs of one kind, for diffs: words, spaces, anything else one character at a time
+_TOKENS: Final = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
+
+
+def _doc(state: bytes) -> Doc[Any]:
+    doc: Doc[Any] = Doc()
+    doc.apply_update(state)
+    return doc
+
+
+def restore_update(version_state: bytes, current_state: bytes) -> bytes:
+    """The Yjs update that takes a document from ``current_state`` back to the content of
+    ``version_state`` as a forward change (see the module docstring); empty content when
+    nothing differs. ``version_state`` must be an earlier state of the same document."""
+    scratch = _doc(version_state)
+    at_version = scratch.get_state()
+    current = _doc(current_state)
+    since = current.get_update(at_version)
+    names = sorted(set(scratch.keys()) | set(current.keys()))
+    undo = UndoManager(scopes=[scratch.get(name, type=Array) for name in names],
+                       capture_timeout_millis=0)
+    origin = object()
+    undo.include_origin(origin)
+    with scratch.transaction(origin=origin):
+        scratch.apply_update(since)
+    before = scratch.get_state()
+    if undo.can_undo():
+        undo.undo()
+    return scratch.get_update(before)
+
+
+def root_kinds(state: bytes) -> dict[str, str]:
+    """Each root of a document and what it holds: ``"xml"`` (a ``Y.XmlFragment`` with
+    elements), ``"map"``, ``"text"``, ``"array"`` or ``"empty"`` (nothing visible). The kind
+    is read from the content, since the encoding does not say."""
+    kinds: dict[str, str] = {}
+    for name in sorted(_doc(state).keys()):
+        kinds[name] = "empty"
+        for kind, probe in (("xml", _is_xml), ("map", _is_map), ("text", _is_text),
+                            ("array", _is_array)):
+            if probe(_doc(state), name):
+                kinds[name] = kind
+                break
+    return kinds
+
+
+def _is_xml(doc: Doc[Any], name: str) -> bool:
+    children = list(doc.get(name, type=XmlFragment).children)
+    return bool(children) and all(isinstance(c, (XmlElement, XmlText)) for c in children)
+
+
+def _is_map(doc: Doc[Any], name: str) -> bool:
+    return len(doc.get(name, type=Map)) > 0
+
+
+def _is_text(doc: Doc[Any], name: str) -> bool:
+    return len(str(doc.get(name, type=Text))) > 0
+
+
+def _is_array(doc: Doc[Any], name: str) -> bool:
+    return len(doc.get(name, type=Array)) > 0
+
+
+def contents(state: bytes) -> dict[str, dict[str, Any]]:
+    """A version's readable content: ``{"text": {root: str}, "prosemirror": {root: JSON}}``
+    for its ``Y.Text`` and ``Y.XmlFragment`` roots (ProseMirror JSON as y-prosemirror's
+    ``yXmlFragmentToProsemirrorJSON`` gives it)."""
+    text: dict[str, str] = {}
+    prosemirror: dict[str, Any] = {}
+    for name, kind in root_kinds(state).items():
+        if kind == "text":
+            text[name] = str(_doc(state).get(name, type=Text))
+        elif kind == "xml":
+            prosemirror[name] = fragment_to_json(_doc(state).get(name, type=XmlFragment))
+    return {"text": text, "prosemirror": prosemirror}
+
+
+def text_diff(before: str, after: str) -> list[dict[str, Any]]:
+    """What was deleted and inserted, as ``{op, at, text}`` in order (``at``: the position
+    in ``before``, in code points), by words, spaces and punctuation."""
+    old, new = _TOKENS.findall(before), _TOKENS.findall(after)
+    ops: list[dict[str, Any]] = []
+    positions = [0]
+    for token in old:
+        positions.append(positions[-1] + len(token))
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag in ("delete", "replace"):
+            ops.append({"op": "delete", "at": positions[i1], "text": "".join(old[i1:i2])})
+        if tag in ("insert", "replace"):
+            ops.append({"op": "insert", "at": positions[i1], "text": "".join(new[j1:j2])})
+    return ops
+
+
+def _block_text(node: Any) -> str:
+    if not isinstance(node, dict):
+        return ""
+    if node.get("type") == "text":
+        return str(node.get("text", ""))
+    return "".join(_block_text(child) for child in node.get("content", ()))
+
+
+def prosemirror_diff(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """Top-level blocks deleted, inserted or changed between two ProseMirror documents, as
+    ``{op, index, node(s)…}`` (``index``: in ``before``); a changed block carries the text
+    diff of its content."""
+    old = list(before.get("content", ()))
+    new = list(after.get("content", ()))
+    keys = [json.dumps(node, sort_keys=True) for node in old]
+    matcher = difflib.SequenceMatcher(None, keys, [json.dumps(n, sort_keys=True) for n in new],
+                                      autojunk=False)
+    ops: list[dict[str, Any]] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "replace" and i2 - i1 == j2 - j1:
+            for offset in range(i2 - i1):
+                ops.append({"op": "change", "index": i1 + offset, "before": old[i1 + offset],
+                            "after": new[j1 + offset],
+                            "text": text_diff(_block_text(old[i1 + offset]),
+                                              _block_text(new[j1 + offset]))})
+            continue
+        if tag in ("delete", "replace"):
+            ops.append({"op": "delete", "index": i1, "nodes": old[i1:i2]})
+        if tag in ("insert", "replace"):
+            ops.append({"op": "insert", "index": i1, "nodes": new[j1:j2]})
+    return ops
+
+
+def diff(before_state: bytes, after_state: bytes) -> dict[str, dict[str, Any]]:
+    """The differences of two states' ``Y.Text`` and ``Y.XmlFragment`` roots:
+    ``{"text": {root: [op…]}, "prosemirror": {root: [op…]}}``; unchanged roots left out."""
+    before, after = contents(before_state), contents(after_state)
+    out: dict[str, dict[str, Any]] = {"text": {}, "prosemirror": {}}
+    for name in sorted(set(before["text"]) | set(after["text"])):
+        ops = text_diff(before["text"].get(name, ""), after["text"].get(name, ""))
+        if ops:
+            out["text"][name] = ops
+    empty: dict[str, Any] = {"type": "doc", "content": []}
+    for name in sorted(set(before["prosemirror"]) | set(after["prosemirror"])):
+        ops = prosemirror_diff(before["prosemirror"].get(name, empty),
+                               after["prosemirror"].get(name, empty))
+        if ops:
+            out["prosemirror"][name] = ops
+    return out
