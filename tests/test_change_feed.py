@@ -86,7 +86,8 @@ async def test_ten_thousand_edits_on_a_hundred_documents(tmp_path: Path) -> None
 
 async def test_deleted_documents_are_in_the_feed() -> None:
     """DELETE of a document appends a deleted entry after its changes."""
-    async with running_server(api_key="k") as srv, httpx.AsyncClient() as http:
+    async with running_server(api_key="k", version_idle_s=0) as srv, \
+            httpx.AsyncClient() as http:
         async with json_client(srv, "short-lived") as client:
             await client.edit("x")
             await client.sync()

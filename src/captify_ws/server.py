@@ -511,6 +511,7 @@ class Server:
             for member in room.all_members():
                 member.close(CloseCode.NORMAL, "document deleted")
         await self.writer.flush()
+        self.history.forget(document_id)
         await self.rooms.discard(document_id)
         return await self.store.delete_document(document_id)
 

@@ -92,6 +92,10 @@ class DocumentHistory:
         if not self._wake.is_set():
             self._wake.set()
 
+    def forget(self, document_id: str) -> None:
+        """The document is being deleted: no automatic version of it."""
+        self._dirty.pop(document_id, None)
+
     def _room_unloaded(self, room: DocumentRoom) -> None:
         if self._dirty.pop(room.document_id, None) is None:
             return
