@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from captify_ws.api import (
     agent_run,
+    agent_session,
     apply_update,
     broadcast_stateless,
     broadcast_steps,
@@ -83,6 +84,7 @@ __all__ = [
     "UpgradeRequest",
     "__version__",
     "agent_run",
+    "agent_session",
     "apply_update",
     "broadcast_stateless",
     "broadcast_steps",

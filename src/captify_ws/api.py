@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from captify_ws.agents.producer import AgentRun, OnCancel
     from captify_ws.agents.runs import AgentRuns
+    from captify_ws.agents.session import AgentSession
     from captify_ws.channels.types import Position, Published
     from captify_ws.channelstore.base import Notification
     from captify_ws.handlers.notifications import Mailbox
@@ -197,3 +198,16 @@ def agent_run(run_id: str, owner: str | None = None, *, on_cancel: OnCancel | No
 async def cancel_run(run_id: str, by: str | None = None) -> str:
     """Cancel agent run ``run_id`` as the server; answers its final status."""
     return await agent_runs(current_server()).cancel(run_id, by)
+
+
+def agent_session(document_id: str, *, name: str = "Assistant", color: str = "#7c3aed",
+                  field: str = "text", chunk_chars: int = 16) -> AgentSession:
+    """An agent co-editing ``document_id`` like a person (presence, its own Yjs client id,
+    edits at relative positions, ``revert()``), an async context manager. See
+    ``agents/session.py``."""
+    from captify_ws.agents.session import AgentSession
+
+    server = current_server()
+    handler = server.registry.by_name("agent")
+    return AgentSession(server, document_id, name=name, color=color, field=field,
+                        chunk_chars=chunk_chars, registry=getattr(handler, "sessions", None))

@@ -9,6 +9,10 @@
 ``POST /api/v1/agent/runs/{run_id}/cancel``            ``{"by"?}`` → ``{status}``
 ``GET /api/v1/agent/runs/{run_id}``                    the compacted run (the snapshot a late
                                                        subscriber gets) with ``offset, epoch``
+``GET /api/v1/agent/sessions?document_id=``           ``{agents: [{session_id, name, color,
+                                                       client_id, started_at, ended_at,
+                                                       reverted}]}``: who edited, by Yjs
+                                                       client id (this instance's sessions)
 =====================================================  =========================================
 
 A producer pipes its model's output as NDJSON (``run.started`` first, a terminal event last);
@@ -62,6 +66,7 @@ class AgentRoutes:
             Route("/api/v1/agent/runs/{run_id}/cancel", self._guard(self._cancel),
                   methods=["POST"]),
             Route("/api/v1/agent/runs/{run_id}", self._guard(self._run), methods=["GET"]),
+            Route("/api/v1/agent/sessions", self._guard(self._agents), methods=["GET"]),
         ]
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
@@ -92,6 +97,15 @@ class AgentRoutes:
         body = ('{"offset":' + str(snap.position.offset) + ',"epoch":'
                 + json.dumps(snap.position.epoch) + ',"run":' + snap.state_json + "}")
         return Response(body, media_type="application/json")
+
+    async def _agents(self, request: Request) -> Response:
+        handler = self.server.registry.by_name("agent")
+        sessions = getattr(handler, "sessions", None)
+        document_id = request.query_params.get("document_id")
+        if not document_id:
+            raise ChannelError(CloseCode.BAD_REQUEST, "'document_id' is required")
+        listed = sessions.list(document_id) if sessions else []
+        return JSONResponse({"agents": listed})
 
     async def _cancel(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]

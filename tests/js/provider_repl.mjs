@@ -55,7 +55,22 @@ const commands = {
       WebSocketPolyfill: WebSocket, disableBc: true, params: params || {}
     })
     if (awareness === null) provider.awareness.setLocalState(null)
-    const entry = { doc: ydoc, provider, synced: false, closes: [] }
+    const entry = { doc: ydoc, provider, synced: false, closes: [], seen: [] }
+    // Every remote awareness change, with carets resolved to indexes of the text now.
+    provider.awareness.on('change', ({ added, updated, removed }) => {
+      for (const id of [...added, ...updated]) {
+        if (id === ydoc.clientID) continue
+        const state = provider.awareness.getStates().get(id)
+        let caret = null
+        if (state && state.cursor && state.cursor.head) {
+          const abs = Y.createAbsolutePositionFromRelativePosition(
+            Y.createRelativePositionFromJSON(state.cursor.head), ydoc)
+          caret = abs ? abs.index : null
+        }
+        entry.seen.push({ id, name: state && state.user ? state.user.name : null, caret })
+      }
+      for (const id of removed) entry.seen.push({ id, removed: true })
+    })
     provider.on('sync', (synced) => { if (synced) entry.synced = true })
     provider.on('connection-close', (event) => { entry.closes.push(event ? event.code : null) })
     providers.set(name, entry)
@@ -201,6 +216,9 @@ const commands = {
   async awareness ({ name }) {
     const entry = get(name)
     return { states: awarenessStates(entry), clientID: entry.doc.clientID }
+  },
+  async awarenessSeen ({ name }) {
+    return { seen: get(name).seen }
   },
   async disconnect ({ name }) {
     get(name).provider.disconnect()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from captify_ws.agents.events import CLASS, run_id_of
 from captify_ws.agents.runs import AgentRuns
+from captify_ws.agents.session import AgentSessions
 from captify_ws.channels.endpoint import ChannelEndpoint, ChannelSession
 from captify_ws.channels.types import ChannelClass
 from captify_ws.errors import ChannelError, CloseCode, Reject
@@ -40,6 +41,8 @@ class AgentHandler(ChannelEndpoint):
     def __init__(self, server: Server) -> None:
         services = server.channel_services
         self.runs = AgentRuns(services)
+        #: agents co-editing documents (the attribution list)
+        self.sessions = AgentSessions()
         services.parts.append(self.runs)
         super().__init__(services, "/ws/agent", "agent", [self.runs.klass],
                          commands={"cancel": self._cancel})

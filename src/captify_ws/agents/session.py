@@ -1,0 +1,309 @@
+"""Agents that co-edit documents like people: ``async with agent_session(document_id,
+name="Assistant", color="#7c3aed") as agent``.
+
+* Attribution: each session edits through its own Yjs replica with its own client id, so every
+  character it inserts carries that id in the document (what Yjs editors attribute by); the
+  sessions of a document — name, color, client id, start and end — are listed by
+  :meth:`AgentSessions.list` (``GET /api/v1/agent/sessions?document_id=``).
+* Presence: an awareness state ``{"user": {"name", "color"}, "agent": true, "cursor": {"anchor",
+  "head"}}`` under the session's client id, the caret as Yjs relative positions (JSON, as
+  y-prosemirror and y-codemirror send them), so y-websocket, Hocuspocus and JSON clients see the
+  agent as a person and its caret follows concurrent edits. It is removed when the session ends
+  (and, since it lives in this process, when the process dies — no ghost).
+* Edits: :meth:`AgentSession.insert_text` streams text in chunks at a *relative* position: each
+  chunk goes right after the previous one wherever people typed meanwhile, so the agent's text
+  is contiguous. :meth:`AgentSession.replace` replaces a :class:`Range` read earlier; the range
+  is rebased on concurrent edits (relative positions), and refused (:class:`StaleContext`)
+  when the text it targets changed since it was read — the stale-context guard.
+* Undo of a run: :meth:`AgentSession.revert` is a forward change every client sees: it puts
+  back what the session deleted (at the relative positions where it was) and deletes exactly
+  the items the session's client id inserted (a Yjs delete set of that client), whatever people
+  did around them.
+* :attr:`AgentSession.before` is the document (one Yjs update) as it was when the session
+  started.
+
+Positions given to the API are in characters (code points) of the text; the Yjs text is the
+root ``Y.Text`` named by ``field`` (``"text"``, what the y-websocket tests and many editors use).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pycrdt import Assoc, Doc, StickyIndex, Text
+
+from captify_ws.errors import CaptifyError
+from captify_ws.protocol import statevector
+from captify_ws.protocol.ywebsocket import AwarenessEntry
+from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.rooms.units import pycrdt_length
+
+if TYPE_CHECKING:
+    from captify_ws.server import Server
+
+#: Sessions remembered per instance for the attribution list (the oldest go first).
+MAX_LISTED = 10_000
+
+
+class StaleContext(CaptifyError):
+    """An edit computed on text that changed since it was read: nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Text the agent read, with relative positions of its ends (rebased on edits)."""
+
+    start: StickyIndex
+    end: StickyIndex
+    text: str
+
+
+@dataclass
+class SessionInfo:
+    """One session as the attribution list shows it (times in ms since the Unix epoch)."""
+
+    session_id: str
+    document_id: str
+    name: str
+    color: str
+    client_id: int
+    started_at: int
+    ended_at: int | None = None
+    reverted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AgentSessions:
+    """Every session this instance ran, newest last (bounded)."""
+
+    sessions: deque[SessionInfo] = field(default_factory=lambda: deque(maxlen=MAX_LISTED))
+
+    def list(self, document_id: str) -> list[dict[str, Any]]:
+        return [info.to_json() for info in self.sessions if info.document_id == document_id]
+
+
+def _encode_var_uint(value: int, out: bytearray) -> None:
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+
+
+def delete_set_update(client_id: int, clock: int) -> bytes:
+    """A Yjs update (v1) with no structs and a delete set covering clocks ``[0, clock)`` of
+    ``client_id``: applied, it deletes exactly what that client inserted."""
+    out = bytearray([0])  # no struct groups
+    _encode_var_uint(1, out)
+    _encode_var_uint(client_id, out)
+    _encode_var_uint(1, out)
+    _encode_var_uint(0, out)
+    _encode_var_uint(clock, out)
+    return bytes(out)
+
+
+async def _chunks(text: str | AsyncIterable[str], size: int) -> AsyncIterator[str]:
+    if isinstance(text, str):
+        for start in range(0, len(text), size):
+            yield text[start:start + size]
+    else:
+        async for piece in text:
+            yield piece
+
+
+class AgentSession:
+    """See the module docstring."""
+
+    def __init__(self, server: Server, document_id: str, *, name: str = "Assistant",
+                 color: str = "#7c3aed", field: str = "text", chunk_chars: int = 16,
+                 registry: AgentSessions | None = None) -> None:
+        self.server = server
+        self.document_id = document_id
+        self.field = field
+        self.chunk_chars = chunk_chars
+        # Yjs picks client ids below 2^32; a random one collides with odds of clients/2^32.
+        self.client_id = secrets.randbits(31) + (1 << 31)
+        self.info = SessionInfo(secrets.token_hex(8), document_id, name, color, self.client_id,
+                                int(time.time() * 1000))
+        self.registry = registry
+        self.origin = Origin("server", label=f"agent:{name}")
+        self.replica: Doc[Any] = Doc(client_id=self.client_id)
+        self.text: Text = self.replica.get(field, type=Text)
+        self.before = b""
+        self._room: DocumentRoom | None = None
+        self._clock = 0
+        self._caret: StickyIndex | None = None
+        #: (where, text) the session deleted, to put back on revert
+        self._deleted: list[tuple[StickyIndex | None, str]] = []
+
+    @property
+    def room(self) -> DocumentRoom:
+        if self._room is None:
+            raise CaptifyError("the agent session is not open (use `async with`)")
+        return self._room
+
+    async def __aenter__(self) -> AgentSession:
+        room = await self.server.rooms.acquire(self.document_id)
+        room.holds += 1
+        self._room = room
+        self.before = room.encode_state()
+        self.replica.apply_update(self.before)
+        if self.registry is not None:
+            self.registry.sessions.append(self.info)
+        self._set_presence(None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End the session: its presence disappears; its edits stay (see :meth:`revert`)."""
+        room = self._room
+        if room is None:
+            return
+        room.presence.remove_owned_by(self)
+        self.info.ended_at = int(time.time() * 1000)
+        self._room = None
+        room.holds -= 1
+        self.server.rooms.release(room)
+        await self.server.writer.flush()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Bring the replica up to the room's document."""
+        missing = self.room.encode_state(self.replica.get_state())
+        self.replica.apply_update(missing)
+
+    def read(self) -> str:
+        """The text now."""
+        self._sync()
+        return str(self.text)
+
+    def range(self, start: int, end: int) -> Range:
+        """The text between two character positions, to replace later (see
+        :meth:`replace`)."""
+        text = self.read()
+        start, end = max(0, min(start, len(text))), max(0, min(end, len(text)))
+        return Range(self._sticky(text, start, Assoc.AFTER),
+                     self._sticky(text, end, Assoc.BEFORE), text[start:end])
+
+    def _sticky(self, text: str, index: int, assoc: Assoc) -> StickyIndex:
+        # pycrdt cannot bind "after" at the very end, nor "before" at the very start.
+        if index >= len(text):
+            assoc = Assoc.BEFORE
+        elif index == 0:
+            assoc = Assoc.AFTER
+        return self.text.sticky_index(pycrdt_length(text[:index]), assoc)
+
+    def _index(self, sticky: StickyIndex) -> int:
+        """A relative position as a character position in the replica's text now."""
+        position = sticky.get_index()
+        encoded = str(self.text).encode("utf-8")
+        return len(encoded[:position].decode("utf-8", "ignore"))
+
+    # -- editing ---------------------------------------------------------------------------
+
+    def _edit(self, change: Any) -> None:
+        """Run ``change`` on the replica in one transaction and apply its update to the room
+        as this session (stored, sent to every client)."""
+        updates: list[bytes] = []
+        subscription = self.replica.observe(lambda event: updates.append(event.update))
+        try:
+            with self.replica.transaction():
+                change()
+        finally:
+            self.replica.unobserve(subscription)
+        for update in updates:
+            self.room.apply_update(update, self.origin)
+        self._clock = statevector.decode(self.replica.get_state()).get(self.client_id, 0)
+
+    async def insert_text(self, anchor: int | StickyIndex, text: str | AsyncIterable[str], *,
+                          chunk_chars: int | None = None) -> None:
+        """Insert ``text`` at ``anchor`` (a character position now, or a relative position):
+        a string in chunks of ``chunk_chars``, or each piece of an async iterable as it comes
+        (a model's stream). Each chunk lands right after the previous one however the text
+        moved meanwhile; the caret follows."""
+        current = self.read()
+        where = anchor if isinstance(anchor, StickyIndex) else \
+            self._sticky(current, max(0, min(anchor, len(current))), Assoc.BEFORE)
+        async for chunk in _chunks(text, chunk_chars or self.chunk_chars):
+            if not chunk:
+                continue
+            self._sync()
+            index = self._index(where)
+            now = str(self.text)
+
+            def put(index: int = index, chunk: str = chunk, now: str = now) -> None:
+                self.text.insert(pycrdt_length(now[:index]), chunk)
+            self._edit(put)
+            where = self._sticky(str(self.text), index + len(chunk), Assoc.BEFORE)
+            self._caret = where
+            self._set_presence(where)
+            await self.server.writer.flush()
+
+    async def replace(self, target: Range, content: str) -> None:
+        """Replace the text of ``target`` with ``content``; raises :class:`StaleContext` (and
+        changes nothing) when that text changed since ``target`` was read."""
+        self._sync()
+        start, end = self._index(target.start), self._index(target.end)
+        now = str(self.text)
+        if now[start:end] != target.text:
+            raise StaleContext(f"the range changed since it was read: {target.text!r} is now "
+                               f"{now[start:end]!r}")
+
+        def swap() -> None:
+            begin = pycrdt_length(now[:start])
+            del self.text[begin:begin + pycrdt_length(target.text)]
+            if content:
+                self.text.insert(begin, content)
+        self._edit(swap)
+        left = self._sticky(str(self.text), start, Assoc.BEFORE) if start > 0 else None
+        self._deleted.append((left, target.text))
+        self._caret = self._sticky(str(self.text), start + len(content), Assoc.BEFORE)
+        self._set_presence(self._caret)
+        await self.server.writer.flush()
+
+    async def revert(self) -> None:
+        """Undo this session as a forward change: put back what it deleted, then delete
+        exactly what its client id inserted before that."""
+        self._sync()
+        inserted = self._clock  # the restored text below is this client's too: kept
+        for left, removed in reversed(self._deleted):
+            now = str(self.text)
+            index = self._index(left) if left is not None else 0
+
+            def restore(index: int = index, removed: str = removed, now: str = now) -> None:
+                self.text.insert(pycrdt_length(now[:index]), removed)
+            self._edit(restore)
+        self._deleted.clear()
+        if inserted:
+            self.room.apply_update(delete_set_update(self.client_id, inserted), self.origin)
+        self._sync()
+        self.info.reverted = True
+        self._caret = None
+        self._set_presence(None)
+        await self.server.writer.flush()
+
+    # -- presence --------------------------------------------------------------------------
+
+    def _set_presence(self, caret: StickyIndex | None) -> None:
+        cursor = None
+        if caret is not None:
+            position = caret.to_json()
+            cursor = {"anchor": position, "head": position}
+        state = {"user": {"name": self.info.name, "color": self.info.color}, "agent": True,
+                 "cursor": cursor}
+        current = self.room.presence.states.get(self.client_id)
+        clock = 1 if current is None else current.clock + 1
+        self.room.presence.apply(
+            [AwarenessEntry(self.client_id, clock,
+                            json.dumps(state, separators=(",", ":")))], self)

@@ -1,0 +1,121 @@
+"""An agent co-editing a document with people on real y-websocket providers: contiguous
+streamed text at a relative position, a caret they see move and leave, attribution by Yjs
+client id, revert as a forward change, the stale-context guard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+import captify_ws
+from captify_ws.agents.session import StaleContext
+from tests.helpers import ProviderRepl, providers, running_server
+
+
+async def _converged(repl: ProviderRepl, names: list[str], timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        texts = [(await repl.call("snapshot", name=name))["text"] for name in names]
+        if all(text == texts[0] for text in texts):
+            return str(texts[0])
+        assert time.monotonic() < deadline, f"not converged: {texts}"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_agent_streams_2000_chars_while_two_people_type_around_it() -> None:
+    """Two y-websocket clients type before and after the anchor while the agent streams
+    2,000 characters: all converge, the agent's text is contiguous, they saw its caret move
+    and saw it leave; revert() removes exactly its text; the session is listed."""
+    async with running_server(api_key="k") as srv, providers() as repl:
+        for name in ("alice", "bob"):
+            await repl.call("open", name=name, url=f"{srv.ws}/ws/fabric", doc="co-doc")
+            await repl.call("waitSynced", name=name)
+        await repl.call("insert", name="alice", index=0, text="[start][end]")
+        await _converged(repl, ["alice", "bob"])
+        agent_text = "".join(f"<{i:04d}>" for i in range(334))[:2000]
+        async with captify_ws.agent_session("co-doc", name="Assistant",
+                                            color="#7c3aed") as agent:
+            await asyncio.sleep(0.2)
+            people = asyncio.gather(
+                repl.call("insertTokens", name="alice", count=40, seed=1, delayMs=5),
+                repl.call("insert", name="bob", index=0, text="B0;"))
+
+            async def model() -> AsyncIterator[str]:  # a model streaming 20-char pieces
+                for start in range(0, len(agent_text), 20):
+                    yield agent_text[start:start + 20]
+                    await asyncio.sleep(0.01)
+            await agent.insert_text(7, model())  # between the markers
+            await people
+            for i in range(20):
+                await repl.call("insert", name="bob", index=0, text=f"b{i};")
+            text = await _converged(repl, ["alice", "bob"])
+            assert agent_text in text, "the agent's text is contiguous"
+            assert agent.read() == text
+            assert text.index(agent_text) > text.index("[start]")
+            client_id = agent.client_id
+            await repl.call("insertTokens", name="bob", count=10, seed=2)
+            before_revert = await _converged(repl, ["alice", "bob"])
+            await agent.revert()
+            reverted = await _converged(repl, ["alice", "bob"])
+            assert reverted == before_revert.replace(agent_text, "", 1)
+            assert "[start]" in reverted and "[end]" in reverted
+        seen = (await repl.call("awarenessSeen", name="bob"))["seen"]
+        carets = [s["caret"] for s in seen if s["id"] == client_id and s.get("caret")]
+        assert len(set(carets)) >= 10 and carets == sorted(carets), "the caret moved forward"
+        assert any(s["id"] == client_id and s.get("name") == "Assistant" for s in seen)
+        deadline = time.monotonic() + 10
+        while not any(s["id"] == client_id and s.get("removed")
+                      for s in (await repl.call("awarenessSeen", name="bob"))["seen"]):
+            assert time.monotonic() < deadline, "the agent's presence never left"
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(timeout=10) as http:
+            listed = (await http.get(f"{srv.http}/api/v1/agent/sessions?document_id=co-doc",
+                                     headers={"Authorization": "Bearer k"})).json()
+        assert [(a["name"], a["client_id"]) for a in listed["agents"]] == [
+            ("Assistant", client_id)]
+        assert listed["agents"][0]["ended_at"] is not None
+
+        assert listed["agents"][0]["reverted"] is True
+
+
+async def test_replace_is_refused_on_stale_context_and_revert_restores_deletes() -> None:
+    """A range read before a person changed it is refused (nothing changes); a fresh one is
+    replaced, and revert() puts the person's text back and removes the agent's."""
+    async with running_server() as srv, providers() as repl:
+        await repl.call("open", name="p", url=f"{srv.ws}/ws/fabric", doc="stale-doc")
+        await repl.call("waitSynced", name="p")
+        await repl.call("insert", name="p", index=0, text="The cat sat.")
+        async with captify_ws.agent_session("stale-doc") as agent:
+            deadline = time.monotonic() + 10
+            while agent.read() != "The cat sat.":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            stale = agent.range(4, 7)
+            await repl.call("insert", name="p", index=5, text="h")  # "The chat sat."
+            while agent.read() != "The chat sat.":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            with pytest.raises(StaleContext):
+                await agent.replace(stale, "dog")
+            await repl.call("insert", name="p", index=0, text=">> ")
+            fresh = agent.range(7, 11)
+            assert fresh.text == "chat"
+            await repl.call("insert", name="p", index=0, text="!")  # rebased, still "chat"
+            while agent.read() != "!>> The chat sat.":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            await agent.replace(fresh, "dog")
+            assert await _converged(repl, ["p"]) == "!>> The dog sat."
+            deadline = time.monotonic() + 10
+            while (await repl.call("snapshot", name="p"))["text"] != "!>> The dog sat.":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            await agent.revert()
+            deadline = time.monotonic() + 10
+            while (await repl.call("snapshot", name="p"))["text"] != "!>> The chat sat.":
+                assert time.monotonic() < deadline, "revert did not restore the text"
+                await asyncio.sleep(0.02)
