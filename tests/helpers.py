@@ -273,33 +273,51 @@ class ServerProcess:
         self.port = 0
         self.output: list[str] = []
         self._drainer: threading.Thread | None = None
+        self._listening = threading.Event()
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        """Start the server and wait for its first "listening on" line, at most ``timeout``
+        seconds: a server that hangs silently (or mid-line) or exits fails the test with its
+        output instead of blocking it. The output is read by a thread from the start, so the
+        server never blocks on a full pipe either."""
         self.process = subprocess.Popen(
             [str(VENV_BIN / "captify-ws"), "serve", *self.args], env=self.env, cwd=self.cwd,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            match = self.LISTENING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                self._drainer = threading.Thread(target=self._drain, daemon=True)
-                self._drainer.start()
-                return self
+        self._listening = threading.Event()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+        if self._listening.wait(timeout) and self.port:
+            return self
+        exited = self.process.poll()
         self.process.kill()
-        raise AssertionError("server did not start:\n" + "".join(self.output)
-                             + (self.process.stdout.read() or ""))
+        self.process.wait()
+        self._drainer.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        why = (f"exited with status {exited}" if exited is not None
+               else f"printed no 'listening on' line within {timeout:g} s")
+        raise AssertionError(f"server did not start ({why}):\n" + self.log)
 
     def _drain(self) -> None:
-        """Keep reading the server's output so that it never blocks on a full pipe."""
+        """Read the server's output line by line until it closes; note the first start
+        line's port (``start`` waits for that, or for the end of the output)."""
         assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
+        try:
+            for line in self.process.stdout:
+                self.output.append(line)
+                if not self.port:
+                    match = self.LISTENING.search(line)
+                    if match:
+                        self.port = int(match.group(1))
+                        self._listening.set()
+        except ValueError:  # the pipe was closed by stop()
+            pass
+        finally:
+            self._listening.set()
+
+    def listening_lines(self) -> int:
+        """How many start lines the server printed (one per worker with ``--workers``)."""
+        return sum(1 for line in list(self.output) if self.LISTENING.search(line))
 
     @property
     def http(self) -> str:
