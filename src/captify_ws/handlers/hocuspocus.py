@@ -57,7 +57,7 @@ from captify_ws.handlers.hocuspocus_socket import (
     with_token,
 )
 from captify_ws.protocol import hocuspocus as hp
-from captify_ws.protocol import names
+from captify_ws.protocol import names, statevector
 from captify_ws.protocol.ywebsocket import EMPTY_UPDATE
 from captify_ws.rooms.document import DocumentRoom
 from captify_ws.rooms.hocuspocus import adds_nothing, holds_structs
@@ -282,8 +282,16 @@ class HocuspocusHandler:
             else:
                 room.apply_update(event.update, member.origin)  # acknowledged once applied
         elif isinstance(event, hp.SyncStep1):
-            member.send(encoder.sync_step1(room.state_vector()))
-            member.send(encoder.sync_step2(room.encode_state(event.state_vector)))
+            # Entries for clients the document does not know change nothing in the answer:
+            # without them fresh providers share one cached answer (rooms/hocuspocus.py). The
+            # answer's size is the work it took: it counts against the rate limit.
+            own = room.state_vector()
+            step1, step2 = room.hocuspocus.sync_answer(
+                member, statevector.relevant_entries(event.state_vector, own), own,
+                room.encode_state)
+            if member.connection.charge_work(len(step2.payload)):
+                member.connection.send_frame(step1)
+                member.connection.send_frame(step2)
         elif isinstance(event, hp.SyncStep2):
             if event.update == EMPTY_UPDATE or _adds_nothing(room, event.update):
                 member.send(encoder.sync_status(True))

@@ -194,6 +194,7 @@ class DocumentRoom:
         self.ydoc.apply(update)
         self._full_state = None
         self._full_step2 = None
+        self.hocuspocus.changed()
 
     # -- the quota -------------------------------------------------------------------------
 
@@ -315,6 +316,7 @@ class DocumentRoom:
         """An update is in the document: tell the members and the listeners."""
         self._full_state = None
         self._full_step2 = None
+        self.hocuspocus.changed()
         if update == ywebsocket.EMPTY_UPDATE:
             return
         started = perf_counter()

@@ -6,6 +6,10 @@ the same bytes go to every member of that address. Only v4 providers that opt in
 ``sessionAwareness`` have an address of their own (``name\\0sessionId``), and cost one encoding
 each.
 
+Sync answers are reused the same way: the answer to a Step1 (the server's Step1, then Step2)
+is built once per address and state vector and kept until the document changes, so a
+thousand providers opening one document cost one encoding, and each gets the same bytes.
+
 What broadcast does not guarantee: delivery (see ``connection.py``); an update's sender gets the
 ``SyncStatus`` acknowledgement instead of its own update back.
 """
@@ -13,11 +17,12 @@ What broadcast does not guarantee: delivery (see ``connection.py``); an update's
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from captify_ws.connection import PreparedFrame
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol.hocuspocus import FrameEncoder
+from captify_ws.protocol.statevector import EMPTY as EMPTY_STATE_VECTOR
 from captify_ws.protocol.ywebsocket import AwarenessEntry, _StrictDecoder
 from captify_ws.rooms import fanout
 
@@ -25,15 +30,26 @@ if TYPE_CHECKING:
     from captify_ws.rooms.document import Member
 
 
-class _Address:
-    """The members that share one address, its encoder and its acknowledgement frame."""
+#: Sync answers kept per address until the document changes (distinct state vectors; a
+#: fresh provider's is the empty one, so one entry serves most).
+SYNC_ANSWERS_MAX: Final = 8
 
-    __slots__ = ("ack", "encoder", "members")
+#: The document's state as Yjs bytes: everything (``None``) or what a state vector lacks.
+EncodeState = Callable[[bytes | None], bytes]
+
+
+class _Address:
+    """The members that share one address, its encoder, its acknowledgement frame and the
+    sync answers built for it since the document last changed."""
+
+    __slots__ = ("ack", "answers", "encoder", "members", "step1")
 
     def __init__(self, address: str) -> None:
         self.encoder = FrameEncoder(address)
         self.members: dict[Member, None] = {}
         self.ack = PreparedFrame.binary(self.encoder.sync_status(True))
+        self.step1: PreparedFrame | None = None
+        self.answers: dict[bytes, PreparedFrame] = {}
 
 
 class HocuspocusMembers:
@@ -70,6 +86,33 @@ class HocuspocusMembers:
         if not group.members:
             del self._by_address[group.encoder.address]
         return True
+
+    def changed(self) -> None:
+        """The document changed: sync answers built before are stale."""
+        for group in self._by_address.values():
+            group.step1 = None
+            group.answers.clear()
+
+    def sync_answer(self, member: Member, state_vector: bytes, own_vector: bytes,
+                    encode_state: EncodeState) -> tuple[PreparedFrame, PreparedFrame]:
+        """The answer to ``member``'s Step1: the server's Step1 (``own_vector``, the document's
+        state vector) and Step2 (what ``state_vector`` lacks, from ``encode_state``).
+
+        ``state_vector`` should hold only clients the document knows
+        (:func:`captify_ws.protocol.statevector.relevant_entries`): a fresh provider's is then
+        empty, and every fresh provider of an address gets the same frames until the
+        document changes (:meth:`changed`). Raises ``KeyError`` for a non-member."""
+        group = self._by_address[member.address or ""]
+        step1 = group.step1
+        if step1 is None:
+            step1 = group.step1 = PreparedFrame.binary(group.encoder.sync_step1(own_vector))
+        step2 = group.answers.get(state_vector)
+        if step2 is None:
+            step2 = PreparedFrame.binary(group.encoder.sync_step2(
+                encode_state(None if state_vector == EMPTY_STATE_VECTOR else state_vector)))
+            if len(group.answers) < SYNC_ANSWERS_MAX:
+                group.answers[state_vector] = step2
+        return step1, step2
 
     def broadcast_update(self, update: bytes, sender: Member | None) -> None:
         """A Yjs update to every member; its sender (if one of ours) gets ``SyncStatus 1``:
