@@ -93,6 +93,30 @@ class Settings:
     version_max_age_s: float = _setting(
         30 * 86400.0, "history: automatic versions older than this many seconds are deleted "
         "(0: no age limit)", float)
+    webhook_urls: tuple[str, ...] = _setting(
+        (), "webhooks: endpoint URLs that receive document and version events, "
+        "comma-separated (none: no webhooks)", _parse_list, metavar="URL,...")
+    webhook_secret: str | None = _setting(
+        None, "webhooks: the Standard Webhooks signing secret, 'whsec_' and base64",
+        secret=True, metavar="whsec_…")
+    webhook_events: tuple[str, ...] = _setting(
+        ("document.created", "document.changed", "document.deleted", "version.created"),
+        "webhooks: the events sent, comma-separated; connection.opened and "
+        "connection.closed are opt-in", _parse_list, metavar="EVENT,...",
+        shown="document.created,document.changed,document.deleted,version.created")
+    webhook_debounce_s: float = _setting(
+        2.0, "webhooks: a document's changes within this many seconds make one "
+        "document.changed event", float)
+    webhook_timeout_s: float = _setting(
+        10.0, "webhooks: an attempt without an answer within this many seconds failed", float)
+    webhook_retry_base_s: float = _setting(
+        5.0, "webhooks: the first retry after this many seconds, doubling each time (with "
+        "jitter)", float)
+    webhook_retry_max_delay_s: float = _setting(
+        3600.0, "webhooks: the longest wait between two attempts, seconds", float)
+    webhook_retry_for_s: float = _setting(
+        86400.0, "webhooks: an event not delivered this many seconds after it happened is "
+        "given up (failed, listed, redeliverable)", float)
     broker: str = _setting(
         "memory", "how instances reach each other: 'memory' (this process only) or "
         "'redis://host:6379/0'", metavar="URL")
@@ -412,6 +436,23 @@ class Settings:
                 self.version_max_interval_s <= 0:
             raise ConfigError("version_idle_s, version_keep and version_max_age_s cannot be "
                               "negative; version_max_interval_s must be positive")
+        if min(self.webhook_debounce_s, self.webhook_retry_base_s) < 0 or min(
+                self.webhook_timeout_s, self.webhook_retry_max_delay_s,
+                self.webhook_retry_for_s) <= 0:
+            raise ConfigError("webhook_debounce_s and webhook_retry_base_s cannot be negative; "
+                              "webhook_timeout_s, webhook_retry_max_delay_s and "
+                              "webhook_retry_for_s must be positive")
+        for url in self.webhook_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhook_urls: {url!r} is not an http:// or https:// URL")
+        known = {"document.created", "document.changed", "document.deleted",
+                 "version.created", "connection.opened", "connection.closed"}
+        for event in self.webhook_events:
+            if event not in known:
+                raise ConfigError(f"webhook_events: unknown event {event!r} (known: "
+                                  f"{', '.join(sorted(known))})")
+        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
+            raise ConfigError("webhook_secret must start with 'whsec_' (Standard Webhooks)")
         if self.auth == "" and not self.loopback:
             raise ConfigError(
                 f"binding {self.host} (not loopback) needs an authenticator: --auth "

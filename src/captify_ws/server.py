@@ -57,6 +57,7 @@ from captify_ws.handlers.base import (
     load_handler,
 )
 from captify_ws.history.versions import DocumentHistory
+from captify_ws.history.webhooks import WebhookSender
 from captify_ws.imports import import_attribute
 from captify_ws.metrics import Stats
 from captify_ws.outbound import connection_limits
@@ -157,6 +158,8 @@ class Server:
         self.cluster = ClusterBridge(self, broker) if broker is not None else None
         #: versions (automatic, named, restore) of the documents, when the store keeps history
         self.history = DocumentHistory(self)
+        #: webhooks to the URLs in settings (history/webhooks.py)
+        self.webhooks = WebhookSender(self)
         #: channels (/ws/notifications, /ws/workflow): what their handlers may use
         self.channel_services = build_channel_services(self.settings, self.authorize,
                                                        self.instance_id)
@@ -194,6 +197,7 @@ class Server:
                     raise
             self.writer.start()
             self.history.start()
+            self.webhooks.start()
             try:
                 await self.channel_services.start()
             except BaseException:
@@ -236,6 +240,7 @@ class Server:
             await asyncio.sleep(0.05)
         await self.rooms.close()
         await self.history.stop()
+        await self.webhooks.stop()
         await self.channel_services.stop()
         await self.writer.stop(timeout=timeout / 2)
         if self.cluster is not None:
@@ -375,6 +380,7 @@ class Server:
                 raise Reject(CloseCode.RATE_LIMITED, "too many connections for this user")
             _count(self._per_user, user, +1)
             conn.on_closed(lambda _: _count(self._per_user, user, -1))
+        self.webhooks.connection_event("connection.opened", conn)
 
     async def authorize(self, conn: Connection, document_id: str, *,
                         principal: Principal | None = None) -> Access:
@@ -438,6 +444,7 @@ class Server:
     def _connection_closed(self, conn: Connection) -> None:
         self.connections[handler_name(conn.handler)].discard(conn)
         self.stats.connections_closed += 1
+        self.webhooks.connection_event("connection.closed", conn)
         logger.debug("closed %s %s code=%s", conn.id, conn.request.path, conn.close_code,
                      extra={"connection": conn.id, "path": conn.request.path,
                             "close_code": conn.close_code})

@@ -162,3 +162,36 @@ async def test_paging_is_gap_free_while_two_writers_commit(store_url: str) -> No
     assert seen == whole
     for opened in {id(s): s for s in [*writers, reader]}.values():
         await opened.close()
+
+
+async def test_webhook_outbox_orders_per_document_and_leases(store: Any) -> None:
+    """Deliveries are created with the cursor's compare-and-set; a claim gives the oldest
+    pending delivery of each endpoint and document, leased; outcomes and redelivery."""
+    from captify_ws.store.webhooks import NewDelivery
+
+    now = time.time()
+
+    def new(event_id: str, document_id: str) -> NewDelivery:
+        return NewDelivery(event_id, "http://x/hook", document_id, "document.changed", "{}",
+                           now)
+    assert await store.webhook_cursor() == 0
+    assert await store.enqueue_deliveries(0, 5, [new("a1", "a"), new("a2", "a"),
+                                                 new("b1", "b")])
+    assert not await store.enqueue_deliveries(0, 9, [new("lost", "a")])
+    assert await store.webhook_cursor() == 5
+    claimed = await store.claim_deliveries(now, 30, 10)
+    assert [d.event_id for d in claimed] == ["a1", "b1"]
+    assert await store.claim_deliveries(now, 30, 10) == []
+    a1, b1 = claimed
+    await store.finish_delivery(a1.id, "delivered", 1, now, 200, None, now)
+    await store.finish_delivery(b1.id, "pending", 1, now + 60, 500, "HTTP 500", now)
+    assert [d.event_id for d in await store.claim_deliveries(now, 30, 10)] == ["a2"]
+    assert [d.event_id for d in await store.claim_deliveries(now + 61, 30, 10)] == ["a2",
+                                                                                     "b1"]
+    await store.finish_delivery(b1.id, "failed", 2, now, 500, "HTTP 500", now)
+    failed = await store.list_deliveries("failed", None, 10)
+    assert [(d.event_id, d.attempts, d.last_error) for d in failed] == [("b1", 2, "HTTP 500")]
+    assert await store.redeliver(b1.id, now)
+    assert not await store.redeliver(999999, now)
+    counts = await store.delivery_counts()
+    assert counts == {"pending": 2, "delivered": 1, "failed": 0}  # a2 (lease ended), b1

@@ -18,6 +18,12 @@
 ``POST /api/v1/documents/{id}/versions/{n}/restore``  ``{who?}`` → 201 the ``restore`` version
 ``GET /api/v1/documents/{id}/diff?from=&to=``      ``{from, to, authors, text: {root: [op…]},
                                                    prosemirror: {root: [op…]}}``
+
+``GET /api/v1/webhooks``                           ``{endpoints, events, counts: {pending,
+                                                   delivered, failed}}``
+``GET /api/v1/webhooks/deliveries``                ``?status=&before=&limit=`` → the delivery
+                                                   log, newest first: ``{deliveries, next}``
+``POST /api/v1/webhooks/deliveries/{id}/redeliver``  pending again, due now, attempts reset
 =================================================  ============================================
 
 A version's info: ``{documentId, version, kind, name, at, who, cursor, size}``; ``who`` in a
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -103,6 +110,11 @@ class HistoryRoutes:
                   methods=["POST"]),
             Route("/api/v1/documents/{document_id:path}/diff", self._guard(self._diff),
                   methods=["GET"]),
+            Route("/api/v1/webhooks", self._guard(self._webhooks), methods=["GET"]),
+            Route("/api/v1/webhooks/deliveries", self._guard(self._deliveries),
+                  methods=["GET"]),
+            Route("/api/v1/webhooks/deliveries/{delivery_id:int}/redeliver",
+                  self._guard(self._redeliver), methods=["POST"]),
         ]
 
     def _name(self, request: Request, marker: str) -> str:
@@ -198,3 +210,35 @@ class HistoryRoutes:
         if a is None or b is None:
             raise HistoryError(400, "give the versions to compare: ?from=<n>&to=<n>")
         return JSONResponse(await self.server.history.diff(document_id, a, b))
+
+    async def _webhooks(self, request: Request) -> Response:
+        webhooks = self.server.webhooks
+        if not webhooks.enabled:
+            raise HistoryError(404, "no webhooks: set webhook_urls (and a store with history)")
+        return JSONResponse({"endpoints": list(webhooks.urls),
+                             "events": sorted(webhooks.events),
+                             "counts": await webhooks.store.delivery_counts()})
+
+    async def _deliveries(self, request: Request) -> Response:
+        webhooks = self.server.webhooks
+        if not webhooks.enabled:
+            raise HistoryError(404, "no webhooks: set webhook_urls (and a store with history)")
+        status = request.query_params.get("status") or None
+        if status not in (None, "pending", "delivered", "failed"):
+            raise HistoryError(400, "'status' must be pending, delivered or failed")
+        before = optional_int(request, "before", 1, 2**62)
+        limit = int_param(request, "limit", 50, 1, MAX_PAGE)
+        found = await webhooks.store.list_deliveries(status, before,  # type: ignore[arg-type]
+                                                     limit)
+        return JSONResponse({"deliveries": [d.as_json() for d in found],
+                             "next": found[-1].id if len(found) == limit else None})
+
+    async def _redeliver(self, request: Request) -> Response:
+        webhooks = self.server.webhooks
+        if not webhooks.enabled:
+            raise HistoryError(404, "no webhooks: set webhook_urls (and a store with history)")
+        delivery_id: int = request.path_params["delivery_id"]
+        if not await webhooks.store.redeliver(delivery_id, time.time()):
+            raise HistoryError(404, f"no delivery {delivery_id}")
+        webhooks.wake()
+        return JSONResponse({"id": delivery_id, "status": "pending"})

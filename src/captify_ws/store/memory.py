@@ -30,14 +30,16 @@ from captify_ws.store.history import (
     merge_who,
     summarize,
 )
+from captify_ws.store.memory_webhooks import MemoryWebhooks
 
 
-class MemoryStore:
+class MemoryStore(MemoryWebhooks):
     """Documents in a dict. Every guarantee of ``DocumentStore`` holds within one process."""
 
     url = "memory"
 
     def __init__(self) -> None:
+        super().__init__()
         self._snapshots: dict[str, bytes | None] = {}
         self._logs: dict[str, list[bytes]] = {}
         self._steps: dict[str, dict[int, StepRecord]] = {}

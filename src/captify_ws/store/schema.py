@@ -56,6 +56,17 @@ SQLITE_MIGRATIONS: Final[list[list[str]]] = [
         "kind TEXT NOT NULL, name TEXT, at REAL NOT NULL, who TEXT NOT NULL, "
         "seq INTEGER NOT NULL, state BLOB NOT NULL, PRIMARY KEY (document_id, number))",
     ],
+    # 5: the webhook outbox (store/webhooks.py); its feed cursor is in captify_meta
+    [
+        "CREATE TABLE captify_webhook_deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "event_id TEXT NOT NULL, endpoint TEXT NOT NULL, document_id TEXT NOT NULL, "
+        "event TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, "
+        "attempts INTEGER NOT NULL, created_at REAL NOT NULL, next_at REAL NOT NULL, "
+        "last_status INTEGER NOT NULL, last_error TEXT, delivered_at REAL, "
+        "lease_until REAL NOT NULL DEFAULT 0)",
+        "CREATE INDEX captify_webhook_order ON captify_webhook_deliveries "
+        "(status, endpoint, document_id, id)",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
@@ -85,5 +96,18 @@ POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
         "CREATE TABLE captify_versions (document_id TEXT NOT NULL, number INTEGER NOT NULL, "
         "kind TEXT NOT NULL, name TEXT, at DOUBLE PRECISION NOT NULL, who TEXT NOT NULL, "
         "seq BIGINT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (document_id, number))",
+    ],
+    # 4: the webhook outbox (store/webhooks.py) and its feed cursor
+    [
+        "CREATE TABLE captify_webhook_deliveries (id BIGSERIAL PRIMARY KEY, "
+        "event_id TEXT NOT NULL, endpoint TEXT NOT NULL, document_id TEXT NOT NULL, "
+        "event TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, "
+        "attempts INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
+        "next_at DOUBLE PRECISION NOT NULL, last_status INTEGER NOT NULL, last_error TEXT, "
+        "delivered_at DOUBLE PRECISION, lease_until DOUBLE PRECISION NOT NULL DEFAULT 0)",
+        "CREATE INDEX captify_webhook_order ON captify_webhook_deliveries "
+        "(status, endpoint, document_id, id)",
+        "CREATE TABLE captify_webhook_cursor (cursor BIGINT NOT NULL)",
+        "INSERT INTO captify_webhook_cursor VALUES (0)",
     ],
 ]
