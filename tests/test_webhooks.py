@@ -200,7 +200,8 @@ async def _pending(http: httpx.AsyncClient, base: str) -> bool:
 
 async def test_a_receiver_answering_500_is_given_up_then_redelivered() -> None:
     """500 forever: retried until webhook_retry_for_s, then failed (logged, listed with the
-    last status); redelivery over HTTP sends it again once the receiver is fixed."""
+    last status, shown by the admin dashboard's webhooks panel); redelivery over HTTP sends
+    it again once the receiver is fixed."""
     async with receiver() as endpoint:
         endpoint.status = 500
         async with running_server(**_settings(endpoint, webhook_retry_for_s=1.0)) as srv, \
@@ -219,6 +220,12 @@ async def test_a_receiver_answering_500_is_given_up_then_redelivered() -> None:
             assert all(d["lastStatus"] == 500 and d["lastError"] == "HTTP 500" for d in gone)
             assert gone[1]["attempts"] >= 2
             assert len(endpoint.requests) == sum(d["attempts"] for d in gone)
+            panel = (await http.get("/admin/api/webhooks")).json()
+            assert panel["counts"]["failed"] == 2
+            assert {d["lastError"] for d in panel["failed"]} == {"HTTP 500"}
+            assert (await http.get("/admin/api/webhooks", headers={"Authorization": ""})
+                    ).status_code == 401
+            assert 'id="webhooks-panel"' in (await http.get("/admin/")).text
             endpoint.status = 204
             for delivery in gone:
                 again = await http.post(f"/api/v1/webhooks/deliveries/{delivery['id']}/"

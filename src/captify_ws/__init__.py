@@ -44,6 +44,7 @@ from captify_ws.errors import (
     ChannelError,
     CloseCode,
     ConfigError,
+    HistoryError,
     InvalidMessage,
     ProtocolError,
     Reject,
@@ -52,6 +53,14 @@ from captify_ws.errors import (
     StoreError,
 )
 from captify_ws.handlers.base import Handler
+from captify_ws.history.api import (
+    create_version,
+    diff,
+    get_version,
+    list_versions,
+    restore_version,
+    version_content,
+)
 from captify_ws.server import Server
 from captify_ws.stateless import StatelessEvent
 
@@ -68,6 +77,7 @@ __all__ = [
     "ConfigError",
     "Connection",
     "Handler",
+    "HistoryError",
     "InvalidMessage",
     "Position",
     "PreparedFrame",
@@ -92,13 +102,19 @@ __all__ = [
     "cancel_run",
     "channel_position",
     "create_app",
+    "create_version",
     "current_server",
+    "diff",
     "get_connection_count",
     "get_document",
+    "get_version",
     "is_online",
+    "list_versions",
     "notify_user",
     "publish",
     "request_token",
+    "restore_version",
     "revoke",
     "send_stateless",
+    "version_content",
 ]

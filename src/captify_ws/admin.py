@@ -97,6 +97,7 @@ class AdminPages:
             Route("/admin/login", self._login, methods=["POST"]),
             Route("/admin/logout", self._logout, methods=["POST"]),
             Route("/admin/api/stats", self._stats, methods=["GET"]),
+            Route("/admin/api/webhooks", self._webhooks, methods=["GET"]),
         ]
 
     async def _allowed(self, request: Request) -> Response | None:
@@ -168,6 +169,24 @@ class AdminPages:
         if refused is not None:
             return refused
         return JSONResponse(snapshot(self.server), headers={"Cache-Control": "no-store"})
+
+
+    async def _webhooks(self, request: Request) -> Response:
+        """The webhooks panel: counts, and the latest failed and retrying deliveries."""
+        refused = await self._allowed(request)
+        if refused is not None:
+            return refused
+        webhooks = self.server.webhooks
+        if not webhooks.enabled:
+            return JSONResponse({"enabled": False}, headers={"Cache-Control": "no-store"})
+        store = webhooks.store
+        failed = await store.list_deliveries("failed", None, 20)
+        pending = [d for d in await store.list_deliveries("pending", None, 200) if d.attempts]
+        return JSONResponse({"enabled": True, "endpoints": list(webhooks.urls),
+                             "counts": await store.delivery_counts(),
+                             "failed": [d.as_json() for d in failed],
+                             "retrying": [d.as_json() for d in pending[:20]]},
+                            headers={"Cache-Control": "no-store"})
 
 
 def _https(request: Request) -> bool:
