@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from captify_ws.agents.producer import AgentRun, OnCancel
+    from captify_ws.agents.registry import AgentSessions
     from captify_ws.agents.runs import AgentRuns
     from captify_ws.agents.session import AgentSession
     from captify_ws.channels.types import Position, Published
@@ -181,6 +182,15 @@ def agent_runs(server: Server) -> AgentRuns:
     return found  # type: ignore[no-any-return]
 
 
+def agent_sessions(server: Server) -> AgentSessions:
+    """The ``/ws/agent`` handler's agent sessions of ``server``."""
+    handler = server.registry.by_name("agent")
+    found = getattr(handler, "sessions", None)
+    if found is None:
+        raise ServerNotRunning("the agent handler is not registered")
+    return found  # type: ignore[no-any-return]
+
+
 def agent_run(run_id: str, owner: str | None = None, *, on_cancel: OnCancel | None = None,
               metadata: dict[str, Any] | None = None) -> AgentRun:
     """The producer of agent run ``run_id`` (channel ``agent:{run_id}``), an async context
@@ -208,6 +218,5 @@ def agent_session(document_id: str, *, name: str = "Assistant", color: str = "#7
     from captify_ws.agents.session import AgentSession
 
     server = current_server()
-    handler = server.registry.by_name("agent")
     return AgentSession(server, document_id, name=name, color=color, field=field,
-                        chunk_chars=chunk_chars, registry=getattr(handler, "sessions", None))
+                        chunk_chars=chunk_chars, registry=agent_sessions(server))

@@ -41,6 +41,7 @@ from captify_ws.errors import (
     log_with_id,
 )
 from captify_ws.history.http import HistoryRoutes
+from captify_ws.http_agent_sessions import AgentSessionRoutes
 from captify_ws.http_agents import AgentRoutes
 from captify_ws.http_channels import ChannelRoutes
 from captify_ws.http_stateless import stateless_routes
@@ -115,6 +116,7 @@ class CaptifyApp:
             Route("/api/v1/connections", self._get_connections, methods=["GET"]),
             *ChannelRoutes(server, self._check_api_key).routes(),
             *AgentRoutes(server, self._check_api_key).routes(),
+            *AgentSessionRoutes(server, self._check_api_key).routes(),
             *(DemoPages().routes() if server.settings.demo_enabled else ()),
         ])
         demo = server.settings.demo_enabled

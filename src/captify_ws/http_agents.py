@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from captify_ws.agents.events import channel_of
-from captify_ws.api import agent_runs
+from captify_ws.api import agent_runs, agent_sessions
 from captify_ws.errors import ChannelError, CloseCode, RunEnded
 from captify_ws.http_channels import CheckKey, Endpoint, _error
 
@@ -99,12 +99,11 @@ class AgentRoutes:
         return Response(body, media_type="application/json")
 
     async def _agents(self, request: Request) -> Response:
-        handler = self.server.registry.by_name("agent")
-        sessions = getattr(handler, "sessions", None)
+        sessions = agent_sessions(self.server)
         document_id = request.query_params.get("document_id")
         if not document_id:
             raise ChannelError(CloseCode.BAD_REQUEST, "'document_id' is required")
-        listed = sessions.list(document_id) if sessions else []
+        listed = sessions.list(document_id)
         return JSONResponse({"agents": listed})
 
     async def _cancel(self, request: Request) -> Response:

@@ -119,3 +119,62 @@ async def test_replace_is_refused_on_stale_context_and_revert_restores_deletes()
             while (await repl.call("snapshot", name="p"))["text"] != "!>> The chat sat.":
                 assert time.monotonic() < deadline, "revert did not restore the text"
                 await asyncio.sleep(0.02)
+
+
+async def test_the_same_over_http_for_other_languages() -> None:
+    """Start, insert, a stale replace (409, nothing changes), a good replace, revert, end:
+    a y-websocket provider sees each; bad requests get clear 400s."""
+    async with running_server(api_key="k") as srv, providers() as repl, \
+            httpx.AsyncClient(timeout=10, headers={"Authorization": "Bearer k"}) as http:
+        await repl.call("open", name="p", url=f"{srv.ws}/ws/fabric", doc="http-doc")
+        await repl.call("waitSynced", name="p")
+        await repl.call("insert", name="p", index=0, text="Hello world")
+        base = f"{srv.http}/api/v1/agent/sessions"
+        deadline = time.monotonic() + 10
+        while True:  # the server has the person's text
+            opened = (await http.post(base, json={"document_id": "http-doc",
+                                                  "name": "Bot"})).json()
+            sid = opened["session_id"]
+            if (await http.get(f"{base}/{sid}/text")).json()["text"] == "Hello world":
+                break
+            await http.delete(f"{base}/{sid}")
+            assert time.monotonic() < deadline
+        inserted = await http.post(f"{base}/{sid}/insert", json={"anchor": 5, "text": ","})
+        assert inserted.json() == {"inserted": 1, "length": 12}
+        await repl.call("waitUntil", name="p", field="text", equals="Hello, world")
+        stale = await http.post(f"{base}/{sid}/replace",
+                                json={"start": 7, "end": 12, "expect": "earth", "content": "x"})
+        assert stale.status_code == 409 and "'world'" in stale.json()["error"]
+        good = await http.post(f"{base}/{sid}/replace",
+                               json={"start": 7, "end": 12, "expect": "world",
+                                     "content": "there"})
+        assert good.status_code == 200
+        await repl.call("waitUntil", name="p", field="text", equals="Hello, there")
+        await http.post(f"{base}/{sid}/revert")
+        await repl.call("waitUntil", name="p", field="text", equals="Hello world")
+        for path, body, text in [
+                ("/insert", {"anchor": -1, "text": "x"}, "character position"),
+                ("/insert", {"anchor": 0, "text": 5}, "'text' must be a string"),
+                ("/replace", {"start": 0}, "'end' must be")]:
+            bad = await http.post(f"{base}/{sid}{path}", json=body)
+            assert bad.status_code == 400 and text in bad.json()["error"], bad.text
+        assert (await http.delete(f"{base}/{sid}")).json() == {"ended": True}
+        gone = await http.post(f"{base}/{sid}/insert", json={"anchor": 0, "text": "x"})
+        assert gone.status_code == 400 and "unknown agent session" in gone.json()["error"]
+        assert (await repl.call("snapshot", name="p"))["text"] == "Hello world"
+
+
+async def test_revert_puts_back_only_what_others_wrote() -> None:
+    """A replace across a person's text and the agent's own: revert restores the person's
+    part only and removes all of the agent's, leaving the document as before the session."""
+    async with running_server():
+        async with captify_ws.agent_session("mixed", name="Person stand-in") as person:
+            await person.insert_text(0, "hello world")
+        async with captify_ws.agent_session("mixed") as agent:
+            assert agent.before != b""
+            await agent.insert_text(5, " agent text")
+            assert agent.read() == "hello agent text world"
+            await agent.replace(agent.range(3, 10), "XY")  # "lo agen" → "XY"
+            assert agent.read() == "helXYt text world"
+            await agent.revert()
+            assert agent.read() == "hello world"

@@ -31,9 +31,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Assoc, Doc, StickyIndex, Text
@@ -45,11 +44,8 @@ from captify_ws.rooms.document import DocumentRoom, Origin
 from captify_ws.rooms.units import pycrdt_length
 
 if TYPE_CHECKING:
+    from captify_ws.agents.registry import AgentSessions
     from captify_ws.server import Server
-
-#: Sessions remembered per instance for the attribution list (the oldest go first).
-MAX_LISTED = 10_000
-
 
 class StaleContext(CaptifyError):
     """An edit computed on text that changed since it was read: nothing was changed."""
@@ -79,16 +75,6 @@ class SessionInfo:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-@dataclass
-class AgentSessions:
-    """Every session this instance ran, newest last (bounded)."""
-
-    sessions: deque[SessionInfo] = field(default_factory=lambda: deque(maxlen=MAX_LISTED))
-
-    def list(self, document_id: str) -> list[dict[str, Any]]:
-        return [info.to_json() for info in self.sessions if info.document_id == document_id]
 
 
 def _encode_var_uint(value: int, out: bytearray) -> None:
@@ -260,6 +246,8 @@ class AgentSession:
             raise StaleContext(f"the range changed since it was read: {target.text!r} is now "
                                f"{now[start:end]!r}")
 
+        theirs = self._not_ours(target)
+
         def swap() -> None:
             begin = pycrdt_length(now[:start])
             del self.text[begin:begin + pycrdt_length(target.text)]
@@ -267,10 +255,25 @@ class AgentSession:
                 self.text.insert(begin, content)
         self._edit(swap)
         left = self._sticky(str(self.text), start, Assoc.BEFORE) if start > 0 else None
-        self._deleted.append((left, target.text))
+        if theirs:
+            self._deleted.append((left, theirs))
         self._caret = self._sticky(str(self.text), start + len(content), Assoc.BEFORE)
         self._set_presence(self._caret)
         await self.server.writer.flush()
+
+    def _not_ours(self, target: Range) -> str:
+        """The text of ``target`` that this session did not insert itself (what a revert
+        must put back): the range read in a copy of the document without our inserts."""
+        if not self._clock:
+            return target.text
+        scratch: Doc[Any] = Doc()
+        scratch.apply_update(self.replica.get_update())
+        scratch.apply_update(delete_set_update(self.client_id, self._clock))
+        text = scratch.get(self.field, type=Text)
+        encoded = str(text).encode("utf-8")
+        start = StickyIndex.from_json(target.start.to_json(), text).get_index()
+        end = StickyIndex.from_json(target.end.to_json(), text).get_index()
+        return encoded[start:max(start, end)].decode("utf-8", "ignore")
 
     async def revert(self) -> None:
         """Undo this session as a forward change: put back what it deleted, then delete

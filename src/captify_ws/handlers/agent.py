@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from captify_ws.agents.events import CLASS, run_id_of
+from captify_ws.agents.registry import AgentSessions
 from captify_ws.agents.runs import AgentRuns
-from captify_ws.agents.session import AgentSessions
 from captify_ws.channels.endpoint import ChannelEndpoint, ChannelSession
 from captify_ws.channels.types import ChannelClass
 from captify_ws.errors import ChannelError, CloseCode, Reject
@@ -42,7 +42,8 @@ class AgentHandler(ChannelEndpoint):
         services = server.channel_services
         self.runs = AgentRuns(services)
         #: agents co-editing documents (the attribution list)
-        self.sessions = AgentSessions()
+        self.sessions = AgentSessions(server)
+        services.parts.append(self.sessions)
         services.parts.append(self.runs)
         super().__init__(services, "/ws/agent", "agent", [self.runs.klass],
                          commands={"cancel": self._cancel})

@@ -1,0 +1,200 @@
+"""The HTTP API of agents co-editing documents (bearer ``CAPTIFY_WS_API_KEY``): what
+``agent_session()`` does, for producers in any language.
+
+=====================================================  =========================================
+``POST /api/v1/agent/sessions``                        ``{document_id, name?, color?, field?}``
+                                                       → ``{session_id, client_id, ttl_s}``
+``POST /api/v1/agent/sessions/{id}/insert``            ``{anchor, text}``, or NDJSON: a first
+                                                       line ``{"anchor": n}``, then ``{"text":
+                                                       …}`` lines inserted as they arrive →
+                                                       ``{inserted, length}``
+``POST /api/v1/agent/sessions/{id}/replace``           ``{start, end, expect, content}`` →
+                                                       ``{length}``; 409 when the text between
+                                                       start and end is no longer ``expect``
+``POST /api/v1/agent/sessions/{id}/revert``            → ``{length}``
+``GET /api/v1/agent/sessions/{id}/text``               ``{text}`` (and keeps the session alive)
+``DELETE /api/v1/agent/sessions/{id}``                 end: the presence disappears
+``GET /api/v1/agent/sessions?document_id=``            the attribution list
+=====================================================  =========================================
+
+Positions are characters (code points). A session idle for ``agent_producer_ttl_s`` (no
+request in flight) is ended by the server: a dead producer leaves no ghost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from captify_ws.agents.session import AgentSession, StaleContext
+from captify_ws.api import agent_sessions
+from captify_ws.errors import ChannelError, CloseCode
+from captify_ws.http_channels import CheckKey, Endpoint, _error
+
+if TYPE_CHECKING:
+    from captify_ws.agents.registry import AgentSessions
+    from captify_ws.server import Server
+
+NAME_MAX_CHARS = 100
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ChannelError(CloseCode.BAD_REQUEST, f"'{key}' must be a character position")
+    return value
+
+
+def _str(body: dict[str, Any], key: str, default: str | None = None,
+         max_chars: int = 1 << 20) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise ChannelError(CloseCode.BAD_REQUEST, f"'{key}' must be a string of at most "
+                           f"{max_chars} characters")
+    return value
+
+
+async def _json_lines(request: Request, max_line: int) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an NDJSON body, as they arrive."""
+    buffer = b""
+    async for chunk in request.stream():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        if len(buffer) > max_line:
+            raise ChannelError(CloseCode.MESSAGE_TOO_BIG, f"a line longer than {max_line} bytes")
+        for line in lines:
+            if line.strip():
+                yield _line(line)
+    if buffer.strip():
+        yield _line(buffer)
+
+
+def _line(line: bytes) -> dict[str, Any]:
+    try:
+        item = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ChannelError(CloseCode.BAD_REQUEST, "not a JSON line") from None
+    if not isinstance(item, dict):
+        raise ChannelError(CloseCode.BAD_REQUEST, "each line is a JSON object")
+    return item
+
+
+class AgentSessionRoutes:
+    """The routes above, for one server; ``check_key`` answers a refusal or ``None``."""
+
+    def __init__(self, server: Server, check_key: CheckKey) -> None:
+        self.server = server
+        self._check_key = check_key
+
+    @property
+    def sessions(self) -> AgentSessions:
+        return agent_sessions(self.server)
+
+    def routes(self) -> list[Route]:
+        base = "/api/v1/agent/sessions"
+        return [
+            Route(base, self._guard(self._start), methods=["POST"]),
+            Route(base + "/{sid}/insert", self._guard(self._insert), methods=["POST"]),
+            Route(base + "/{sid}/replace", self._guard(self._replace), methods=["POST"]),
+            Route(base + "/{sid}/revert", self._guard(self._revert), methods=["POST"]),
+            Route(base + "/{sid}/text", self._guard(self._text), methods=["GET"]),
+            Route(base + "/{sid}", self._guard(self._end), methods=["DELETE"]),
+        ]
+
+    def _guard(self, endpoint: Endpoint) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            refused = self._check_key(request)
+            if refused is not None:
+                return refused
+            try:
+                return await endpoint(request)
+            except StaleContext as exc:
+                return JSONResponse({"error": str(exc)}, status_code=409)
+            except ClientDisconnect:
+                return Response(status_code=499)
+            except Exception as exc:  # ChannelError, BrokerError, StoreError
+                return _error(exc)
+        return guarded
+
+    @staticmethod
+    async def _json(request: Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ChannelError(CloseCode.BAD_REQUEST, "body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise ChannelError(CloseCode.BAD_REQUEST, "body must be a JSON object")
+        return body
+
+    async def _start(self, request: Request) -> Response:
+        body = await self._json(request)
+        document_id = _str(body, "document_id", max_chars=1000)
+        if not document_id:
+            raise ChannelError(CloseCode.BAD_REQUEST, "'document_id' is required")
+        session = await self.sessions.start_session(
+            document_id, name=_str(body, "name", "Assistant", NAME_MAX_CHARS),
+            color=_str(body, "color", "#7c3aed", 32), field=_str(body, "field", "text", 100))
+        return JSONResponse({"session_id": session.info.session_id,
+                             "client_id": session.client_id, "ttl_s": self.sessions.ttl_s})
+
+    async def _insert(self, request: Request) -> Response:
+        sid = request.path_params["sid"]
+        ndjson = "ndjson" in request.headers.get("content-type", "")
+        async with self.sessions.use(sid) as session:
+            if not ndjson:
+                body = await self._json(request)
+                text = _str(body, "text")
+                await session.insert_text(_int(body, "anchor"), text)
+                return JSONResponse({"inserted": len(text), "length": len(session.read())})
+            inserted = await self._stream_insert(request, session, sid)
+            return JSONResponse({"inserted": inserted, "length": len(session.read())})
+
+    async def _stream_insert(self, request: Request, session: AgentSession, sid: str) -> int:
+        lines = _json_lines(request, self.server.settings.channel_publication_max_bytes)
+        try:
+            first = await lines.__anext__()
+        except StopAsyncIteration:
+            raise ChannelError(CloseCode.BAD_REQUEST, 'the first line is {"anchor": n}') \
+                from None
+        anchor = _int(first, "anchor")
+        inserted = 0
+
+        async def pieces() -> AsyncIterator[str]:
+            nonlocal inserted
+            async for item in lines:
+                text = _str(item, "text")
+                inserted += len(text)
+                self.sessions.touch(sid)
+                yield text
+
+        await session.insert_text(anchor, pieces())
+        return inserted
+
+    async def _replace(self, request: Request) -> Response:
+        body = await self._json(request)
+        start, end = _int(body, "start"), _int(body, "end")
+        expect, content = _str(body, "expect"), _str(body, "content")
+        async with self.sessions.use(request.path_params["sid"]) as session:
+            target = session.range(start, end)
+            if target.text != expect:
+                raise StaleContext(f"the range holds {target.text!r}, not {expect!r}")
+            await session.replace(target, content)
+            return JSONResponse({"length": len(session.read())})
+
+    async def _revert(self, request: Request) -> Response:
+        async with self.sessions.use(request.path_params["sid"]) as session:
+            await session.revert()
+            return JSONResponse({"length": len(session.read())})
+
+    async def _text(self, request: Request) -> Response:
+        async with self.sessions.use(request.path_params["sid"]) as session:
+            return JSONResponse({"text": session.read()})
+
+    async def _end(self, request: Request) -> Response:
+        ended = await self.sessions.end(request.path_params["sid"])
+        return JSONResponse({"ended": ended}, status_code=200 if ended else 404)
