@@ -64,10 +64,11 @@ def test_settings(**overrides: Any) -> Settings:
 @contextlib.asynccontextmanager
 async def running_server(transport: str = "native", http_app: ASGIApp | None = None,
                          extra_handlers: tuple[Any, ...] = (), store: Any = None,
+                         extra_hooks: tuple[Any, ...] = (),
                          **overrides: Any) -> AsyncIterator[RunningServer]:
     """A real server in this process, listening on a free loopback port."""
     settings = test_settings(**overrides)
-    server = Server(settings, handlers=extra_handlers, store=store)
+    server = Server(settings, handlers=extra_handlers, store=store, hooks=extra_hooks)
     app = create_app(http_app=http_app, server=server)
     if transport == "native":
         await server.start()

@@ -7,6 +7,7 @@ The public API::
     from captify_ws import Handler, Connection             # to write your own handler
     from captify_ws import publish, notify_user, is_online  # channels: pushed streams
     from captify_ws import agent_run, cancel_run            # /ws/agent run streams
+    from captify_ws import Hooks, ChangeEvent …             # the life of documents, connections
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ from captify_ws.errors import (
     ServerNotRunning,
     StoreError,
 )
+from captify_ws.events import (
+    AuthenticateEvent,
+    ChangeEvent,
+    ChangeOrigin,
+    ConnectEvent,
+    DisconnectEvent,
+    LoadEvent,
+    StoreEvent,
+    UnloadEvent,
+)
 from captify_ws.handlers.base import Handler
 from captify_ws.history.api import (
     create_version,
@@ -61,24 +72,32 @@ from captify_ws.history.api import (
     restore_version,
     version_content,
 )
+from captify_ws.hooks import Hooks
 from captify_ws.server import Server
 from captify_ws.stateless import StatelessEvent
 
 __all__ = [
     "Access",
+    "AuthenticateEvent",
     "Authenticator",
     "Authorizer",
     "BadRequest",
     "BrokerError",
     "CaptifyApp",
     "CaptifyError",
+    "ChangeEvent",
+    "ChangeOrigin",
     "ChannelError",
     "CloseCode",
     "ConfigError",
+    "ConnectEvent",
     "Connection",
+    "DisconnectEvent",
     "Handler",
     "HistoryError",
+    "Hooks",
     "InvalidMessage",
+    "LoadEvent",
     "Position",
     "PreparedFrame",
     "Principal",
@@ -91,6 +110,8 @@ __all__ = [
     "Settings",
     "StatelessEvent",
     "StoreError",
+    "StoreEvent",
+    "UnloadEvent",
     "UpgradeRequest",
     "__version__",
     "agent_run",

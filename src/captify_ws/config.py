@@ -76,8 +76,8 @@ class Settings:
     store: str = _setting(
         "sqlite:///./data/captify-ws.db",
         "document store URL: 'sqlite:///path.db' (the embedded default), "
-        "'postgresql://user:password@host:5432/db' (shared by instances) or 'memory' (tests; "
-        "lost on exit)", metavar="URL")
+        "'postgresql://user:password@host:5432/db' (shared by instances), 'memory' (tests; "
+        "lost on exit) or your own store as 'module:attribute'", metavar="URL")
     store_commit_interval_ms: int = _setting(
         100, "edits from WebSocket clients are committed at most this often, in one transaction "
         "(group commit); API writes commit at once", int)
@@ -118,8 +118,8 @@ class Settings:
         86400.0, "webhooks: an event not delivered this many seconds after it happened is "
         "given up (failed, listed, redeliverable)", float)
     broker: str = _setting(
-        "memory", "how instances reach each other: 'memory' (this process only) or "
-        "'redis://host:6379/0'", metavar="URL")
+        "memory", "how instances reach each other: 'memory' (this process only), "
+        "'redis://host:6379/0', or your own broker as 'module:attribute'", metavar="URL")
     broker_prefix: str = _setting(
         "captify", "prefix of every broker channel (several deployments can share a Redis)",
         metavar="PREFIX")
@@ -345,6 +345,15 @@ class Settings:
     stateless_hooks: tuple[str, ...] = _setting(
         (), "functions called with every stateless message of a Hocuspocus provider, "
         "comma-separated 'module:attribute'", _parse_list, metavar="MOD:ATTR,...")
+    hooks: tuple[str, ...] = _setting(
+        (), "hooks for the life of documents and connections (on_load, on_change, on_store, "
+        "on_unload, on_authenticate, on_connect, on_disconnect, on_stateless), "
+        "comma-separated 'module:attribute', run in this order", _parse_list,
+        metavar="MOD:ATTR,...")
+    hook_change_debounce_ms: int = _setting(
+        1000, "on_change hooks hear of a document's changes once they pause this long", int)
+    hook_change_max_wait_ms: int = _setting(
+        10000, "… or this long after the first change, whichever comes first", int)
     log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
 
     @classmethod
@@ -465,6 +474,9 @@ class Settings:
                 self.hocuspocus_auth_deadline_s <= 0:
             raise ConfigError("hocuspocus_max_documents must be at least 1, "
                               "hocuspocus_keepalive_s and hocuspocus_auth_deadline_s positive")
+        if not 0 < self.hook_change_debounce_ms <= self.hook_change_max_wait_ms:
+            raise ConfigError("hook_change_debounce_ms must be positive and at most "
+                              "hook_change_max_wait_ms")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

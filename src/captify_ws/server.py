@@ -58,6 +58,7 @@ from captify_ws.handlers.base import (
 )
 from captify_ws.history.versions import DocumentHistory
 from captify_ws.history.webhooks import WebhookSender
+from captify_ws.hooks import HookRunner, load_hook
 from captify_ws.imports import import_attribute
 from captify_ws.metrics import Stats
 from captify_ws.outbound import connection_limits
@@ -130,8 +131,13 @@ class Server:
                  handlers: Iterable[Handler | HandlerFactory] = (),
                  store: DocumentStore | None = None, broker: Broker | None = None,
                  authenticator: Authenticator | None = None,
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None, hooks: Iterable[object] = ()) -> None:
         self.settings = settings or Settings()
+        #: the hooks (``hooks.py``): those of ``--hooks``, then those passed here
+        self.hooks = HookRunner(
+            [*(load_hook(spec) for spec in self.settings.hooks), *hooks],
+            change_debounce_s=self.settings.hook_change_debounce_ms / 1000,
+            change_max_wait_s=self.settings.hook_change_max_wait_ms / 1000)
         self.authenticator = authenticator or build_authenticator(self.settings)
         self.authorizer = authorizer or build_authorizer(self.settings)
         self.stats = Stats()
@@ -141,11 +147,12 @@ class Server:
         #: (document_id, user_id) → (expires at, "none" | "read")
         self._revoked: dict[tuple[str, str], tuple[float, str]] = {}
         self.instance_id = secrets.token_hex(6)
-        self.store = store if store is not None else store_from_url(self.settings.store)
+        self.store = store if store is not None else store_from_url(self.settings.store,
+                                                                    self.settings)
         # With the default in-process broker there is nobody to talk to: no cluster bridge.
         # A broker passed in (tests sharing a MemoryHub) or configured (redis) gets one.
         if broker is None and self.settings.broker != "memory":
-            broker = broker_from_url(self.settings.broker)
+            broker = broker_from_url(self.settings.broker, self.settings)
         self.broker = broker
         self.writer = StoreWriter(
             self.store, commit_interval_s=self.settings.store_commit_interval_ms / 1000,
@@ -155,6 +162,11 @@ class Server:
             schema = import_attribute(self.settings.pm_schema, "pm_schema")
         self.rooms = RoomManager(self.store, self.writer, self.settings, schema,
                                  stats=self.stats)
+        if self.hooks.active:
+            self.rooms.on_load.append(self.hooks.room_loaded)
+            self.rooms.on_unload.append(self.hooks.room_unloaded)
+            if self.hooks.wants("on_store"):
+                self.writer.on_stored = self.hooks.stored
         self.cluster = ClusterBridge(self, broker) if broker is not None else None
         #: versions (automatic, named, restore) of the documents, when the store keeps history
         self.history = DocumentHistory(self)
@@ -206,6 +218,7 @@ class Server:
                     await self.cluster.stop()
                 await self.store.close()
                 raise
+            self.hooks.start()
             if self.settings.ping_interval_s > 0:
                 self._keepalive_task = asyncio.get_running_loop().create_task(
                     self._keepalive(), name="captify-keepalive")
@@ -243,6 +256,7 @@ class Server:
         await self.webhooks.stop()
         await self.channel_services.stop()
         await self.writer.stop(timeout=timeout / 2)
+        await self.hooks.stop(timeout=timeout / 4)
         if self.cluster is not None:
             await self.cluster.stop()
         await self.store.close()
@@ -372,7 +386,9 @@ class Server:
             if exc.code != CloseCode.UNAUTHORIZED or \
                     not getattr(conn.handler, "authenticates_messages", False):
                 raise
+            self.hooks.connected(conn, handler_name(conn.handler))
             return
+        principal = await self.hooks.authenticate(conn, principal)
         conn.principal = principal
         user = principal.user_id
         if user is not None:
@@ -381,6 +397,7 @@ class Server:
             _count(self._per_user, user, +1)
             conn.on_closed(lambda _: _count(self._per_user, user, -1))
         self.webhooks.connection_event("connection.opened", conn)
+        self.hooks.connected(conn, handler_name(conn.handler))
 
     async def authorize(self, conn: Connection, document_id: str, *,
                         principal: Principal | None = None) -> Access:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.errors import log_with_id
 from captify_ws.imports import import_attribute
 from captify_ws.protocol.hocuspocus import FrameEncoder
 
@@ -71,6 +72,7 @@ class StatelessHub:
         self._server = server
         self.hooks: list[StatelessHook] = [
             import_attribute(spec, "stateless hook") for spec in server.settings.stateless_hooks]
+        self.hooks.extend(server.hooks.stateless_methods())
 
     async def dispatch(self, event: StatelessEvent) -> None:
         """Run every hook on ``event``; a failing hook is logged and the others still run."""
@@ -79,8 +81,9 @@ class StatelessHub:
                 result = hook(event)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:
-                logger.exception("stateless hook %r failed on %r", hook, event.document_id)
+            except Exception as exc:
+                log_with_id(logger, f"stateless hook {hook!r} failed on {event.document_id!r}",
+                            exc)
 
     def broadcast(self, document_id: str, payload: str) -> int:
         """``payload`` to every Hocuspocus provider of ``document_id``, on every instance;

@@ -31,3 +31,8 @@ async def delayed_authenticate(request: UpgradeRequest) -> Principal:
     """Lets everyone in, after 50 ms (as a session endpoint would take)."""
     await asyncio.sleep(0.05)
     return Principal(None, {})
+
+
+async def authenticate_user(request: UpgradeRequest) -> Principal:
+    """Whoever ``?user=`` names (tests of what comes after authentication)."""
+    return Principal(request.query.get("user") or None, {"via": "query"})

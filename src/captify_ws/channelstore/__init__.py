@@ -10,14 +10,17 @@ from __future__ import annotations
 from captify_ws.channelstore.base import ChannelStore, Notification, UnreadCount
 from captify_ws.channelstore.memory import MemoryChannelStore
 from captify_ws.errors import ConfigError
+from captify_ws.plugins import is_import_path
 
 __all__ = ["ChannelStore", "MemoryChannelStore", "Notification", "UnreadCount",
            "channel_store_from_url"]
 
 
 def channel_store_from_url(url: str) -> ChannelStore:
-    """The channel store beside the document store ``url`` names (same file or database)."""
-    if url == "memory":
+    """The channel store beside the document store ``url`` names (same file or database).
+    With a document store of your own (``module:attribute``), channels are kept in memory
+    (this process only)."""
+    if url == "memory" or is_import_path(url):
         return MemoryChannelStore()
     if url.startswith("sqlite:"):
         from captify_ws.channelstore.sqlite import SqliteChannelStore

@@ -210,14 +210,16 @@ class HocuspocusHandler:
             sock.documents[address] = None
         logger.debug("%s: refused %r: %s", sock.connection.id, address, reason)
 
-    async def _authenticate(self, conn: Connection, token: str | None) -> Principal:
-        """The Token's principal; an empty token (or Tiptap's ``"notoken"``) stands for the
-        upgrade's own credentials."""
+    async def _authenticate(self, conn: Connection, token: str | None,
+                            document_id: str) -> Principal:
+        """The Token's principal (after the ``on_authenticate`` hooks); an empty token (or
+        Tiptap's ``"notoken"``) stands for the upgrade's own credentials."""
         if token and token != "notoken":
             server = self._server
-            return await with_timeout(
+            principal = await with_timeout(
                 server.authenticator.authenticate(with_token(conn.request, token)),
                 self._settings.auth_timeout_s)
+            return await server.hooks.authenticate(conn, principal, document_id)
         if isinstance(conn.principal, Principal):
             return conn.principal
         raise Reject(CloseCode.UNAUTHORIZED, "Unauthorized: no token")
@@ -227,7 +229,7 @@ class HocuspocusHandler:
         conn = sock.connection
         server = self._server
         try:
-            principal = await self._authenticate(conn, token)
+            principal = await self._authenticate(conn, token, document_id)
             access = await server.authorize(conn, document_id, principal=principal)
             room = await server.rooms.acquire(document_id)
         except Reject as exc:
@@ -323,7 +325,7 @@ class HocuspocusHandler:
         """A new token (the answer to a token request): authenticate and authorize again."""
         conn = member.connection
         try:
-            principal = await self._authenticate(conn, token)
+            principal = await self._authenticate(conn, token, document_id)
             access = await self._server.authorize(conn, document_id, principal=principal)
         except Reject as exc:
             if member.room is not None:

@@ -131,6 +131,10 @@ class DocumentRoom:
         #: a user of the room that is not a connection (API call, load); blocks unloading
         self.holds = 0
         self.closed = False
+        #: bytes of stored state the room was loaded from (``None``: the store had nothing)
+        self.stored_size: int | None = None
+        #: the room was unloaded because its document was deleted
+        self.deleted = False
 
     def __repr__(self) -> str:
         return f"<DocumentRoom {self.document_id!r} members={len(self)}>"

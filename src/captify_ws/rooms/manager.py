@@ -128,6 +128,7 @@ class RoomManager:
                     room.load_state(stored.snapshot)
                 for update in stored.updates:
                     room.load_state(update)
+                room.stored_size = len(stored.snapshot or b"") + sum(map(len, stored.updates))
                 self.writer.note_loaded(document_id, len(stored.updates))
             else:
                 self.writer.note_loaded(document_id, 0)
@@ -181,6 +182,7 @@ class RoomManager:
         self._cancel_unload(document_id)
         room = self.rooms.pop(document_id, None)
         if room is not None:
+            room.deleted = True
             self.writer.forget(document_id)
             room.close()
             for listener in self.on_unload:

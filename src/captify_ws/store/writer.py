@@ -57,6 +57,8 @@ class StoreWriter:
         self._task: asyncio.Task[None] | None = None
         self.error: str | None = None
         self.transactions = 0
+        #: called after each commit with (document_id, updates, bytes) per document (hooks)
+        self.on_stored: Callable[[str, int, int], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -170,6 +172,8 @@ class StoreWriter:
                 if self._on_commit is not None:
                     self._on_commit(len(batch), time.perf_counter() - started)
                 self._count(batch)
+                if self.on_stored is not None:
+                    self._report(batch, self.on_stored)
                 self._release_waiters()
             self._release_waiters()
             self._urgent.clear()
@@ -183,6 +187,17 @@ class StoreWriter:
                 self._log_lengths[document_id] = length
                 if length >= self._compact_after:
                     self._compact_due[document_id] = None
+
+    @staticmethod
+    def _report(batch: list[tuple[str, bytes, int, str | frozenset[str] | None]],
+                on_stored: Callable[[str, int, int], None]) -> None:
+        per_document: dict[str, list[int]] = {}
+        for document_id, update, _, _ in batch:
+            counts = per_document.setdefault(document_id, [0, 0])
+            counts[0] += 1
+            counts[1] += len(update)
+        for document_id, (updates, size) in per_document.items():
+            on_stored(document_id, updates, size)
 
     def _release_waiters(self) -> None:
         if not self._waiters:
