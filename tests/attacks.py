@@ -32,7 +32,7 @@ from typing import Any
 
 from pycrdt import Doc, Text
 
-from captify_ws.protocol import statevector
+from captify_ws.protocol import statevector, ywebsocket
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "tests" / "js"
@@ -476,6 +476,63 @@ def _trickling_non_readers(count: int, document: str) -> Attack:
                   lambda port: seed_document(port, document, 3_000_000))
 
 
+# -- 13.7: presence ---------------------------------------------------------------------------
+
+def _awareness_frame(client_id: int, state: bytes) -> bytes:
+    entry = var_uint(client_id) + var_uint(1) + var_uint(len(state)) + state
+    payload = var_uint(1) + entry
+    return client_frame(0x2, b"\x01" + var_uint(len(payload)) + payload)
+
+
+async def _presence_flood(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    """Issue 13.7: one connection sets 4,096 client ids × 16 KB of presence (one message per
+    id) and stays; a joiner of the document reads what it is sent (the fault: one 62.6 MB
+    frame). Notes: ids written before the server closed the flooder, the most presence states
+    and the largest frame a joiner got."""
+    state = json.dumps({"pad": "x" * 16_000}).encode()
+    while not stop.is_set():
+        try:
+            reader, writer = await upgrade(port, "presence-flood")
+        except (ConnectionError, TimeoutError, OSError):
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            for client_id in range(1, 4097):
+                if stop.is_set() or writer.transport.is_closing() or reader.at_eof():
+                    break
+                writer.write(_awareness_frame(client_id, state))
+                await asyncio.wait_for(writer.drain(), 2)
+                attack.add("ids_sent")
+                if client_id % 64 == 0:
+                    await asyncio.sleep(0)
+            await _presence_joiner(attack, port)
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+        finally:
+            attack.add("connections")
+            _close(writer)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def _presence_joiner(attack: Attack, port: int) -> None:
+    from websockets.asyncio.client import connect
+
+    ids: set[int] = set()
+    async with connect(f"ws://127.0.0.1:{port}/ws/fabric/presence-flood",
+                       max_size=None) as joiner:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                frame = await asyncio.wait_for(joiner.recv(), 1)
+                assert isinstance(frame, bytes)
+                attack.notes["largest_frame"] = max(attack.notes.get("largest_frame", 0),
+                                                    len(frame))
+                event = ywebsocket.decode_message(frame)
+                if isinstance(event, ywebsocket.AwarenessUpdate):
+                    ids.update(e.client_id for e in event.entries if not e.removed)
+    attack.notes["joiner_ids"] = max(attack.notes.get("joiner_ids", 0), len(ids))
+
+
 ATTACKS: dict[str, Callable[[], Attack]] = {
     "http-endless-header": lambda: Attack("http-endless-header", _http_endless_header),
     "http-trickle": lambda: Attack("http-trickle", _http_trickle),
@@ -491,6 +548,7 @@ ATTACKS: dict[str, Callable[[], Attack]] = {
     "ping-flood": lambda: Attack("ping-flood", _ping_flood),
     "partial-readers": lambda: _partial_readers(40, "partial", 4_000_000),
     "trickling-non-readers": lambda: _trickling_non_readers(20, "trickle"),
+    "presence-flood": lambda: Attack("presence-flood", _presence_flood),
 }
 
 

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from captify_ws.broker.base import Broker
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import cluster as wire
-from captify_ws.protocol.ywebsocket import EMPTY_UPDATE, _StrictDecoder
-from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.protocol.ywebsocket import EMPTY_UPDATE, AwarenessEntry, _StrictDecoder
+from captify_ws.rooms.document import DocumentRoom, Member, Origin
 from captify_ws.rooms.presence import Change
 from captify_ws.rooms.steps import Accepted
 
@@ -47,16 +47,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger("captify_ws.cluster")
 
 
+@dataclass(frozen=True, slots=True)
 class RemoteOwner:
-    """Stands for the clients of another instance as the owner of presence states."""
+    """Stands for one connection of another instance as the owner of presence states
+    (compared by value: nothing is kept per remote connection)."""
 
-    __slots__ = ("instance",)
+    instance: str
+    connection: str
 
-    def __init__(self, instance: str) -> None:
-        self.instance = instance
 
-    def __repr__(self) -> str:
-        return f"<RemoteOwner {self.instance}>"
+def owner_key(owner: object) -> str:
+    """The key of a local presence owner (a member) in cluster messages: its connection, and
+    the document's address on a socket that multiplexes documents (Hocuspocus)."""
+    if isinstance(owner, Member):
+        return f"{owner.connection.id}\0{owner.address or ''}"
+    return f"{id(owner):x}"
+
+
+def _is_local(owner: object) -> bool:
+    return not isinstance(owner, RemoteOwner)
 
 
 @dataclass
@@ -95,7 +104,6 @@ class ClusterBridge:
         self._heartbeat_s = settings.cluster_heartbeat_s
         self._anti_entropy_s = settings.anti_entropy_s
         self.instances: dict[str, InstanceInfo] = {}
-        self._owners: dict[str, RemoteOwner] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._last_vector_sent: dict[str, float] = {}
@@ -164,8 +172,9 @@ class ClusterBridge:
                                 wire.encode(wire.UPDATE, self.instance, update))
 
     def _local_presence(self, room: DocumentRoom, changes: list[Change]) -> None:
-        local = [(change.entry, change.json_client_id) for change in changes
-                 if not isinstance(change.owner, RemoteOwner)]
+        local = [wire.RemoteAwareness(change.entry, change.json_client_id,
+                                      owner_key(change.owner), change.released)
+                 for change in changes if _is_local(change.owner)]
         if local:
             self.broker.publish(self.channel(room.document_id), wire.encode(
                 wire.AWARENESS, self.instance, wire.encode_awareness(local)))
@@ -224,9 +233,13 @@ class ClusterBridge:
         if kind == wire.UPDATE:
             room.apply_update(message.body, Origin("broker", instance=message.instance))
         elif kind == wire.AWARENESS:
-            owner = self._owner(message.instance)
-            remote = wire.decode_awareness(message.body)
-            room.presence.apply_remote([(r.entry, r.json_client_id) for r in remote], owner)
+            by_owner: dict[str, list[tuple[AwarenessEntry, str | None, bool]]] = {}
+            for item in wire.decode_awareness(message.body):
+                by_owner.setdefault(item.owner, []).append(
+                    (item.entry, item.json_client_id, item.released))
+            for key, entries in by_owner.items():
+                room.presence.apply_remote(entries, RemoteOwner(message.instance, key),
+                                           _is_local)
         elif kind == wire.JSON_ALL:
             room.relay_json(message.body.decode(), None, publish=False)
         elif kind == wire.JSON_CLIENT:
@@ -244,8 +257,8 @@ class ClusterBridge:
             self.server.stateless.deliver(room.document_id, stateless.payload,
                                           stateless.user_id, stateless.connection_id)
         elif kind == wire.PRESENCE_QUERY:
-            states = [(s.entry(), s.json_client_id) for s in room.presence.snapshot()
-                      if not isinstance(s.owner, RemoteOwner)]
+            states = [wire.RemoteAwareness(s.entry(), s.json_client_id, owner_key(s.owner))
+                      for s in room.presence.snapshot() if _is_local(s.owner)]
             if states:
                 self.broker.publish(self.channel(room.document_id), wire.encode(
                     wire.AWARENESS, self.instance, wire.encode_awareness(states)))
@@ -288,12 +301,6 @@ class ClusterBridge:
                                           message.user_id, message.connection_id)
             return
         self._spawn(self.server.deliver_external_steps(message))
-
-    def _owner(self, instance: str) -> RemoteOwner:
-        owner = self._owners.get(instance)
-        if owner is None:
-            owner = self._owners[instance] = RemoteOwner(instance)
-        return owner
 
     # -- anti-entropy ----------------------------------------------------------------------
 
@@ -373,10 +380,10 @@ class ClusterBridge:
 
     def _instance_gone(self, instance: str) -> None:
         self.instances.pop(instance, None)
-        owner = self._owners.pop(instance, None)
-        if owner is not None:
-            for room in self.server.rooms.rooms.values():
-                room.presence.remove_owned_by(owner)
+        for room in self.server.rooms.rooms.values():
+            for owner in room.presence.owners():
+                if isinstance(owner, RemoteOwner) and owner.instance == instance:
+                    room.presence.remove_owned_by(owner)
 
     @property
     def max_lag(self) -> float:

@@ -193,6 +193,12 @@ class Settings:
     max_awareness_size: int = _setting(
         16 << 10, "largest presence state, bytes; larger → close 1009 (y-websocket) or an "
         "error (JSON)", _parse_size, metavar="SIZE")
+    max_presence_states: int = _setting(
+        4, "presence states (awareness client ids) one connection may control in a document "
+        "(a provider has one); more → close 1009", int)
+    max_presence_bytes: int = _setting(
+        64 << 10, "bytes of presence states one connection may hold in a document; more → "
+        "close 1009", _parse_size, metavar="SIZE")
     max_document_size: int = _setting(
         256 << 20, "quota: bytes of updates a document may hold; updates beyond it are "
         "refused", _parse_size, metavar="SIZE")
@@ -424,6 +430,9 @@ class Settings:
         if self.http_max_head_bytes < 1024 or self.http_max_connections < 1:
             raise ConfigError("http_max_head_bytes must be at least 1024 and "
                               "http_max_connections at least 1")
+        if self.max_presence_states < 1 or self.max_presence_bytes < self.max_awareness_size:
+            raise ConfigError("max_presence_states must be at least 1 and max_presence_bytes "
+                              "at least max_awareness_size")
         if not 1 <= self.awareness_flush_ms <= 1000:
             raise ConfigError("awareness_flush_ms must be between 1 and 1000")
         if not 0.05 <= self.awareness_renewal_s <= 20:

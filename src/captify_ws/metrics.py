@@ -69,6 +69,9 @@ class Stats:
         self.fanout = Histogram()
         self.store_writes = Histogram()
         self.refusals: dict[str, int] = {}
+        #: presence entries ignored: "foreign" (an id another live connection controls),
+        #: "bound" (past a connection's presence bounds)
+        self.presence_ignored: dict[str, int] = {}
         self.slow_consumers = 0
         self.connections_opened = 0
         self.connections_closed = 0
@@ -143,6 +146,10 @@ class ServerCollector(Collector):
         yield _counter("captify_auth_refusals_total",
                        "Connections refused, by reason (close code or 'origin')",
                        stats.refusals, "reason")
+        yield _counter("captify_presence_ignored_total",
+                       "Presence (awareness) entries ignored, by reason: 'foreign' (for a "
+                       "client id another live connection controls), 'bound' (past a "
+                       "connection's presence bounds)", stats.presence_ignored, "reason")
         yield CounterMetricFamily("captify_slow_consumer_disconnects_total",
                                   "Connections closed with 1013 for not reading",
                                   value=stats.slow_consumers)

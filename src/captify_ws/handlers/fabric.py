@@ -252,7 +252,10 @@ class FabricHandler:
             limit = self._server.settings.max_awareness_size
             if event.state is not None and len(envelope.dumps(event.state)) > limit:
                 raise MessageTooBig(f"presence state larger than {limit} bytes")
-            room.presence.set_json_state(member.client_id, event.state, member)
+            if not room.presence.set_json_state(member.client_id, event.state, member):
+                conn.send_text(envelope.encode_error(
+                    document_id, f"the presence of clientID {member.client_id!r} belongs to "
+                    "another connection", {"code": "presence_not_owned"}))
         elif isinstance(event, envelope.SelectionMessage):
             room.relay_json(envelope.encode_message("selection", document_id, event.selection,
                                                     client_id=member.client_id), member)

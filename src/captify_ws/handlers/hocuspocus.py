@@ -250,9 +250,8 @@ class HocuspocusHandler:
         room.join(member)
         sock.authenticated = True
         member.send(member.encoder.authenticated(read_only=access != "write"))
-        states = room.presence.snapshot()
-        if states:
-            member.send(member.encoder.awareness(state.entry() for state in states))
+        for group in room.awareness_groups(state.entry() for state in room.presence.snapshot()):
+            member.send(member.encoder.awareness(group))
         while pending.queue and sock.documents.get(address) is pending:
             result = self._on_document(member, sock.dequeue(pending))
             if result is not None:
@@ -307,7 +306,8 @@ class HocuspocusHandler:
                 raise MessageTooBig(f"presence state larger than {limit} bytes")
             room.presence.apply(event.entries, member)
         elif isinstance(event, hp.QueryAwareness):
-            member.send(encoder.awareness(s.entry() for s in room.presence.snapshot()))
+            for group in room.awareness_groups(s.entry() for s in room.presence.snapshot()):
+                member.send(encoder.awareness(group))
         elif isinstance(event, hp.Stateless):
             stateless = self._server.stateless
             if stateless.hooks:

@@ -11,8 +11,9 @@ never re-publishes what it received. Kinds:
 kind   channel              body
 =====  ===================  ==============================================================
 ``U``  document             a Yjs update accepted by the sender
-``A``  document             awareness entries the sender's clients changed (with the JSON
-                            clientID of entries owned by JSON clients)
+``A``  document             awareness entries the sender's clients changed, each with the JSON
+                            clientID of entries owned by JSON clients, the key of the owning
+                            connection and whether it released the id (it left)
 ``J``  document             a JSON message for every JSON client of the document
 ``C``  document             varString clientID + a JSON message for that client only
 ``V``  document             the sender's state vector: receivers answer with what it lacks
@@ -71,6 +72,10 @@ class ClusterMessage:
 class RemoteAwareness:
     entry: AwarenessEntry
     json_client_id: str | None
+    #: the owning connection on the sending instance (opaque, unique there)
+    owner: str = ""
+    #: the owner gave the id up (it left)
+    released: bool = False
 
 
 def encode(kind: int, instance: str, body: bytes = b"") -> bytes:
@@ -86,13 +91,17 @@ def decode(data: bytes) -> ClusterMessage:
     return ClusterMessage(data[2], instance, bytes(data[3 + decoder.i0:]))
 
 
-def encode_awareness(entries: Iterable[tuple[AwarenessEntry, str | None]]) -> bytes:
+def encode_awareness(entries: Iterable[RemoteAwareness]) -> bytes:
+    """Per entry: client id, clock, state, JSON clientID ("" for none), owner key, released
+    (0/1)."""
     items = list(entries)
     parts = [write_var_uint(len(items))]
-    for entry, json_client_id in items:
+    for item in items:
+        entry = item.entry
         parts += [write_var_uint(entry.client_id), write_var_uint(entry.clock),
                   write_message(entry.state.encode()),
-                  write_message((json_client_id or "").encode())]
+                  write_message((item.json_client_id or "").encode()),
+                  write_message(item.owner.encode()), write_var_uint(int(item.released))]
     return b"".join(parts)
 
 
@@ -104,7 +113,9 @@ def decode_awareness(body: bytes) -> list[RemoteAwareness]:
         entry = AwarenessEntry(decoder.read_var_uint(), decoder.read_var_uint(),
                                decoder.read_string())
         json_client_id = decoder.read_string()
-        out.append(RemoteAwareness(entry, json_client_id or None))
+        owner = decoder.read_string()
+        released = decoder.read_var_uint() == 1
+        out.append(RemoteAwareness(entry, json_client_id or None, owner, released))
     decoder.expect_end()
     return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any, Final, Literal
 
@@ -26,7 +26,7 @@ from captify_ws.metrics import Stats
 from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.rooms import fanout
 from captify_ws.rooms.hocuspocus import HocuspocusMembers
-from captify_ws.rooms.presence import Change, Presence, PresenceState
+from captify_ws.rooms.presence import Change, Presence, PresenceState, chunked
 from captify_ws.rooms.steps import StepAuthority
 from captify_ws.ydoc import YDoc
 
@@ -105,7 +105,8 @@ class DocumentRoom:
     """One document loaded in this process; created by ``RoomManager``."""
 
     def __init__(self, document_id: str, *, awareness_flush_s: float,
-                 awareness_renewal_s: float, max_size: int = 0,
+                 awareness_renewal_s: float, max_size: int = 0, max_frame: int = 16 << 20,
+                 max_presence_states: int = 0, max_presence_bytes: int = 0,
                  stats: Stats | None = None) -> None:
         self.document_id = document_id
         self.stats = stats if stats is not None else Stats()
@@ -124,8 +125,12 @@ class DocumentRoom:
         self._update_listeners: list[UpdateListener] = []
         self.presence_listeners: list[PresenceListener] = []
         self.relay_listeners: list[RelayListener] = []
+        #: no frame sent is larger than this (the message limit): presence is cut to fit
+        self.max_frame = max_frame
         self.presence = Presence(self._broadcast_presence, flush_interval=awareness_flush_s,
-                                 renewal_interval=awareness_renewal_s)
+                                 renewal_interval=awareness_renewal_s,
+                                 max_states=max_presence_states, max_bytes=max_presence_bytes,
+                                 stats=self.stats)
         #: the ProseMirror step authority, loaded on first use (RoomManager.authority)
         self.steps: StepAuthority | None = None
         #: a user of the room that is not a connection (API call, load); blocks unloading
@@ -437,8 +442,16 @@ class DocumentRoom:
         if not states:
             return []
         if wire == "yws":
-            return [PreparedFrame.binary(ywebsocket.encode_awareness(s.entry() for s in states))]
+            return [PreparedFrame.binary(ywebsocket.encode_awareness(group))
+                    for group in self.awareness_groups(s.entry() for s in states)]
         return [PreparedFrame.text(self._json_presence(state.entry(), state)) for state in states]
+
+    def awareness_groups(self, entries: Iterable[ywebsocket.AwarenessEntry]
+                         ) -> Iterator[list[ywebsocket.AwarenessEntry]]:
+        """Entries in groups that each fit one frame under the message limit (a document's
+        presence can be larger than one message may be: issue 13.7)."""
+        # Room for the frame's header and a Hocuspocus document name (names.MAX_NAME_CHARS).
+        return chunked(entries, max(512, self.max_frame - 8192))
 
     def _json_presence(self, entry: ywebsocket.AwarenessEntry,
                        state: PresenceState | None, json_client_id: str | None = None) -> str:
@@ -456,14 +469,18 @@ class DocumentRoom:
         self.flush_pending()
         for listener in self.presence_listeners:
             listener(self, changes)
+        changes = [change for change in changes if not change.silent]
+        if not changes:
+            return
         self.stats.broadcast("awareness", len(self), 0.0)
-        if self._yws:
-            prepared = PreparedFrame.binary(
-                ywebsocket.encode_awareness(change.entry for change in changes))
-            for connection in self._yws:
-                connection.send_frame(prepared)
-        if self.hocuspocus:
-            self.hocuspocus.broadcast_awareness([change.entry for change in changes])
+        if self._yws or self.hocuspocus:
+            for group in self.awareness_groups(change.entry for change in changes):
+                if self._yws:
+                    prepared = PreparedFrame.binary(ywebsocket.encode_awareness(group))
+                    for connection in self._yws:
+                        connection.send_frame(prepared)
+                if self.hocuspocus:
+                    self.hocuspocus.broadcast_awareness(group)
         if self._json:
             told = [change for change in changes if not change.renewal]
             if told:

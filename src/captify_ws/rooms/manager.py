@@ -122,6 +122,9 @@ class RoomManager:
                                 awareness_flush_s=self._settings.awareness_flush_ms / 1000,
                                 awareness_renewal_s=self._settings.awareness_renewal_s,
                                 max_size=self._settings.max_document_size,
+                                max_frame=self._settings.max_message_size,
+                                max_presence_states=self._settings.max_presence_states,
+                                max_presence_bytes=self._settings.max_presence_bytes,
                                 stats=self.stats)
             if stored is not None:
                 if stored.snapshot:
