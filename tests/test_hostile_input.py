@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,10 +21,12 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from captify_ws.protocol import ywebsocket
+from captify_ws.protocol import envelope, ywebsocket
 from captify_ws.store import store_from_url
 from tests.helpers import json_client, running_server
 from tests.services import fresh_database
@@ -110,6 +113,36 @@ async def test_json_values_bound_the_work_of_a_message(transport: str) -> None:
         error = await client.expect("error")
         assert "1000 JSON values" in error["message"] and "base64" in error["message"]
         await client.sync()
+
+
+@pytest.mark.usefixtures("no_tracebacks")
+async def test_a_large_message_past_the_values_is_refused_and_one_within_them_applied(
+        transport: str) -> None:
+    """A 1.3 MB update in the ``{"0":…}`` form past max_json_values gets the same error as a
+    small one (the native transport refuses it from its raw bytes, before decoding it); the
+    connection stays usable, and a 530 KB message within the limit is still applied."""
+    async with running_server(transport, max_json_values=1000) as srv, \
+            json_client(srv, "values-big") as client:
+        data = {str(index): index % 256 for index in range(100_000)}
+        await client.send({"type": "update", "documentId": "values-big", "data": data})
+        error = await client.expect("error")
+        assert "1000 JSON values" in error["message"] and "base64" in error["message"]
+        text = "".join(random.Random(3).choice("abcdef") for _ in range(400_000))
+        await client.edit(text)
+        async with json_client(srv, "values-big") as other:
+            await other.sync()
+            assert str(other.text) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=",:ab\"{}[]é", max_size=400), st.integers(0, 150),
+       st.integers(8, 64))
+def test_raw_bytes_count_values_as_the_text_does(text: str, limit: int, window: int) -> None:
+    """Counting separators in the undecoded bytes (a memoryview, scanned window by window)
+    answers as counting them in the decoded text, whatever the window size."""
+    raw = memoryview(text.encode())
+    assert envelope.more_values_than(raw, limit, view_window=window) \
+        == envelope.more_values_than(text, limit)
 
 
 @pytest.mark.usefixtures("no_tracebacks")

@@ -415,6 +415,23 @@ class Connection:
             self._inbox = deque()
             self._continue(result)
 
+    def screened(self, payload: memoryview) -> bool:
+        """A large text message before it is decoded: charged as :meth:`deliver` charges it,
+        then offered to the handler's optional ``screen_text(conn, payload)``, which answers
+        ``True`` when it refused the message from its raw bytes (and told the peer). A message
+        that would be refused anyway then costs no decoding, no copy, no allocation of its size.
+        ``True`` means the message is done with and must not be delivered."""
+        screen = getattr(self.handler, "screen_text", None)
+        if screen is None or self._closing or self._inbox is not None:
+            return False  # in order: messages waiting for a coroutine go first
+        if not self.charge(1 + len(payload) // self._limits.message_cost_bytes):
+            return True
+        try:
+            return bool(screen(self, payload))
+        except Exception as exc:
+            self._handler_failed(exc)
+            return True
+
     def lost(self, code: int) -> None:
         """The transport is gone; ``code`` is the close code sent or received (1006 if none)."""
         if self.closed:

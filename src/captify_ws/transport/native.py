@@ -74,6 +74,26 @@ _CLOSE: Final = WSMsgType.CLOSE
 _CONTINUATION: Final = WSMsgType.CONTINUATION
 
 
+#: Bytes one read callback takes from a socket at most. picows doubles its read buffer whenever a
+#: read fills it, so a flooding peer would soon hand over megabytes per read: tens of thousands of
+#: tiny frames dispatched in one callback, the event loop held for them. Capped, a callback
+#: handles ~500 frames at most (a few ms), and the loop turns to the other sockets in between.
+READ_CHUNK: Final = 64 * 1024
+
+
+#: Text messages at least this large are offered to their handler's ``screen_text`` before
+#: they are decoded (``Connection.screened``).
+SCREEN_TEXT_BYTES: Final = 256 * 1024
+
+
+class _BoundedReads(WSProtocol):  # type: ignore[misc]
+    """picows' protocol, reading at most :data:`READ_CHUNK` bytes per callback."""
+
+    def get_buffer(self, size_hint: int) -> memoryview:
+        buffer: memoryview = super().get_buffer(size_hint)
+        return buffer[:READ_CHUNK] if len(buffer) > READ_CHUNK else buffer
+
+
 def close_code_allowed(code: int) -> bool:
     """Whether a peer may send ``code`` in a close frame (RFC 6455 §7.4.1, §7.4.2)."""
     return code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
@@ -222,6 +242,9 @@ class _Listener(WSListener):
         if msg_type is _BINARY and frame.fin and self._fragments is None:
             conn.deliver(frame.get_payload_as_bytes())
         elif msg_type is _TEXT and frame.fin and self._fragments is None:
+            if frame.payload_size >= SCREEN_TEXT_BYTES and conn.screened(
+                    frame.get_payload_as_memoryview()):
+                return
             try:
                 text = frame.get_payload_as_utf8_text()
             except UnicodeDecodeError:
@@ -394,7 +417,7 @@ class NativeServer:
         # (Connection.keepalive) does the same for all connections with one timer. Pings from
         # the peer are answered by _Listener (auto-pong off).
         settings = self.server.settings
-        protocol = WSProtocol(
+        protocol = _BoundedReads(
             None, None, False, lambda request: self._listener_for(request, transport),
             _picows_logger, True, settings.http_head_timeout_s, False, 20.0, 20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE, False, settings.max_message_size, None, 2048)
