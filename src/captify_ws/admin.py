@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from captify_ws.errors import Reject
 from captify_ws.imports import import_attribute
-from captify_ws.metrics import snapshot
+from captify_ws.server_metrics import snapshot
 
 if TYPE_CHECKING:
     from captify_ws.server import Server

@@ -45,9 +45,9 @@ from captify_ws.http_agent_sessions import AgentSessionRoutes
 from captify_ws.http_agents import AgentRoutes
 from captify_ws.http_channels import ChannelRoutes
 from captify_ws.http_stateless import stateless_routes
-from captify_ws.metrics import build_registry
 from captify_ws.protocol import envelope, names
 from captify_ws.server import Server
+from captify_ws.server_metrics import build_registry
 from captify_ws.transport.asgi import deny, raw_path, serve_websocket
 from captify_ws.types import ASGIApp, Message, Receive, Scope, Send
 
