@@ -38,8 +38,11 @@ services:
 	bash scripts/system-deps.sh
 	bash scripts/services.sh
 
+# ruff, and the architecture's import contracts (import-linter, [tool.importlinter] in
+# pyproject.toml: the layers of docs/architecture.md)
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests bench demo scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from captify_ws.broker.base import Broker
 from captify_ws.errors import InvalidMessage
@@ -42,7 +42,11 @@ from captify_ws.rooms.presence import Change
 from captify_ws.rooms.steps import Accepted
 
 if TYPE_CHECKING:
-    from captify_ws.server import Server
+    from captify_ws.config import Settings
+    from captify_ws.connection import Connection
+    from captify_ws.protocol.cluster import ExternalSteps
+    from captify_ws.rooms.manager import RoomManager
+    from captify_ws.stateless import StatelessHub
 
 logger = logging.getLogger("captify_ws.cluster")
 
@@ -89,10 +93,42 @@ def covers(ours: bytes, theirs: bytes) -> bool:
                for client, clock in _decode_state_vector(theirs).items())
 
 
+class ClusterHost(Protocol):
+    """What the cluster bridge reads of, and calls back on, the server of its instance (the
+    ``Server`` is one; the bridge owns this interface and never imports the server)."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def rooms(self) -> RoomManager: ...
+
+    @property
+    def connections(self) -> dict[str, set[Connection]]: ...
+
+    @property
+    def stateless(self) -> StatelessHub: ...
+
+    async def deliver_external_steps(self, message: ExternalSteps) -> None:
+        """Steps a backend published on the broker (every instance receives them)."""
+        ...
+
+    def apply_remote_steps(self, room: DocumentRoom, accepted: Accepted) -> None:
+        """Steps another instance's authority accepted."""
+        ...
+
+    def on_cluster_control(self, body: dict[str, Any]) -> None:
+        """A control message from another instance (token request, revocation)."""
+        ...
+
+
 class ClusterBridge:
     """See the module docstring."""
 
-    def __init__(self, server: Server, broker: Broker) -> None:
+    def __init__(self, server: ClusterHost, broker: Broker) -> None:
         self.server = server
         self.broker = broker
         self.instance = server.instance_id

@@ -39,7 +39,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic as _monotonic
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 from captify_ws.errors import (
     CloseCode,
@@ -52,9 +52,6 @@ from captify_ws.errors import (
 from captify_ws.frames import OPCODE_BINARY, OPCODE_TEXT, PreparedFrame
 from captify_ws.outbound import ConnectionLimits, OutboundBudget
 from captify_ws.request import UpgradeRequest
-
-if TYPE_CHECKING:
-    from captify_ws.handlers.base import Handler
 
 __all__ = ["INBOX_HIGH_WATER", "OPCODE_BINARY", "OPCODE_TEXT", "Connection", "ConnectionLimits",
            "Gate", "OutboundBudget", "PreparedFrame", "UpgradeRequest"]
@@ -71,6 +68,21 @@ INBOX_HIGH_WATER: Final = 256
 Gate = Callable[["Connection"], Awaitable[None]]
 
 
+class ConnectionHandler(Protocol):
+    """What a connection calls: the part of ``handlers.base.Handler`` this layer owns, so that
+    it never imports the handlers above it. Each method may return an awaitable."""
+
+    path: str
+
+    def on_connect(self, conn: Connection) -> Awaitable[None] | None: ...
+
+    def on_message(self, conn: Connection, message: str | bytes) -> Awaitable[None] | None: ...
+
+    def on_close(self, conn: Connection, code: int) -> Awaitable[None] | None: ...
+
+    def on_error(self, conn: Connection, error: Exception) -> Awaitable[None] | None: ...
+
+
 class Connection:
     """One WebSocket, whatever transport carries it. See the module docstring."""
 
@@ -83,7 +95,7 @@ class Connection:
                  "close_code", "closed", "closed_by_server", "handler", "id", "principal",
                  "request", "state", "subpath")
 
-    def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str, *,
+    def __init__(self, request: UpgradeRequest, handler: ConnectionHandler, subpath: str, *,
                  limits: ConnectionLimits) -> None:
         self.id = secrets.token_hex(6)
         self.request = request

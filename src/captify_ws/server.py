@@ -35,7 +35,7 @@ from captify_ws.auth import (
     with_timeout,
 )
 from captify_ws.broker import Broker, broker_from_url
-from captify_ws.channels.services import build_channel_services
+from captify_ws.channels.services import ChannelServices, build_channel_services
 from captify_ws.cluster import ClusterBridge
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, UpgradeRequest
@@ -49,6 +49,7 @@ from captify_ws.errors import (
     log_with_id,
 )
 from captify_ws.handlers import BUILTIN_HANDLERS
+from captify_ws.handlers.agent import AgentHandler
 from captify_ws.handlers.base import (
     Handler,
     HandlerFactory,
@@ -173,13 +174,14 @@ class Server:
         #: webhooks to the URLs in settings (history/webhooks.py)
         self.webhooks = WebhookSender(self)
         #: channels (/ws/notifications, /ws/workflow): what their handlers may use
-        self.channel_services = build_channel_services(self.settings, self.authorize,
-                                                       self.instance_id)
+        self.channel_services: ChannelServices = build_channel_services(
+            self.settings, self.authorize, self.instance_id)
         #: Hocuspocus stateless messages: the hooks, broadcast_stateless and send_stateless
-        self.stateless = StatelessHub(self)
+        self.stateless = StatelessHub(self, self.hooks.stateless_methods())
         self.registry = HandlerRegistry()
         for factory in BUILTIN_HANDLERS:
             self.registry.add(factory(self))
+        self.registry.add(AgentHandler(self))
         for spec in self.settings.handlers:
             self.registry.add(load_handler(spec, self))
         for extra in handlers:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import log_with_id
@@ -28,8 +28,9 @@ from captify_ws.imports import import_attribute
 from captify_ws.protocol.hocuspocus import FrameEncoder
 
 if TYPE_CHECKING:
+    from captify_ws.config import Settings
     from captify_ws.rooms.document import Member
-    from captify_ws.server import Server
+    from captify_ws.rooms.manager import RoomManager
 
 logger = logging.getLogger("captify_ws.stateless")
 
@@ -65,14 +66,35 @@ def member_user(member: Member) -> str | None:
     return user
 
 
+class StatelessPublisher(Protocol):
+    """Carries stateless messages to the other instances (the cluster bridge)."""
+
+    def publish_stateless(self, document_id: str, payload: str, user_id: str | None,
+                          connection_id: str | None) -> None: ...
+
+
+class StatelessHost(Protocol):
+    """What the hub reads of the server it belongs to (the ``Server`` is one)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def rooms(self) -> RoomManager: ...
+
+    @property
+    def cluster(self) -> StatelessPublisher | None: ...
+
+
 class StatelessHub:
     """Hooks for providers' stateless messages, and the server's own; one per server."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: StatelessHost,
+                 hooks: Iterable[StatelessHook] = ()) -> None:
         self._server = server
         self.hooks: list[StatelessHook] = [
             import_attribute(spec, "stateless hook") for spec in server.settings.stateless_hooks]
-        self.hooks.extend(server.hooks.stateless_methods())
+        self.hooks.extend(hooks)
 
     async def dispatch(self, event: StatelessEvent) -> None:
         """Run every hook on ``event``; a failing hook is logged and the others still run."""

@@ -1,12 +1,13 @@
 """The handler registry's built-in list. Users add theirs with ``CAPTIFY_WS_HANDLERS``.
 
-To add a built-in handler: write ``handlers/my_feature.py`` with a class taking the ``Server``
-and having ``path``, ``on_connect``, ``on_message``, ``on_close``, ``on_error``; then list it here.
+To add a built-in handler: write ``handlers/my_feature.py`` with a class taking a
+``HandlerContext`` and having ``path``, ``on_connect``, ``on_message``, ``on_close``,
+``on_error``; then list it here. (``handlers/agent.py`` still takes the whole ``Server``: the
+server registers it itself, after these.)
 """
 
 from __future__ import annotations
 
-from captify_ws.handlers.agent import AgentHandler
 from captify_ws.handlers.base import Handler, HandlerFactory, HandlerRegistry
 from captify_ws.handlers.fabric import FabricHandler
 from captify_ws.handlers.hocuspocus import HocuspocusHandler
@@ -18,7 +19,6 @@ BUILTIN_HANDLERS: tuple[HandlerFactory, ...] = (
     HocuspocusHandler,
     NotificationsHandler,
     WorkflowHandler,
-    AgentHandler,
 )
 
 __all__ = ["BUILTIN_HANDLERS", "Handler", "HandlerFactory", "HandlerRegistry"]

@@ -16,8 +16,9 @@ a plain function or a coroutine function:
   ``True`` when it refused it (and told the peer): the message is then not delivered.
 
 A user's handler is an object with these attributes (a module-level instance, as in the seed),
-or a callable that takes the :class:`~captify_ws.server.Server` and returns one; either is named
-by an import path in ``CAPTIFY_WS_HANDLERS=myapp.realtime:my_feature_handler``.
+or a callable that takes the server (what a handler may ask of it is :class:`HandlerContext`)
+and returns one; either is named by an import path in
+``CAPTIFY_WS_HANDLERS=myapp.realtime:my_feature_handler``.
 """
 
 from __future__ import annotations
@@ -25,19 +26,29 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from captify_ws.connection import ConnectionHandler
 from captify_ws.errors import ConfigError
 from captify_ws.imports import import_attribute
 
 if TYPE_CHECKING:
+    from captify_ws.auth import Access, Authenticator, Principal
+    from captify_ws.channels.services import ChannelServices
+    from captify_ws.config import Settings
     from captify_ws.connection import Connection
-    from captify_ws.server import Server
+    from captify_ws.hooks import HookRunner
+    from captify_ws.metrics import Stats
+    from captify_ws.rooms.document import DocumentRoom
+    from captify_ws.rooms.manager import RoomManager
+    from captify_ws.rooms.steps import Accepted
+    from captify_ws.stateless import StatelessHub
 
 MaybeAwaitable = Awaitable[None] | None
 
 
 @runtime_checkable
-class Handler(Protocol):
-    """One real-time feature, served on one path. See the module docstring."""
+class Handler(ConnectionHandler, Protocol):
+    """One real-time feature, served on one path. See the module docstring. (The methods are
+    those of ``connection.ConnectionHandler``: the connection layer owns what it calls.)"""
 
     path: str
 
@@ -50,7 +61,49 @@ class Handler(Protocol):
     def on_error(self, conn: Connection, error: Exception) -> MaybeAwaitable: ...
 
 
-HandlerFactory = Callable[["Server"], Handler]
+class HandlerContext(Protocol):
+    """What a handler may ask of the server that runs it (the ``Server`` is one; the handlers
+    layer owns this interface, so that it never imports the composition root)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def rooms(self) -> RoomManager: ...
+
+    @property
+    def connections(self) -> dict[str, set[Connection]]: ...
+
+    @property
+    def hooks(self) -> HookRunner: ...
+
+    @property
+    def stateless(self) -> StatelessHub: ...
+
+    @property
+    def channel_services(self) -> ChannelServices: ...
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+    async def authorize(self, conn: Connection, document_id: str, *,
+                        principal: Principal | None = None) -> Access:
+        """What ``conn`` may do with ``document_id``; raises ``Reject(4403)`` for nothing."""
+        ...
+
+    def document_connection_count(self, document_id: str) -> int:
+        """Connections on a document, on every instance."""
+        ...
+
+    def publish_steps(self, room: DocumentRoom, accepted: Accepted) -> None:
+        """Steps the authority accepted: to every JSON client here and on other instances."""
+        ...
+
+
+HandlerFactory = Callable[[HandlerContext], Handler]
 
 
 def handler_name(handler: Handler) -> str:
@@ -73,7 +126,7 @@ def _check(handler: object, origin: str) -> Handler:
     return handler  # type: ignore[return-value]
 
 
-def load_handler(spec: str, server: Server) -> Handler:
+def load_handler(spec: str, server: HandlerContext) -> Handler:
     """Import ``module:attribute`` and return the handler it names (calling it if a factory)."""
     target = import_attribute(spec, "handler")
     if isinstance(target, type) or (not hasattr(target, "path") and callable(target)):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
 
 from captify_ws.auth import Access
 from captify_ws.connection import Connection
@@ -26,12 +25,10 @@ from captify_ws.errors import (
     MessageTooBig,
     ProtocolError,
 )
+from captify_ws.handlers.base import HandlerContext
 from captify_ws.protocol import envelope, names, statevector, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
 from captify_ws.rooms.steps import Accepted, Behind
-
-if TYPE_CHECKING:
-    from captify_ws.server import Server
 
 logger = logging.getLogger("captify_ws.fabric")
 
@@ -77,7 +74,7 @@ class FabricHandler:
     path = "/ws/fabric"
     name = "fabric"
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: HandlerContext) -> None:
         self._server = server
         self._stats = server.stats
 

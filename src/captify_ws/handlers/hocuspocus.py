@@ -35,7 +35,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from time import monotonic
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from pycrdt import get_update
 
@@ -49,6 +49,7 @@ from captify_ws.errors import (
     ProtocolError,
     Reject,
 )
+from captify_ws.handlers.base import HandlerContext
 from captify_ws.handlers.hocuspocus_socket import (
     PREAUTH_MAX_DOCUMENTS,
     HocuspocusMember,
@@ -62,9 +63,6 @@ from captify_ws.protocol.ywebsocket import EMPTY_UPDATE
 from captify_ws.rooms.document import DocumentRoom
 from captify_ws.rooms.hocuspocus import adds_nothing, holds_structs
 from captify_ws.stateless import StatelessEvent, member_user
-
-if TYPE_CHECKING:
-    from captify_ws.server import Server
 
 logger = logging.getLogger("captify_ws.hocuspocus")
 
@@ -85,7 +83,7 @@ class HocuspocusHandler:
     #: documents authenticate with their own Token: the upgrade may come without credentials
     authenticates_messages = True
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: HandlerContext) -> None:
         self._server = server
         self._settings = server.settings
         self._stats = server.stats

@@ -24,7 +24,7 @@ channel's history is only the window that lets a reconnecting tab catch up witho
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from captify_ws.auth import Principal
 from captify_ws.channels.endpoint import ChannelEndpoint, ChannelSession
@@ -38,10 +38,8 @@ from captify_ws.channels.types import (
 from captify_ws.channelstore.base import Notification, UnreadCount
 from captify_ws.connection import Connection
 from captify_ws.errors import ChannelError, CloseCode, Reject
+from captify_ws.handlers.base import HandlerContext
 from captify_ws.protocol import channels as wire
-
-if TYPE_CHECKING:
-    from captify_ws.server import Server
 
 logger = logging.getLogger("captify_ws.notifications")
 
@@ -161,7 +159,7 @@ def _ids(request: wire.Command) -> list[int]:
 class NotificationsHandler(ChannelEndpoint):
     """See the module docstring."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: HandlerContext) -> None:
         services = server.channel_services
         settings = services.settings
         self.mailbox = Mailbox(services)

@@ -14,19 +14,15 @@ Clients subscribe by name; the configured authorizer decides (``jwt-claims``:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from captify_ws.channels.endpoint import ChannelEndpoint
 from captify_ws.channels.types import ChannelClass, Retention
-
-if TYPE_CHECKING:
-    from captify_ws.server import Server
+from captify_ws.handlers.base import HandlerContext
 
 
 class WorkflowHandler(ChannelEndpoint):
     """See the module docstring."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: HandlerContext) -> None:
         services = server.channel_services
         settings = services.settings
         workflow = ChannelClass(
