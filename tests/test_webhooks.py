@@ -39,6 +39,7 @@ class Receiver:
         self.hang = False
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -50,10 +51,13 @@ class Receiver:
     async def down(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._open):
+                writer.close()
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode().split("\r\n")
@@ -69,6 +73,7 @@ class Receiver:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._open.discard(writer)
             writer.close()
 
     def verified(self) -> list[dict[str, Any]]:
@@ -314,3 +319,29 @@ def test_backoff_doubles_with_jitter_up_to_the_cap(attempts: int, base: float, c
     full = min(cap, base * 2 ** (attempts - 1))
     assert full / 2 <= delay <= full
     assert json.dumps(delay)
+
+
+async def test_connection_events_when_asked_for() -> None:
+    """connection.opened and connection.closed are sent only when named in webhook_events,
+    with the connection's id, path and close code."""
+    async with receiver() as endpoint:
+        events = ("connection.opened", "connection.closed")
+        async with running_server(**_settings(endpoint, webhook_events=events)) as srv:
+            async with json_client(srv, "chat") as client:
+                await client.edit("hello")
+                await client.sync()
+            received = await eventually(
+                lambda: [e for e in endpoint.verified() if e["type"] == "connection.closed"],
+                "the close event")
+            kinds = [e["type"] for e in endpoint.verified()]
+            assert kinds == ["connection.opened", "connection.closed"]
+            closed = received[0]["data"]
+            assert closed["path"] == "/ws/fabric" and closed["closeCode"] == 1000
+    async with receiver() as endpoint:
+        async with running_server(**_settings(endpoint)) as srv:
+            async with json_client(srv, "chat") as client:
+                await client.edit("hello")
+                await client.sync()
+            await eventually(lambda: len(endpoint.verified()) >= 2, "the document events")
+            assert {e["type"] for e in endpoint.verified()} == {"document.created",
+                                                                "document.changed"}

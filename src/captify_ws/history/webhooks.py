@@ -127,6 +127,7 @@ class WebhookSender:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
         self._wake = asyncio.Event()
+        #: connection events being stored, deliveries being sent
         self._side: set[asyncio.Task[Any]] = set()
 
     @property
@@ -152,9 +153,12 @@ class WebhookSender:
                        loop.create_task(self._send_loop(), name="captify-webhooks-send")]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._side]:
+        """Stop sending: attempts in flight are cancelled (their deliveries stay pending and
+        are sent again when their lease ends, here or on another instance)."""
+        tasks = [*self._tasks, *self._side]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._side]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
@@ -234,10 +238,10 @@ class WebhookSender:
     # -- sending ---------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        running: set[asyncio.Task[None]] = set()
+        running = self._side
         while True:
             try:
-                room = CONCURRENCY - len(running)
+                room = CONCURRENCY - len(running)  # connection events count too: bounded
                 claimed = await self.store.claim_deliveries(
                     time.time(), self.timeout_s + 30, room) if room > 0 else []
             except asyncio.CancelledError:
@@ -253,8 +257,11 @@ class WebhookSender:
             if claimed:
                 continue
             self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation
+            # that arrives as the event is set, and stop() would wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.05, min(self.retry_base_s, 1.0)))
+                async with asyncio.timeout(max(0.05, min(self.retry_base_s, 1.0))):
+                    await self._wake.wait()
 
     def _headers(self, delivery: Delivery) -> dict[str, str]:
         now = datetime.now(UTC)
@@ -279,7 +286,8 @@ class WebhookSender:
             response = await self._client.send(request, stream=True)
             await response.aclose()  # the body is not read: a receiver cannot make it cost
             return response.status_code
-        return await asyncio.wait_for(attempt(), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):
+            return await attempt()
 
     async def _send(self, delivery: Delivery) -> None:
         error: str | None = None
