@@ -176,9 +176,11 @@ class ProviderRepl:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def start(cls, impl: str = "v3", script: str = "provider_repl.mjs") -> ProviderRepl:
+    async def start(cls, impl: str = "v3", script: str = "provider_repl.mjs",
+                    env: dict[str, str] | None = None) -> ProviderRepl:
         process = await asyncio.create_subprocess_exec(
             "node", str(JS / script), "--impl", impl, cwd=str(JS),
+            env={**os.environ, **env} if env else None,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=64 * 1024 * 1024)
         assert process.stdout is not None
@@ -234,8 +236,11 @@ async def editors() -> AsyncIterator[ProviderRepl]:
 
 
 @contextlib.asynccontextmanager
-async def providers(impl: str = "v3") -> AsyncIterator[ProviderRepl]:
-    repl = await ProviderRepl.start(impl)
+async def providers(impl: str = "v3", *, time_warp: float = 1) -> AsyncIterator[ProviderRepl]:
+    """Real y-websocket providers; with ``time_warp`` K, their process's clock and timers run
+    K times faster (tests/js/warp.mjs)."""
+    repl = await ProviderRepl.start(
+        impl, env={"CAPTIFY_TIME_WARP": str(time_warp)} if time_warp != 1 else None)
     try:
         yield repl
     finally:

@@ -255,6 +255,10 @@ class Settings:
     awareness_renewal_s: float = _setting(
         10.0, "unchanged presence renewals are forwarded at most this often (seconds); must stay "
         "well under the 30 s after which Yjs clients drop a silent peer's presence", float)
+    yws_keepalive_s: float = _setting(
+        15.0, "every y-websocket connection is sent an empty awareness update this often (0 "
+        "disables), under the 30 s after which a WebsocketProvider drops a socket that "
+        "received no message (an idle viewer without presence would reconnect)", float)
     room_grace_s: float = _setting(
         5.0, "seconds a document stays loaded after its last connection leaves", float)
     ping_interval_s: float = _setting(
@@ -433,6 +437,8 @@ class Settings:
         if self.max_presence_states < 1 or self.max_presence_bytes < self.max_awareness_size:
             raise ConfigError("max_presence_states must be at least 1 and max_presence_bytes "
                               "at least max_awareness_size")
+        if not 0 <= self.yws_keepalive_s <= 25:
+            raise ConfigError("yws_keepalive_s must be between 0 (off) and 25 seconds")
         if not 1 <= self.awareness_flush_ms <= 1000:
             raise ConfigError("awareness_flush_ms must be between 1 and 1000")
         if not 0.05 <= self.awareness_renewal_s <= 20:

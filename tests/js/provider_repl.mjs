@@ -11,6 +11,7 @@
 // decode, delta, snapshot, setAwareness,
 // awareness, disconnect, connect, close, waitUntil, stateUpdate, applyUpdate, status, exit.
 
+import './warp.mjs' // first: CAPTIFY_TIME_WARP speeds up this process's clock
 import * as Y from 'yjs'
 import WebSocket from 'ws'
 import { mulberry32, serve, sleep, waitFor } from './repl.mjs'

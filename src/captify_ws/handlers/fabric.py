@@ -9,15 +9,24 @@
 
 Both reach the same :class:`~captify_ws.rooms.document.DocumentRoom`, so JSON and Yjs clients of
 one document see each other's edits and presence.
+
+Idle viewers stay connected (issue 12.5): a ``WebsocketProvider`` closes a socket on which it
+received no message for 30 s (y-websocket ``messageReconnectTimeout``; WebSocket pings do not
+count), and a viewer without presence on a quiet document receives nothing. Every
+``yws_keepalive_s`` each y-websocket connection is sent one empty awareness update (3 bytes,
+encoded once, which every y-websocket version applies as a no-op): a constant cost per
+connection, never a broadcast of states.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Final
 
 from captify_ws.auth import Access
-from captify_ws.connection import Connection
+from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import (
     BadRequest,
     InvalidMessage,
@@ -31,6 +40,10 @@ from captify_ws.rooms.document import DocumentRoom, Member, Origin
 from captify_ws.rooms.steps import Accepted, Behind
 
 logger = logging.getLogger("captify_ws.fabric")
+
+#: An awareness update with no entries: y-protocols applies it as a no-op, and it resets the
+#: provider's 30 s silence timer.
+KEEPALIVE: Final = PreparedFrame.binary(ywebsocket.encode_awareness([]))
 
 _YWS_KINDS: dict[type, str] = {
     ywebsocket.SyncUpdate: "update", ywebsocket.SyncStep1: "sync-step1",
@@ -77,6 +90,8 @@ class FabricHandler:
     def __init__(self, server: HandlerContext) -> None:
         self._server = server
         self._stats = server.stats
+        self._yws_members = 0
+        self._keepalive: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -107,6 +122,11 @@ class FabricHandler:
         room.join(member)
         conn.state = member
         if member.wire == "yws":
+            self._yws_members += 1
+            if self._keepalive is None and self._server.settings.yws_keepalive_s > 0:
+                self._keepalive = asyncio.get_running_loop().create_task(
+                    self._keepalives(), name="captify-yws-keepalive")
+        if member.wire == "yws":
             conn.send_bytes(ywebsocket.encode_sync_step1(room.state_vector()))
         else:
             conn.send_text(envelope.encode_connected(
@@ -119,6 +139,11 @@ class FabricHandler:
     def on_close(self, conn: Connection, code: int) -> None:
         member = conn.state
         if isinstance(member, FabricMember) and member.room is not None:
+            if member.wire == "yws":
+                self._yws_members -= 1
+                if self._yws_members == 0 and self._keepalive is not None:
+                    self._keepalive.cancel()
+                    self._keepalive = None
             room = member.room
             room.leave(conn)
             self._server.rooms.release(room)
@@ -128,6 +153,15 @@ class FabricHandler:
 
     def on_error(self, conn: Connection, error: Exception) -> None:
         return None
+
+    async def _keepalives(self) -> None:
+        """The same 3-byte frame to every y-websocket connection every ``yws_keepalive_s``."""
+        while True:
+            await asyncio.sleep(self._server.settings.yws_keepalive_s)
+            for conn in list(self._server.connections.get(self.name, ())):
+                member = conn.state
+                if isinstance(member, FabricMember) and member.wire == "yws":
+                    conn.send_frame(KEEPALIVE)
 
     # -- messages --------------------------------------------------------------------------
 
