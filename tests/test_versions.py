@@ -18,23 +18,20 @@ from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 from captify_ws.history.content import contents, restore_update
 from captify_ws.store import store_from_url
 from tests.helpers import ProviderRepl, json_client, providers, running_server
+from tests.polling import eventually
 
 KEY = {"Authorization": "Bearer k"}
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
-                     timeout: float = 10.0) -> T:
-    """Poll ``probe`` until ``ok`` holds for its value; fail with the last value at the
-    deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
+async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
+                timeout: float = 10.0) -> T:
+    """``probe()``'s value once ``ok`` holds for it (tests/polling.py's deadline-bound poll)."""
+    async def check() -> tuple[T] | None:
         value = await probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {timeout} s")
-        await asyncio.sleep(0.05)
+        return (value,) if ok(value) else None
+    found = await eventually(check, "the expected value", timeout=timeout)
+    return found[0]
 
 
 async def _snapshots(repl: ProviderRepl, names: list[str]) -> list[dict[str, Any]]:
@@ -46,7 +43,7 @@ async def _snapshots(repl: ProviderRepl, names: list[str]) -> list[dict[str, Any
 
 
 async def _converged(repl: ProviderRepl, names: list[str]) -> dict[str, Any]:
-    snaps = await eventually(lambda: _snapshots(repl, names),
+    snaps = await until(lambda: _snapshots(repl, names),
                              lambda s: all(x == s[0] for x in s))
     return snaps[0]
 
@@ -141,7 +138,7 @@ async def test_automatic_versions_when_idle_and_during_long_editing() -> None:
             json_client(srv, "auto") as client:
         history = srv.server.history
         await client.edit("x")
-        listed = await eventually(lambda: history.list_versions("auto"), lambda v: len(v) == 1)
+        listed = await until(lambda: history.list_versions("auto"), lambda v: len(v) == 1)
         assert listed[0].kind == "auto" and listed[0].who == ("anonymous",)
         started = time.monotonic()
         while time.monotonic() - started < 2.5:
@@ -243,11 +240,11 @@ async def test_retention_keeps_the_newest_automatic_versions(tmp_path: Path,
             json_client(srv, "kept") as client:
         history = srv.server.history
         await client.edit("a")
-        await eventually(lambda: history.list_versions("kept"), lambda v: len(v) == 1)
+        await until(lambda: history.list_versions("kept"), lambda v: len(v) == 1)
         await history.create_version("kept", "named")
         for index in range(3):
             await client.edit(str(index))
-            await eventually(lambda: history.list_versions("kept"),
+            await until(lambda: history.list_versions("kept"),
                              lambda v, n=index: v[0].number == 3 + n)
         kinds = [(v.number, v.kind) for v in await history.list_versions("kept")]
         assert kinds == [(5, "auto"), (4, "auto"), (2, "named")]

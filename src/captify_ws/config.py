@@ -93,6 +93,9 @@ class Settings:
     version_max_age_s: float = _setting(
         30 * 86400.0, "history: automatic versions older than this many seconds are deleted "
         "(0: no age limit)", float)
+    history_log_keep_s: float = _setting(
+        30 * 86400.0, "history: change feed entries and finished webhook deliveries are "
+        "deleted this many seconds after they happened (0: kept for ever)", float)
     webhook_urls: tuple[str, ...] = _setting(
         (), "webhooks: endpoint URLs that receive document and version events, "
         "comma-separated (none: no webhooks)", _parse_list, metavar="URL,...")
@@ -460,6 +463,8 @@ class Settings:
                 self.version_max_interval_s <= 0:
             raise ConfigError("version_idle_s, version_keep and version_max_age_s cannot be "
                               "negative; version_max_interval_s must be positive")
+        if self.history_log_keep_s < 0:
+            raise ConfigError("history_log_keep_s cannot be negative")
         if min(self.webhook_debounce_s, self.webhook_retry_base_s) < 0 or min(
                 self.webhook_timeout_s, self.webhook_retry_max_delay_s,
                 self.webhook_retry_for_s) <= 0:

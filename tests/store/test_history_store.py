@@ -195,3 +195,27 @@ async def test_webhook_outbox_orders_per_document_and_leases(store: Any) -> None
     assert not await store.redeliver(999999, now)
     counts = await store.delivery_counts()
     assert counts == {"pending": 2, "delivered": 1, "failed": 0}  # a2 (lease ended), b1
+
+
+async def test_old_feed_entries_and_finished_deliveries_are_pruned(store: Any) -> None:
+    """prune_feed deletes entries older than the limit but none the webhooks have not read;
+    cursors are never reused; prune_deliveries keeps pending deliveries."""
+    from captify_ws.store.webhooks import NewDelivery
+
+    for index in range(4):
+        await store.append_updates([(f"d{index}", _update("x"))])
+    feed = await store.read_feed(0, 10)
+    assert await store.prune_feed(time.time() + 1, feed[1].cursor) == 2
+    assert [e.cursor for e in await store.read_feed(0, 10)] == [e.cursor for e in feed[2:]]
+    assert await store.prune_feed(time.time() + 1, None) == 2
+    await store.append_updates([("later", _update("y"))])
+    assert (await store.read_feed(0, 10))[0].cursor > feed[-1].cursor
+    assert await store.prune_feed(time.time() - 3600, None) == 0
+    now = time.time()
+    await store.enqueue_deliveries(None, 0, [
+        NewDelivery(f"e{i}", "http://x/hook", "d", "document.changed", "{}", now)
+        for i in range(3)])
+    [first] = await store.claim_deliveries(now, 30, 10)
+    await store.finish_delivery(first.id, "delivered", 1, now, 200, None, now)
+    assert await store.prune_deliveries(now + 1) == 1
+    assert (await store.delivery_counts())["pending"] == 2

@@ -46,6 +46,8 @@ class DocumentHistory:
         #: document id → (monotonic time of the first edit since its last version, of the last)
         self._dirty: dict[str, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self.log_keep_s = settings.history_log_keep_s
         self._pending: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         if self.store is not None and self.idle_s > 0:
@@ -66,19 +68,44 @@ class DocumentHistory:
     # -- automatic versions ----------------------------------------------------------------
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._task is None and self.store is not None and self.idle_s > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run(),
-                                                                name="captify-versions")
+            self._task = loop.create_task(self._run(), name="captify-versions")
+        if self._pruner is None and self.store is not None and self.log_keep_s > 0:
+            self._pruner = loop.create_task(self._prune_forever(), name="captify-history-prune")
 
     async def stop(self) -> None:
         """Take the versions that are due or pending (rooms unloading), then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._pruner = None
         if self._pending:
             await asyncio.wait(self._pending, timeout=5)
+
+    async def prune_logs(self) -> tuple[int, int]:
+        """Delete feed entries and finished webhook deliveries older than
+        ``history_log_keep_s`` (feed entries the webhooks have not read stay); returns how
+        many of each."""
+        store = self._history_store()
+        before = time.time() - self.log_keep_s
+        webhooks = self._server.webhooks
+        keep_after = await webhooks.store.webhook_cursor() if webhooks.enabled else None
+        feed = await store.prune_feed(before, keep_after)
+        deliveries = await webhooks.store.prune_deliveries(before) if webhooks.enabled else 0
+        return feed, deliveries
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune_logs()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("history logs not pruned: %s", exc)
+            await asyncio.sleep(min(3600.0, max(1.0, self.log_keep_s / 10)))
 
     def _room_loaded(self, room: DocumentRoom) -> None:
         room.add_update_listener(self._edited)

@@ -123,6 +123,11 @@ class HistoryStore(Protocol):
         """A version with its state, or ``None``."""
         ...
 
+    async def prune_feed(self, before: float, keep_after: int | None) -> int:
+        """Delete feed entries committed before ``before`` (epoch seconds), except those
+        after cursor ``keep_after`` (what the webhooks have not read yet). Returns how many."""
+        ...
+
     async def prune_versions(self, document_id: str, keep: int, older_than: float) -> int:
         """Delete the automatic versions past the newest ``keep`` (0: no count limit) and those
         recorded before ``older_than`` (epoch seconds; 0: no age limit); named and restore

@@ -46,6 +46,7 @@ class MemoryStore(MemoryWebhooks):
         self._pm: dict[str, tuple[int, str]] = {}
         self._changes: dict[str, dict[str, int]] = {}
         self._feed: list[FeedEntry] = []
+        self._feed_cursor = 0
         self._versions: dict[str, dict[int, Version]] = {}
 
     async def open(self) -> None:
@@ -73,7 +74,8 @@ class MemoryStore(MemoryWebhooks):
 
     def _append_feed(self, document_id: str, kind: FeedKind, updates: int, who: str,
                      version: int | None = None) -> FeedEntry:
-        cursor = self._feed[-1].cursor + 1 if self._feed else 1
+        self._feed_cursor += 1
+        cursor = self._feed_cursor
         entry = FeedEntry(cursor, document_id, kind, time.time(), updates, decode_who(who),
                           version)
         self._feed.append(entry)
@@ -108,7 +110,14 @@ class MemoryStore(MemoryWebhooks):
         return [entry for entry in self._feed if entry.cursor > since][:min(limit, MAX_PAGE)]
 
     async def last_cursor(self) -> int:
-        return self._feed[-1].cursor if self._feed else 0
+        return self._feed_cursor
+
+    async def prune_feed(self, before: float, keep_after: int | None) -> int:
+        kept = [e for e in self._feed
+                if e.at >= before or (keep_after is not None and e.cursor > keep_after)]
+        pruned = len(self._feed) - len(kept)
+        self._feed = kept
+        return pruned
 
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,

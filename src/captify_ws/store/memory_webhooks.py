@@ -72,6 +72,13 @@ class MemoryWebhooks:
                                                             attempts=0, next_at=now)
         return True
 
+    async def prune_deliveries(self, before: float) -> int:
+        doomed = [n for n, d in self._deliveries.items()
+                  if d.status != "pending" and d.created_at < before]
+        for number in doomed:
+            del self._deliveries[number]
+        return len(doomed)
+
     async def delivery_counts(self) -> dict[str, int]:
         counts = {"pending": 0, "delivered": 0, "failed": 0}
         for delivery in self._deliveries.values():

@@ -231,6 +231,11 @@ class PostgresStore(PostgresWebhooks):
         result: int = await self._in_transaction(history.last_cursor)
         return result
 
+    async def prune_feed(self, before: float, keep_after: int | None) -> int:
+        result: int = await self._in_transaction(
+            lambda conn: history.prune_feed(conn, before, keep_after), write=True)
+        return result
+
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,
                           who: Sequence[str] = ()) -> VersionInfo | None:

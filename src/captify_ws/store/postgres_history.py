@@ -60,6 +60,12 @@ async def read_feed(conn: Any, since: int, limit: int) -> list[FeedEntry]:
                 "WHERE seq > $1 ORDER BY seq LIMIT $2", since, limit)]
 
 
+async def prune_feed(conn: Any, before: float, keep_after: int | None) -> int:
+    status = await conn.execute("DELETE FROM captify_feed WHERE at < $1 AND "
+                                "($2::bigint IS NULL OR seq <= $2)", before, keep_after)
+    return int(status.split()[-1])
+
+
 async def last_cursor(conn: Any) -> int:
     value = await conn.fetchval("SELECT max(seq) FROM captify_feed")
     return int(value) if value is not None else 0

@@ -103,6 +103,15 @@ class PostgresWebhooks:
         result: bool = await self._in_transaction(work, write=True)
         return result
 
+    async def prune_deliveries(self, before: float) -> int:
+        async def work(conn: Any) -> int:
+            status = await conn.execute("DELETE FROM captify_webhook_deliveries WHERE status "
+                                        "IN ('delivered', 'failed') AND created_at < $1",
+                                        before)
+            return int(status.split()[-1])
+        result: int = await self._in_transaction(work, write=True)
+        return result
+
     async def delivery_counts(self) -> dict[str, int]:
         async def work(conn: Any) -> dict[str, int]:
             counts = {"pending": 0, "delivered": 0, "failed": 0}

@@ -231,6 +231,10 @@ class SqliteStore(SqliteWebhooks):
     async def last_cursor(self) -> int:
         return await self._run(history.last_cursor)
 
+    async def prune_feed(self, before: float, keep_after: int | None) -> int:
+        return await self._run(self._write(lambda db: history.prune_feed(db, before,
+                                                                         keep_after)))
+
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,
                           who: Sequence[str] = ()) -> VersionInfo | None:

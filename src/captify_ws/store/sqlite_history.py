@@ -49,6 +49,11 @@ def read_feed(db: sqlite3.Connection, since: int, limit: int) -> list[FeedEntry]
                 "WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit))]
 
 
+def prune_feed(db: sqlite3.Connection, before: float, keep_after: int | None) -> int:
+    return int(db.execute("DELETE FROM captify_feed WHERE at < ? AND (? IS NULL OR seq <= ?)",
+                          (before, keep_after, keep_after)).rowcount)
+
+
 def last_cursor(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT max(seq) FROM captify_feed").fetchone()
     return int(row[0]) if row and row[0] is not None else 0

@@ -104,6 +104,13 @@ class SqliteWebhooks:
                 "next_at = ?, lease_until = 0 WHERE id = ?", (now, delivery_id)).rowcount)
         return await self._run(self._write(work))
 
+    async def prune_deliveries(self, before: float) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return int(db.execute("DELETE FROM captify_webhook_deliveries WHERE status IN "
+                                  "('delivered', 'failed') AND created_at < ?",
+                                  (before,)).rowcount)
+        return await self._run(self._write(work))
+
     async def delivery_counts(self) -> dict[str, int]:
         def work(db: sqlite3.Connection) -> dict[str, int]:
             counts = {"pending": 0, "delivered": 0, "failed": 0}

@@ -97,6 +97,11 @@ class WebhookStore(Protocol):
         """Make a delivery pending again, due now, its attempts reset; ``False`` if unknown."""
         ...
 
+    async def prune_deliveries(self, before: float) -> int:
+        """Delete delivered and failed deliveries created before ``before`` (epoch seconds);
+        pending ones stay. Returns how many."""
+        ...
+
     async def delivery_counts(self) -> dict[str, int]:
         """How many deliveries are pending, delivered and failed."""
         ...
