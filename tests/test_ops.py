@@ -63,6 +63,22 @@ async def test_metrics_follow_the_traffic() -> None:
         assert _metric(text, "captify_connections", 'handler="fabric"') == 0
 
 
+async def test_metrics_require_the_token_when_one_is_set(transport: str) -> None:
+    """CAPTIFY_WS_METRICS_TOKEN: /metrics answers 401 without it, with a wrong one or another
+    scheme, and the exposition with 'Authorization: Bearer <token>'; /healthz stays open."""
+    async with running_server(transport, metrics_token="scrape-me") as srv, \
+            httpx.AsyncClient(base_url=srv.http) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"},
+                        {"Authorization": "Basic scrape-me"}, {"Authorization": "scrape-me"}):
+            refused = await http.get("/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "captify_" not in refused.text
+        allowed = await http.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert allowed.status_code == 200 and "captify_rooms_loaded" in allowed.text
+        assert (await http.get("/healthz")).status_code == 200
+
+
 async def test_dashboard_in_chromium_follows_connections() -> None:
     """/admin in real headless Chromium: the numbers follow clients as they come and go."""
     from playwright.async_api import async_playwright

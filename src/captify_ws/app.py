@@ -228,6 +228,16 @@ class CaptifyApp:
         return JSONResponse({"status": "ready"})
 
     async def _metrics(self, request: Request) -> Response:
+        """Prometheus exposition; with ``metrics_token`` only for ``Authorization: Bearer
+        <token>`` (else 401), compared in constant time."""
+        token = self.server.settings.metrics_token
+        if token:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                      token.encode()):
+                return JSONResponse({"error": "send 'Authorization: Bearer "
+                                     "<CAPTIFY_WS_METRICS_TOKEN>'"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
         if self._registry is None:
             self._registry = build_registry(self.server)
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)

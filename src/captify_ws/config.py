@@ -62,6 +62,10 @@ class Settings:
     api_key: str | None = _setting(
         None, "bearer key for the HTTP API under /api/v1 (the API is off without one)",
         secret=True, metavar="KEY")
+    metrics_token: str | None = _setting(
+        None, "bearer token GET /metrics requires (Prometheus: authorization credentials); "
+        "without one /metrics is public (keep it on a private network)", secret=True,
+        metavar="TOKEN", shown="none (public)")
     admin_auth: str | None = _setting(
         None, "the admin dashboard's own check, 'module:function' taking the request and raising "
         "captify_ws.Reject to refuse", metavar="MOD:ATTR", shown="the API key")
