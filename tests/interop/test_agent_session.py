@@ -177,3 +177,45 @@ async def test_revert_puts_back_only_what_others_wrote() -> None:
             assert agent.read() == "helXYt text world"
             await agent.revert()
             assert agent.read() == "hello world"
+
+
+async def test_prosemirror_steps_go_through_the_step_authority() -> None:
+    """An agent's steps computed against the current version reach the prosemirror-collab
+    editors; steps against an older version are refused (StaleVersion), nothing applied."""
+    from tests.helpers import editors
+
+    async with running_server() as srv, editors() as repl:
+        await repl.call("open", name="e", url=f"{srv.ws}/ws/fabric", doc="pm-agent")
+        await repl.call("typeRandom", name="e", count=5, seed=4)
+        await repl.call("waitIdle", name="e", timeout=10000)
+        async with captify_ws.agent_session("pm-agent") as agent:
+            room = srv.server.rooms.get("pm-agent")
+            assert room is not None
+            version = (await srv.server.rooms.authority(room)).version
+            step = {"stepType": "replace", "from": 1, "to": 1,
+                    "slice": {"content": [{"type": "text", "text": "[agent] "}]}}
+            result = await agent.apply_steps([step], version)
+            assert result.applied
+            with pytest.raises(captify_ws.errors.StaleVersion):
+                await agent.apply_steps([step], version)
+        deadline = time.monotonic() + 10
+        while (await repl.call("state", name="e"))["text"].count("[agent] ") != 1:
+            assert time.monotonic() < deadline, "the editor never got the agent's steps"
+            await asyncio.sleep(0.05)
+
+
+async def test_an_idle_agent_keeps_its_presence_by_renewing_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """States nobody renews are dropped (30 s in y-protocols; 1 s here): an idle agent renews
+    its own, so it stays present until its session ends."""
+    import captify_ws.agents.session as session_module
+    import captify_ws.rooms.presence as presence_module
+
+    monkeypatch.setattr(presence_module, "OUTDATED_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(session_module, "RENEW_PRESENCE_S", 0.3)
+    async with running_server(awareness_renewal_s=0.2):
+        async with captify_ws.agent_session("idle-doc") as agent:
+            room = agent.room
+            await asyncio.sleep(2.5)  # bounded: 2.5 timeouts of idleness
+            assert agent.client_id in room.presence.states
+        assert agent.client_id not in room.presence.states

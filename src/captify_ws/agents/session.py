@@ -19,6 +19,8 @@ name="Assistant", color="#7c3aed") as agent``.
   back what the session deleted (at the relative positions where it was) and deletes exactly
   the items the session's client id inserted (a Yjs delete set of that client), whatever people
   did around them.
+* ProseMirror documents: :meth:`AgentSession.apply_steps` goes through the step authority,
+  refused (``StaleVersion``) when computed against an older version.
 * :attr:`AgentSession.before` is the document (one Yjs update) as it was when the session
   started.
 
@@ -28,6 +30,7 @@ root ``Y.Text`` named by ``field`` (``"text"``, what the y-websocket tests and m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -45,7 +48,11 @@ from captify_ws.rooms.units import pycrdt_length
 
 if TYPE_CHECKING:
     from captify_ws.agents.registry import AgentSessions
-    from captify_ws.server import Server
+    from captify_ws.server import Server, StepsResult
+
+#: Seconds between renewals of the agent's awareness state (y-protocols renews every 15 s).
+RENEW_PRESENCE_S = 15.0
+
 
 class StaleContext(CaptifyError):
     """An edit computed on text that changed since it was read: nothing was changed."""
@@ -129,6 +136,8 @@ class AgentSession:
         self._caret: StickyIndex | None = None
         #: (where, text) the session deleted, to put back on revert
         self._deleted: list[tuple[StickyIndex | None, str]] = []
+        self._steps = 0
+        self._renewal: asyncio.Task[None] | None = None
 
     @property
     def room(self) -> DocumentRoom:
@@ -145,6 +154,7 @@ class AgentSession:
         if self.registry is not None:
             self.registry.sessions.append(self.info)
         self._set_presence(None)
+        self._renewal = asyncio.get_running_loop().create_task(self._renew_presence())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -155,6 +165,9 @@ class AgentSession:
         room = self._room
         if room is None:
             return
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
         room.presence.remove_owned_by(self)
         self.info.ended_at = int(time.time() * 1000)
         self._room = None
@@ -261,6 +274,17 @@ class AgentSession:
         self._set_presence(self._caret)
         await self.server.writer.flush()
 
+    async def apply_steps(self, steps: list[Any], version: int) -> StepsResult:
+        """ProseMirror steps computed against ``version`` of a ProseMirror document, through
+        its step authority (every editor and Yjs binding gets them). The stale-context guard
+        for ProseMirror documents: raises :class:`~captify_ws.errors.StaleVersion` (nothing
+        applied) when the document moved past ``version``; the agent rebases and retries, as
+        prosemirror-collab does. Change ids are ``agent:<session_id>:<n>`` (attribution in the
+        step log); a retried call is applied once."""
+        self._steps += 1
+        return await self.server.broadcast_steps(
+            self.document_id, steps, f"agent:{self.info.session_id}:{self._steps}", version)
+
     def _not_ours(self, target: Range) -> str:
         """The text of ``target`` that this session did not insert itself (what a revert
         must put back): the range read in a copy of the document without our inserts."""
@@ -295,6 +319,14 @@ class AgentSession:
         self._caret = None
         self._set_presence(None)
         await self.server.writer.flush()
+
+    async def _renew_presence(self) -> None:
+        """Renew the awareness state as Yjs clients do (every 15 s; peers drop a state not
+        renewed for 30 s)."""
+        while True:
+            await asyncio.sleep(RENEW_PRESENCE_S)
+            if self._room is not None:
+                self._set_presence(self._caret)
 
     # -- presence --------------------------------------------------------------------------
 
