@@ -165,12 +165,15 @@ async def test_the_same_over_http_for_other_languages() -> None:
 
 async def test_revert_puts_back_only_what_others_wrote() -> None:
     """A replace across a person's text and the agent's own: revert restores the person's
-    part only and removes all of the agent's, leaving the document as before the session."""
-    async with running_server():
+    part only and removes all of the agent's, leaving the document as before the session
+    (which was stored as a version when it started)."""
+    async with running_server() as srv:
         async with captify_ws.agent_session("mixed", name="Person stand-in") as person:
             await person.insert_text(0, "hello world")
         async with captify_ws.agent_session("mixed") as agent:
-            assert agent.before != b""
+            assert agent.before != b"" and agent.info.before_version is not None
+            kept = await srv.server.history.version_content("mixed", agent.info.before_version)
+            assert kept["text"]["text"] == "hello world", kept
             await agent.insert_text(5, " agent text")
             assert agent.read() == "hello agent text world"
             await agent.replace(agent.range(3, 10), "XY")  # "lo agen" → "XY"

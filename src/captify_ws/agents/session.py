@@ -21,8 +21,9 @@ name="Assistant", color="#7c3aed") as agent``.
   did around them.
 * ProseMirror documents: :meth:`AgentSession.apply_steps` goes through the step authority,
   refused (``StaleVersion``) when computed against an older version.
-* :attr:`AgentSession.before` is the document (one Yjs update) as it was when the session
-  started.
+* A snapshot before each run: :attr:`AgentSession.before` is the document (one Yjs update)
+  as it was when the session started, also stored as a named version (stores with history;
+  ``info.before_version``) to diff with or restore.
 
 Positions given to the API are in characters (code points) of the text; the Yjs text is the
 root ``Y.Text`` named by ``field`` (``"text"``, what the y-websocket tests and many editors use).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -48,7 +50,10 @@ from captify_ws.rooms.units import pycrdt_length
 
 if TYPE_CHECKING:
     from captify_ws.agents.registry import AgentSessions
-    from captify_ws.server import Server, StepsResult
+    from captify_ws.documents import StepsResult
+    from captify_ws.server import Server
+
+logger = logging.getLogger("captify_ws.agents")
 
 #: Seconds between renewals of the agent's awareness state (y-protocols renews every 15 s).
 RENEW_PRESENCE_S = 15.0
@@ -79,6 +84,8 @@ class SessionInfo:
     started_at: int
     ended_at: int | None = None
     reverted: bool = False
+    #: the stored version holding the document as it was when the session started
+    before_version: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -151,11 +158,28 @@ class AgentSession:
         self._room = room
         self.before = room.encode_state()
         self.replica.apply_update(self.before)
+        await self._keep_before()
         if self.registry is not None:
             self.registry.sessions.append(self.info)
         self._set_presence(None)
         self._renewal = asyncio.get_running_loop().create_task(self._renew_presence())
         return self
+
+    async def _keep_before(self) -> None:
+        """Store the document as it is now as a named version (stores with history), so a
+        run can be compared with, or restored to, what it started from."""
+        history = getattr(self.server, "history", None)
+        if history is None or history.store is None or not str(self.text):
+            return
+        try:
+            info = await history.create_version(
+                self.document_id, f"before agent {self.info.name} ({self.info.session_id})",
+                f"agent:{self.info.name}")
+        except CaptifyError as exc:  # HistoryError, StoreError: the session goes on
+            logger.warning("no version before agent session %s: %s", self.info.session_id,
+                           exc)
+            return
+        self.info.before_version = info.number
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
