@@ -295,6 +295,10 @@ class ServerProcess:
         if self._listening.wait(timeout) and self.port:
             return self
         exited = self.process.poll()
+        if exited is None and self._listening.is_set():
+            # The output ended: the process is exiting (its status may lag its pipe's end).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                exited = self.process.wait(timeout=5)
         self.process.kill()
         self.process.wait()
         self._drainer.join(timeout=5)
