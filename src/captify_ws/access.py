@@ -32,6 +32,7 @@ from captify_ws.handlers.base import handler_name
 from captify_ws.hooks import HookRunner
 from captify_ws.metrics import Stats
 from captify_ws.rooms.manager import RoomManager
+from captify_ws.store.base import DocumentStore
 
 if TYPE_CHECKING:
     from captify_ws.channels.services import ChannelServices
@@ -75,6 +76,7 @@ class AccessControl:
     rooms: RoomManager
     authenticator: Authenticator
     authorizer: Authorizer
+    store: DocumentStore
     connections: dict[str, set[Connection]]
     channel_services: ChannelServices
     cluster: ClusterBridge | None
@@ -179,14 +181,27 @@ class AccessControl:
         """Take a user's access to a document away (``to="none"``: their connections close
         with 4403) or down to read-only (``to="read"``), on every instance, for
         ``revocation_ttl_s`` seconds whatever the authorizer says. Returns the connections
-        changed on this instance."""
+        changed on this instance.
+
+        The revocation is stored (``DocumentStore.save_revocation``) before this returns:
+        it holds across restarts, and instances that start later load it from a shared store
+        (issue 13.8). Raises :class:`~captify_ws.errors.StoreError` if it could not be stored
+        (it holds on the running instances all the same)."""
         if to not in ("none", "read"):
             raise ValueError("to must be 'none' or 'read'")
         changed = self._apply_revocation(document_id, user_id, to)
         if self.cluster is not None:
             self.cluster.publish_control({"type": "revoke", "documentId": document_id,
                                           "userId": user_id, "to": to})
+        await self.store.save_revocation(document_id, user_id, to,
+                                         time.time() + self.settings.revocation_ttl_s)
         return changed
+
+    async def load_revocations(self) -> None:
+        """Take in the stored revocations that have not expired (on start)."""
+        wall, monotonic = time.time(), time.monotonic()
+        for document_id, user_id, to, expires_at in await self.store.load_revocations():
+            self._revoked[(document_id, user_id)] = (monotonic + expires_at - wall, to)
 
     def _apply_revocation(self, document_id: str, user_id: str, to: str) -> int:
         self._revoked[(document_id, user_id)] = (

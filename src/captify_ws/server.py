@@ -142,6 +142,11 @@ class Server(AccessControl, DocumentService):
             if self.started:
                 return
             await self.store.open()
+            try:
+                await self.load_revocations()
+            except BaseException:
+                await self.store.close()
+                raise
             if self.cluster is not None:
                 try:
                     await self.cluster.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,17 @@ async def test_postgres_unreachable_names_the_url() -> None:
         await store.open()
     assert "postgresql://postgres:***@127.0.0.1" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+async def test_revocations_are_kept_until_they_expire(store: DocumentStore) -> None:
+    """save_revocation replaces the user's earlier one; load_revocations returns those not yet
+    expired (issue 13.8)."""
+    now = time.time()
+    await store.save_revocation("doc", "dave", "read", now + 60)
+    await store.save_revocation("doc", "dave", "none", now + 120)
+    await store.save_revocation("doc", "erin", "none", now - 1)
+    await store.save_revocation("other", "dave", "read", now + 30)
+    got = sorted(await store.load_revocations())
+    assert [(d, u, a) for d, u, a, _ in got] == [("doc", "dave", "none"),
+                                                  ("other", "dave", "read")]
+    assert abs(got[0][3] - (now + 120)) < 1e-3

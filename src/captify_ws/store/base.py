@@ -148,3 +148,14 @@ class DocumentStore(Protocol):
         """Record the ProseMirror doc at ``version``, and forget all steps but the last
         ``keep_steps`` before it (clients further behind reload the document)."""
         ...
+
+    async def save_revocation(self, document_id: str, user_id: str, access: str,
+                              expires_at: float) -> None:
+        """Record that ``user_id`` keeps ``access`` (``"none"`` or ``"read"``) on
+        ``document_id`` until ``expires_at`` (Unix time, s), replacing an earlier one; expired
+        revocations are forgotten. Committed when it returns (it survives a restart)."""
+        ...
+
+    async def load_revocations(self) -> list[tuple[str, str, str, float]]:
+        """Every revocation not yet expired: ``(document_id, user_id, access, expires_at)``."""
+        ...

@@ -48,6 +48,7 @@ class MemoryStore(MemoryWebhooks):
         self._feed: list[FeedEntry] = []
         self._feed_cursor = 0
         self._versions: dict[str, dict[int, Version]] = {}
+        self._revocations: dict[tuple[str, str], tuple[str, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -92,6 +93,19 @@ class MemoryStore(MemoryWebhooks):
 
     async def list_documents(self) -> list[str]:
         return sorted(self._logs)
+
+    async def save_revocation(self, document_id: str, user_id: str, access: str,
+                              expires_at: float) -> None:
+        """In this process only: a restart forgets it (use SQLite or PostgreSQL)."""
+        now = time.time()
+        self._revocations = {key: value for key, value in self._revocations.items()
+                             if value[1] > now}
+        self._revocations[(document_id, user_id)] = (access, expires_at)
+
+    async def load_revocations(self) -> list[tuple[str, str, str, float]]:
+        now = time.time()
+        return [(doc, user, access, expires) for (doc, user), (access, expires)
+                in self._revocations.items() if expires > now]
 
     async def delete_document(self, document_id: str) -> bool:
         self._snapshots.pop(document_id, None)

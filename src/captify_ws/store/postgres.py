@@ -187,6 +187,33 @@ class PostgresStore(PostgresWebhooks):
         result: list[str] = await self._call(work)
         return result
 
+    async def save_revocation(self, document_id: str, user_id: str, access: str,
+                              expires_at: float) -> None:
+        pool = self._pool_or_fail()
+
+        async def work() -> None:
+            async with pool.acquire(timeout=self._connect_timeout) as conn, \
+                    conn.transaction():
+                await conn.execute("DELETE FROM captify_revocations WHERE expires_at <= $1",
+                                   time.time())
+                await conn.execute(
+                    "INSERT INTO captify_revocations VALUES ($1, $2, $3, $4) "
+                    "ON CONFLICT (document_id, user_id) DO UPDATE SET access = $3, "
+                    "expires_at = $4", document_id, user_id, access, expires_at)
+        await self._call(work)
+
+    async def load_revocations(self) -> list[tuple[str, str, str, float]]:
+        pool = self._pool_or_fail()
+
+        async def work() -> list[tuple[str, str, str, float]]:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                return [(r["document_id"], r["user_id"], r["access"], float(r["expires_at"]))
+                        for r in await conn.fetch(
+                            "SELECT document_id, user_id, access, expires_at "
+                            "FROM captify_revocations WHERE expires_at > $1", time.time())]
+        result: list[tuple[str, str, str, float]] = await self._call(work)
+        return result
+
     async def delete_document(self, document_id: str) -> bool:
         pool = self._pool_or_fail()
         self._known.discard(document_id)

@@ -67,6 +67,11 @@ SQLITE_MIGRATIONS: Final[list[list[str]]] = [
         "CREATE INDEX captify_webhook_order ON captify_webhook_deliveries "
         "(status, endpoint, document_id, id)",
     ],
+    # 6: revocations (Server.revoke), kept until they expire
+    [
+        "CREATE TABLE captify_revocations (document_id TEXT NOT NULL, user_id TEXT NOT NULL, "
+        "access TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (document_id, user_id))",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
@@ -109,5 +114,11 @@ POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
         "(status, endpoint, document_id, id)",
         "CREATE TABLE captify_webhook_cursor (cursor BIGINT NOT NULL)",
         "INSERT INTO captify_webhook_cursor VALUES (0)",
+    ],
+    # 5: revocations (Server.revoke), kept until they expire
+    [
+        "CREATE TABLE captify_revocations (document_id TEXT NOT NULL, user_id TEXT NOT NULL, "
+        "access TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, "
+        "PRIMARY KEY (document_id, user_id))",
     ],
 ]

@@ -200,6 +200,20 @@ class SqliteStore(SqliteWebhooks):
         return await self._run(lambda db: [row[0] for row in db.execute(
             "SELECT id FROM captify_documents ORDER BY id")])
 
+    async def save_revocation(self, document_id: str, user_id: str, access: str,
+                              expires_at: float) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM captify_revocations WHERE expires_at <= ?", (time.time(),))
+            db.execute("INSERT OR REPLACE INTO captify_revocations VALUES (?, ?, ?, ?)",
+                       (document_id, user_id, access, expires_at))
+        await self._run(self._write(work))
+
+    async def load_revocations(self) -> list[tuple[str, str, str, float]]:
+        return await self._run(lambda db: [
+            (row[0], row[1], row[2], float(row[3])) for row in db.execute(
+                "SELECT document_id, user_id, access, expires_at FROM captify_revocations "
+                "WHERE expires_at > ?", (time.time(),))])
+
     async def delete_document(self, document_id: str) -> bool:
         self._numbers.pop(document_id, None)
 
