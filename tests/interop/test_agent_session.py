@@ -13,7 +13,7 @@ import pytest
 
 import captify_ws
 from captify_ws.agents.session import StaleContext
-from tests.helpers import ProviderRepl, providers, running_server
+from tests.helpers import ProviderRepl, json_client, providers, running_server
 
 
 async def _converged(repl: ProviderRepl, names: list[str], timeout: float = 20.0) -> str:
@@ -138,6 +138,11 @@ async def test_the_same_over_http_for_other_languages() -> None:
                 break
             await http.delete(f"{base}/{sid}")
             assert time.monotonic() < deadline
+        async with json_client(srv, "http-doc") as person:  # a JSON client sees a person
+            seen = await person.expect("awareness", where=lambda m: (m.get("data") or {})
+                                       .get("user", {}).get("name") == "Bot")
+            assert seen["data"]["agent"] is True and seen["clientID"] == str(
+                opened["client_id"])
         inserted = await http.post(f"{base}/{sid}/insert", json={"anchor": 5, "text": ","})
         assert inserted.json() == {"inserted": 1, "length": 12}
         await repl.call("waitUntil", name="p", field="text", equals="Hello, world")
@@ -222,3 +227,23 @@ async def test_an_idle_agent_keeps_its_presence_by_renewing_it(
             await asyncio.sleep(2.5)  # bounded: 2.5 timeouts of idleness
             assert agent.client_id in room.presence.states
         assert agent.client_id not in room.presence.states
+
+
+async def test_hooks_see_an_agents_changes_under_its_name() -> None:
+    """on_change of the hook interface names the agent (origin label agent:<name>)."""
+    from captify_ws.events import ChangeEvent
+
+    seen: list[ChangeEvent] = []
+
+    class Recorder:
+        def on_change(self, event: ChangeEvent) -> None:
+            seen.append(event)
+
+    async with running_server(extra_hooks=(Recorder(),)):
+        async with captify_ws.agent_session("hooked", name="Writer") as agent:
+            await agent.insert_text(0, "by the agent")
+        deadline = time.monotonic() + 10
+        while not any(origin.label == "agent:Writer" for event in seen
+                      for origin in event.origins if event.document_id == "hooked"):
+            assert time.monotonic() < deadline, f"no agent change in {seen}"
+            await asyncio.sleep(0.05)
