@@ -50,6 +50,7 @@ from captify_ws.errors import (
     truncate_reason,
 )
 from captify_ws.frames import OPCODE_BINARY, OPCODE_TEXT, PreparedFrame
+from captify_ws.lifecycle import TRANSITIONS, ConnectionState
 from captify_ws.outbound import ConnectionLimits, OutboundBudget
 from captify_ws.request import UpgradeRequest
 
@@ -88,12 +89,36 @@ class Connection:
 
     transport_name: ClassVar[str] = "abstract"
 
-    __slots__ = ("_allowance", "_close_timer", "_closing", "_discarded", "_inbox", "_inbox_bytes",
-                 "_limits",
-                 "_on_closed", "_paused", "_pending", "_pending_bytes", "_ping_outstanding",
-                 "_private", "_reading_paused", "_stamp", "_tokens", "_trigger", "active",
-                 "close_code", "closed", "closed_by_server", "handler", "id", "principal",
-                 "request", "state", "subpath")
+    __slots__ = (
+        "_allowance",
+        "_close_timer",
+        "_closing",
+        "_discarded",
+        "_inbox",
+        "_inbox_bytes",
+        "_limits",
+        "_on_closed",
+        "_paused",
+        "_pending",
+        "_pending_bytes",
+        "_ping_outstanding",
+        "_private",
+        "_reading_paused",
+        "_stamp",
+        "_tokens",
+        "_trigger",
+        "active",
+        "close_code",
+        "closed",
+        "closed_by_server",
+        "handler",
+        "id",
+        "lifecycle",
+        "principal",
+        "request",
+        "state",
+        "subpath",
+    )
 
     def __init__(self, request: UpgradeRequest, handler: ConnectionHandler, subpath: str, *,
                  limits: ConnectionLimits) -> None:
@@ -107,9 +132,11 @@ class Connection:
         #: set by authentication; ``None`` when anonymous
         self.principal: Any = None
         self.close_code: int | None = None
-        #: the transport is gone
+        #: where the connection is in its life; changed only by :meth:`_to` (TRANSITIONS)
+        self.lifecycle = ConnectionState.CONNECTING
+        #: the transport is gone (``lifecycle`` is CLOSED); kept as a flag for the hot path
         self.closed = False
-        self._closing = False  # nothing more is sent or delivered
+        self._closing = False  # CLOSING or CLOSED: nothing more is sent or delivered
         #: the server decided to end this connection (close() was called: a refusal, a limit,
         #: a restart); one whose peer left is not, and what it sent before is still handled
         self.closed_by_server = False
@@ -288,13 +315,21 @@ class Connection:
 
     # -- closing ---------------------------------------------------------------------------
 
+    def _to(self, state: ConnectionState) -> bool:
+        """Move to ``state`` if ``TRANSITIONS`` allows it; whether it moved."""
+        if state not in TRANSITIONS[self.lifecycle]:
+            return False
+        self.lifecycle = state
+        self._closing = state >= ConnectionState.CLOSING
+        self.closed = state is ConnectionState.CLOSED
+        return True
+
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code`` (RFC 6455 §7.1.1: the peer's close frame is awaited for
         ``close_timeout_s``, then the connection is aborted); frames still waiting are sent
         first unless the code is 1013."""
-        if self._closing:
+        if not self._to(ConnectionState.CLOSING):
             return
-        self._closing = True
         self.closed_by_server = True
         self.close_code = code
         flush = [] if code == CloseCode.OVERLOADED else list(self._pending)
@@ -360,6 +395,7 @@ class Connection:
     def opened(self, gate: Gate | None = None) -> None:
         """The upgrade is done: pass ``gate`` (authentication, limits), then run the handler's
         ``on_connect``; messages wait, in order, until both are done."""
+        self._to(ConnectionState.OPEN)
         self._inbox = deque()
         if gate is not None:
             asyncio.get_running_loop().create_task(self._drain(self._connect(gate)))
@@ -446,10 +482,8 @@ class Connection:
 
     def lost(self, code: int) -> None:
         """The transport is gone; ``code`` is the close code sent or received (1006 if none)."""
-        if self.closed:
+        if not self._to(ConnectionState.CLOSED):
             return
-        self.closed = True
-        self._closing = True
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None

@@ -48,6 +48,7 @@ from uvicorn.server import ServerState
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
 from captify_ws.errors import CloseCode, Reject, log_with_id
 from captify_ws.handlers.base import Handler
+from captify_ws.lifecycle import ConnectionState
 from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ class NativeConnection(Connection):
         """The peer closed first: echo its code (1000 for a close without one, since 1005 may
         not be sent) and close the TCP connection. Messages it sent before are still handled."""
         self.peer_closed = True
-        self._closing = True
+        self._to(ConnectionState.CLOSING)
         if self.close_code is None:
             self.close_code = code
         if not self._ws.is_disconnected:
