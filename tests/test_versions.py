@@ -248,3 +248,33 @@ async def test_retention_keeps_the_newest_automatic_versions(tmp_path: Path,
                              lambda v, n=index: v[0].number == 3 + n)
         kinds = [(v.number, v.kind) for v in await history.list_versions("kept")]
         assert kinds == [(5, "auto"), (4, "auto"), (2, "named")]
+
+
+async def test_diff_says_who_typed_what() -> None:
+    """Two writers (labelled like principals) type into one text; the diff's insertedBy gives
+    each one's text, and a store round trip keeps the Yjs clients of each version."""
+    from captify_ws.rooms.document import Origin
+
+    async with running_server(api_key="k", version_idle_s=60) as srv:
+        server = srv.server
+        ann: Doc[Any] = Doc()
+        ann.get("text", type=Text).insert(0, "base ")
+        await server.apply_update("shared", ann.get_update())
+        first = await server.history.create_version("shared")
+        bob: Doc[Any] = Doc()
+        bob.apply_update(ann.get_update())
+        before_ann, before_bob = ann.get_state(), bob.get_state()
+        ann.get("text", type=Text).insert(5, "from ann ")
+        bob.get("text", type=Text).insert(0, "bob says ")
+        async with server.rooms.hold("shared") as room:
+            room.apply_update(ann.get_update(before_ann), Origin("server", label="user:ann"))
+            room.apply_update(bob.get_update(before_bob), Origin("server", label="user:bob"))
+        await server.writer.flush()
+        second = await server.history.create_version("shared")
+        assert set(second.clients.values()) == {"user:ann", "user:bob"}
+        stored = await server.history.list_versions("shared")
+        assert stored[0].clients == second.clients
+        diff = await server.history.diff("shared", first.number, second.number)
+        assert diff["insertedBy"] == {"user:ann": {"text": ["from ann "]},
+                                      "user:bob": {"text": ["bob says "]}}
+        assert diff["authors"] == ["server", "user:ann", "user:bob"]

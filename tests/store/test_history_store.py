@@ -219,3 +219,17 @@ async def test_old_feed_entries_and_finished_deliveries_are_pruned(store: Any) -
     await store.finish_delivery(first.id, "delivered", 1, now, 200, None, now)
     assert await store.prune_deliveries(now + 1) == 1
     assert (await store.delivery_counts())["pending"] == 2
+
+
+async def test_versions_keep_their_yjs_clients(store: Any) -> None:
+    """The Yjs client ids a version names come back from list and get."""
+    await store.append_updates([("c", _update("x"))])
+    big = 2**53 - 1
+    info = await store.add_version("c", b"s", "named", None, clients={7: "user:a",
+                                                                      big: "agent:z"})
+    assert info.clients == {7: "user:a", big: "agent:z"}
+    assert (await store.list_versions("c", None, 5))[0].clients == info.clients
+    got = await store.get_version("c", info.number)
+    assert got is not None and got.info.clients == info.clients
+    plain = await store.add_version("c", b"s", "named", None)
+    assert plain.clients == {}

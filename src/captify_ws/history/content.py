@@ -21,7 +21,9 @@ from typing import Any, Final
 
 from pycrdt import Array, Doc, Map, Text, UndoManager, XmlElement, XmlFragment, XmlText
 
+from captify_ws.protocol import yupdate
 from captify_ws.rooms.pm_yjs import fragment_to_json
+from captify_ws.ydoc import read_state_vector
 
 #: text runs of one kind, for diffs: words, spaces, anything else one character at a time
 _TOKENS: Final = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
@@ -98,6 +100,57 @@ def contents(state: bytes) -> dict[str, dict[str, Any]]:
         elif kind == "xml":
             prosemirror[name] = fragment_to_json(_doc(state).get(name, type=XmlFragment))
     return {"text": text, "prosemirror": prosemirror}
+
+
+def first_client(update: bytes) -> int | None:
+    """The Yjs client id of an update's first structs, read from its header (an update from
+    one editor has only its own); ``None`` when there are none or the header is not one."""
+    reader = yupdate._Reader(update)
+    try:
+        if reader.uint() < 1:
+            return None
+        reader.uint()  # how many structs
+        return reader.uint()
+    except Exception:
+        return None
+
+
+def _state_vector(clocks: dict[int, int]) -> bytes:
+    out = bytearray()
+    for number in (len(clocks), *(part for pair in clocks.items() for part in pair)):
+        rest = number
+        while rest >= 0x80:
+            out.append((rest & 0x7F) | 0x80)
+            rest >>= 7
+        out.append(rest)
+    return bytes(out)
+
+
+def inserted_by_client(before_state: bytes, after_state: bytes) -> dict[int, dict[str, list[str]]]:
+    """Who typed what: for each Yjs client with structs after ``before_state``, the text it
+    inserted into each ``Y.Text`` root and still there in ``after_state`` (``{client: {root:
+    [run…]}}``). Read by applying only that client's new structs (and the deletions) to a
+    copy of ``before_state``; runs that depend on another client's new content are left
+    out (attribution where it is known)."""
+    after = _doc(after_state)
+    have = read_state_vector(_doc(before_state).get_state())
+    clocks = read_state_vector(after.get_state())
+    roots = [name for name, kind in root_kinds(after_state).items() if kind == "text"]
+    texts = {name: str(_doc(before_state).get(name, type=Text)) for name in roots}
+    out: dict[int, dict[str, list[str]]] = {}
+    for client, clock in clocks.items():
+        if clock <= have.get(client, 0):
+            continue
+        partial = after.get_update(_state_vector({**clocks, client: have.get(client, 0)}))
+        copy = _doc(before_state)
+        copy.apply_update(partial)
+        runs = {name: [op["text"] for op in text_diff(texts[name],
+                                                      str(copy.get(name, type=Text)))
+                       if op["op"] == "insert" and op["text"].strip()] for name in roots}
+        runs = {name: found for name, found in runs.items() if found}
+        if runs:
+            out[client] = runs
+    return out
 
 
 def text_diff(before: str, after: str) -> list[dict[str, Any]]:

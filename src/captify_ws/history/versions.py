@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from captify_ws.errors import HistoryError
 from captify_ws.history import content
 from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.rooms.manager import who_label
 from captify_ws.store.history import MAX_PAGE, HistoryStore, Version, VersionInfo
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class DocumentHistory:
         self.max_age_s = settings.version_max_age_s
         #: document id → (monotonic time of the first edit since its last version, of the last)
         self._dirty: dict[str, tuple[float, float]] = {}
+        #: document id → Yjs client id → who, for the edits since its last version
+        self._clients: dict[str, dict[int, str]] = {}
         self._task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self.log_keep_s = settings.history_log_keep_s
@@ -113,6 +116,9 @@ class DocumentHistory:
     def _edited(self, room: DocumentRoom, update: bytes, origin: Origin) -> None:
         if origin.kind not in ("member", "server"):
             return  # the instance that accepted it versions it
+        client = content.first_client(update)
+        if client is not None:
+            self._clients.setdefault(room.document_id, {})[client] = who_label(origin)
         now = time.monotonic()
         first = self._dirty.get(room.document_id, (now, now))[0]
         self._dirty[room.document_id] = (first, now)
@@ -122,6 +128,7 @@ class DocumentHistory:
     def forget(self, document_id: str) -> None:
         """The document is being deleted: no automatic version of it."""
         self._dirty.pop(document_id, None)
+        self._clients.pop(document_id, None)
 
     def _room_unloaded(self, room: DocumentRoom) -> None:
         if self._dirty.pop(room.document_id, None) is None:
@@ -153,7 +160,8 @@ class DocumentHistory:
         try:
             await self._server.writer.flush()
             info = await store.add_version(document_id, state, "auto", None,
-                                           only_if_changed=True)
+                                           only_if_changed=True,
+                                           clients=self._clients.pop(document_id, None))
             if info is not None:
                 self._created(info)
                 await store.prune_versions(document_id, self.keep, self._oldest())
@@ -184,7 +192,8 @@ class DocumentHistory:
         store = self._history_store()
         await self._server.writer.flush()
         state = await self._current_state(document_id)
-        info = await store.add_version(document_id, state, "named", name, who=[who])
+        info = await store.add_version(document_id, state, "named", name, who=[who],
+                                       clients=self._clients.pop(document_id, None))
         assert info is not None
         self._dirty.pop(document_id, None)
         self._created(info)
@@ -209,18 +218,31 @@ class DocumentHistory:
         return await asyncio.to_thread(content.contents, version.state)
 
     async def diff(self, document_id: str, a: int, b: int) -> dict[str, Any]:
-        """What changed from version ``a`` to version ``b`` (``content.diff``), and who
-        changed the document in between (``authors``: the union of the ``who`` of versions
-        ``a + 1`` … ``b``, so an edit is attributed to its author when there was one)."""
+        """What changed from version ``a`` to version ``b`` (``content.diff``), who changed
+        the document in between (``authors``: the union of the ``who`` of versions ``a + 1``
+        … ``b``), and who typed which text (``insertedBy``: ``{who: {root: [text…]}}``, for
+        the Yjs clients the versions name: attribution where it is known)."""
         before = await self.get_version(document_id, a)
         after = await self.get_version(document_id, b)
         low, high = sorted((a, b))
         authors: set[str] = set()
+        clients: dict[int, str] = {}
         for info in await self._history_store().list_versions(document_id, high + 1, MAX_PAGE):
             if low < info.number <= high:
                 authors.update(info.who)
+                clients.update(info.clients)
         changes = await asyncio.to_thread(content.diff, before.state, after.state)
-        return {"from": a, "to": b, "authors": sorted(authors), **changes}
+        by_client = await asyncio.to_thread(content.inserted_by_client, before.state,
+                                            after.state) if a < b else {}
+        inserted: dict[str, dict[str, list[str]]] = {}
+        for client, runs in by_client.items():
+            label = clients.get(client)
+            if label is None:
+                continue
+            for root, texts in runs.items():
+                inserted.setdefault(label, {}).setdefault(root, []).extend(texts)
+        return {"from": a, "to": b, "authors": sorted(authors), "insertedBy": inserted,
+                **changes}
 
     async def restore_version(self, document_id: str, number: int,
                               who: str = "server") -> VersionInfo:
@@ -239,7 +261,8 @@ class DocumentHistory:
             # so that restoring the version before the restore's undoes it.
             before = await store.add_version(document_id, room.encode_state(), "auto",
                                              f"before restore of version {number}",
-                                             only_if_changed=True, who=[who])
+                                             only_if_changed=True, who=[who],
+                                             clients=self._clients.pop(document_id, None))
             if before is not None:
                 self._created(before)
             update = content.restore_update(version.state, room.encode_state())
@@ -247,7 +270,8 @@ class DocumentHistory:
             state = room.encode_state()
         await self._server.writer.flush()
         info = await store.add_version(document_id, state, "restore",
-                                       f"restore of version {number}", who=[who])
+                                       f"restore of version {number}", who=[who],
+                                       clients=self._clients.pop(document_id, None))
         assert info is not None
         self._dirty.pop(document_id, None)
         self._created(info)

@@ -55,6 +55,9 @@ CONNECTION_EVENTS: Final = ("connection.opened", "connection.closed")
 CONCURRENCY: Final = 32
 #: feed entries turned into events per pass
 INGEST_BATCH: Final = 500
+#: a claimed delivery is leased for webhook_timeout_s plus this: an attempt is over by then
+#: (its timeout is strict), so a delivery whose sender died is sent again this soon after
+LEASE_MARGIN_S: Final = 5.0
 #: the most bytes of an error kept in the delivery log
 MAX_ERROR: Final = 300
 
@@ -243,7 +246,7 @@ class WebhookSender:
             try:
                 room = CONCURRENCY - len(running)  # connection events count too: bounded
                 claimed = await self.store.claim_deliveries(
-                    time.time(), self.timeout_s + 30, room) if room > 0 else []
+                    time.time(), self.timeout_s + LEASE_MARGIN_S, room) if room > 0 else []
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol, runtime_checkable
 
 FeedKind = Literal["created", "changed", "version", "deleted"]
@@ -70,6 +70,9 @@ class VersionInfo:
     cursor: int
     #: bytes of the stored state
     size: int
+    #: the Yjs client ids whose updates went in since the previous version (those seen by
+    #: the instance that recorded it), and who each is — for attribution in diffs
+    clients: Mapping[int, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
         return {"documentId": self.document_id, "version": self.number, "kind": self.kind,
@@ -107,10 +110,12 @@ class HistoryStore(Protocol):
 
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,
-                          who: Sequence[str] = ()) -> VersionInfo | None:
+                          who: Sequence[str] = (),
+                          clients: Mapping[int, str] | None = None) -> VersionInfo | None:
         """Record ``state`` as the document's next version, with its ``version`` feed entry,
         in one transaction. ``who`` of the version: the authors of the feed entries since
-        the previous version, plus ``who``. With ``only_if_changed``, records nothing (and
+        the previous version, plus ``who``; ``clients``: Yjs client id → who
+        (``VersionInfo.clients``). With ``only_if_changed``, records nothing (and
         returns ``None``) when no update was committed since the previous version."""
         ...
 
@@ -172,3 +177,12 @@ def doomed_versions(newest_first: Sequence[tuple[int, float]], keep: int,
     """Which automatic versions ``(number, at)`` retention deletes (``prune_versions``)."""
     return [number for rank, (number, at) in enumerate(newest_first)
             if (keep and rank >= keep) or (older_than and at < older_than)]
+
+
+def encode_clients(clients: Mapping[int, str] | None) -> str:
+    return json.dumps({str(k): v for k, v in (clients or {}).items()}, separators=(",", ":"))
+
+
+def decode_clients(text: str | None) -> dict[int, str]:
+    value = json.loads(text or "{}")
+    return {int(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

@@ -135,7 +135,8 @@ class MemoryStore(MemoryWebhooks):
 
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,
-                          who: Sequence[str] = ()) -> VersionInfo | None:
+                          who: Sequence[str] = (),
+                          clients: Mapping[int, str] | None = None) -> VersionInfo | None:
         versions = self._versions.setdefault(document_id, {})
         previous = versions[max(versions)].info if versions else None
         since = previous.cursor if previous is not None else 0
@@ -147,7 +148,8 @@ class MemoryStore(MemoryWebhooks):
         number = previous.number + 1 if previous is not None else 1
         entry = self._append_feed(document_id, "version", 0, merge_who([], who), number)
         info = VersionInfo(document_id, number, kind, name, entry.at,
-                           decode_who(merge_who(authors, who)), entry.cursor, len(state))
+                           decode_who(merge_who(authors, who)), entry.cursor, len(state),
+                           dict(clients or {}))
         versions[number] = Version(info, state)
         return info
 

@@ -265,10 +265,11 @@ class PostgresStore(PostgresWebhooks):
 
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,
-                          who: Sequence[str] = ()) -> VersionInfo | None:
+                          who: Sequence[str] = (),
+                          clients: Mapping[int, str] | None = None) -> VersionInfo | None:
         result: VersionInfo | None = await self._in_transaction(
             lambda conn: history.add_version(conn, document_id, state, kind, name,
-                                             only_if_changed, who), write=True)
+                                             only_if_changed, who, clients), write=True)
         return result
 
     async def list_versions(self, document_id: str, before: int | None,

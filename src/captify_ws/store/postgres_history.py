@@ -11,7 +11,7 @@ rows, so it is held for the shortest time.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from captify_ws.store.history import (
@@ -19,8 +19,10 @@ from captify_ws.store.history import (
     Version,
     VersionInfo,
     VersionKind,
+    decode_clients,
     decode_who,
     doomed_versions,
+    encode_clients,
     encode_who,
     merge_who,
 )
@@ -28,7 +30,8 @@ from captify_ws.store.history import (
 #: Any constant: the advisory lock that orders feed cursors across instances.
 FEED_LOCK = 0x43465744
 
-_VERSION_COLUMNS = "document_id, number, kind, name, at, who, seq, length(state) AS size"
+_VERSION_COLUMNS = ("document_id, number, kind, name, at, who, seq, length(state) AS size, "
+                    "clients")
 
 
 async def write_feed(conn: Any, rows: Sequence[tuple[str, int, str]], created: set[str],
@@ -74,12 +77,12 @@ async def last_cursor(conn: Any) -> int:
 def _info(row: Any) -> VersionInfo:
     return VersionInfo(row["document_id"], int(row["number"]), row["kind"], row["name"],
                        float(row["at"]), decode_who(row["who"]), int(row["seq"]),
-                       int(row["size"]))
+                       int(row["size"]), decode_clients(row["clients"]))
 
 
 async def add_version(conn: Any, document_id: str, state: bytes, kind: VersionKind,
-                      name: str | None, only_if_changed: bool, who: Sequence[str]
-                      ) -> VersionInfo | None:
+                      name: str | None, only_if_changed: bool, who: Sequence[str],
+                      clients: Mapping[int, str] | None = None) -> VersionInfo | None:
     """See ``HistoryStore.add_version``; call inside a transaction. The feed lock, taken
     first, also orders version numbers across instances."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", FEED_LOCK)
@@ -99,10 +102,11 @@ async def add_version(conn: Any, document_id: str, state: bytes, kind: VersionKi
         "VALUES ($1, 'version', $2, 0, $3, $4) RETURNING seq",
         document_id, now, encode_who(list(who)), number + 1)
     await conn.execute("INSERT INTO captify_versions (document_id, number, kind, name, at, "
-                       "who, seq, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                       document_id, number + 1, kind, name, now, merged, seq, state)
+                       "who, seq, state, clients) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                       document_id, number + 1, kind, name, now, merged, seq, state,
+                       encode_clients(clients))
     return VersionInfo(document_id, number + 1, kind, name, now, decode_who(merged), int(seq),
-                       len(state))
+                       len(state), dict(clients or {}))
 
 
 async def list_versions(conn: Any, document_id: str, before: int | None,

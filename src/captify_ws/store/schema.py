@@ -72,6 +72,10 @@ SQLITE_MIGRATIONS: Final[list[list[str]]] = [
         "CREATE TABLE captify_revocations (document_id TEXT NOT NULL, user_id TEXT NOT NULL, "
         "access TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (document_id, user_id))",
     ],
+    # 7: versions name the Yjs clients whose updates went in, for attribution in diffs
+    [
+        "ALTER TABLE captify_versions ADD COLUMN clients TEXT NOT NULL DEFAULT '{}'",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
@@ -120,5 +124,9 @@ POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
         "CREATE TABLE captify_revocations (document_id TEXT NOT NULL, user_id TEXT NOT NULL, "
         "access TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, "
         "PRIMARY KEY (document_id, user_id))",
+    ],
+    # 6: versions name the Yjs clients whose updates went in, for attribution in diffs
+    [
+        "ALTER TABLE captify_versions ADD COLUMN clients TEXT NOT NULL DEFAULT '{}'",
     ],
 ]

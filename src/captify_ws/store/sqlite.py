@@ -251,9 +251,10 @@ class SqliteStore(SqliteWebhooks):
 
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,
-                          who: Sequence[str] = ()) -> VersionInfo | None:
+                          who: Sequence[str] = (),
+                          clients: Mapping[int, str] | None = None) -> VersionInfo | None:
         return await self._run(self._write(lambda db: history.add_version(
-            db, document_id, state, kind, name, only_if_changed, who)))
+            db, document_id, state, kind, name, only_if_changed, who, clients)))
 
     async def list_versions(self, document_id: str, before: int | None,
                             limit: int) -> list[VersionInfo]:

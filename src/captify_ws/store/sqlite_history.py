@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from captify_ws.store.history import (
     FeedEntry,
     Version,
     VersionInfo,
     VersionKind,
+    decode_clients,
     decode_who,
     doomed_versions,
+    encode_clients,
     encode_who,
     merge_who,
 )
 
-_VERSION_COLUMNS = "document_id, number, kind, name, at, who, seq, length(state)"
+_VERSION_COLUMNS = "document_id, number, kind, name, at, who, seq, length(state), clients"
 
 
 def write_feed(db: sqlite3.Connection, rows: Sequence[tuple[str, int, str]],
@@ -60,15 +62,16 @@ def last_cursor(db: sqlite3.Connection) -> int:
 
 
 def _info(row: tuple[object, ...]) -> VersionInfo:
-    document_id, number, kind, name, at, who, seq, size = row
+    document_id, number, kind, name, at, who, seq, size, clients = row
     return VersionInfo(str(document_id), int(str(number)), kind,  # type: ignore[arg-type]
                        None if name is None else str(name), float(str(at)),
-                       decode_who(str(who)), int(str(seq)), int(str(size)))
+                       decode_who(str(who)), int(str(seq)), int(str(size)),
+                       decode_clients(str(clients)))
 
 
 def add_version(db: sqlite3.Connection, document_id: str, state: bytes, kind: VersionKind,
-                name: str | None, only_if_changed: bool, who: Sequence[str]
-                ) -> VersionInfo | None:
+                name: str | None, only_if_changed: bool, who: Sequence[str],
+                clients: Mapping[int, str] | None = None) -> VersionInfo | None:
     """See ``HistoryStore.add_version``; call inside a write transaction."""
     previous = db.execute("SELECT number, seq FROM captify_versions WHERE document_id = ? "
                           "ORDER BY number DESC LIMIT 1", (document_id,)).fetchone()
@@ -83,10 +86,12 @@ def add_version(db: sqlite3.Connection, document_id: str, state: bytes, kind: Ve
                      "VALUES (?, 'version', ?, 0, ?, ?)",
                      (document_id, now, encode_who(list(who)), number + 1)).lastrowid
     db.execute("INSERT INTO captify_versions (document_id, number, kind, name, at, who, seq, "
-               "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-               (document_id, number + 1, kind, name, now, merge_who(authors, who), seq, state))
+               "state, clients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (document_id, number + 1, kind, name, now, merge_who(authors, who), seq, state,
+                encode_clients(clients)))
     return VersionInfo(document_id, number + 1, kind, name, now,
-                       decode_who(merge_who(authors, who)), int(seq or 0), len(state))
+                       decode_who(merge_who(authors, who)), int(seq or 0), len(state),
+                       dict(clients or {}))
 
 
 def list_versions(db: sqlite3.Connection, document_id: str, before: int | None,
@@ -100,7 +105,7 @@ def list_versions(db: sqlite3.Connection, document_id: str, before: int | None,
 def get_version(db: sqlite3.Connection, document_id: str, number: int) -> Version | None:
     row = db.execute(f"SELECT {_VERSION_COLUMNS}, state FROM captify_versions "
                      "WHERE document_id = ? AND number = ?", (document_id, number)).fetchone()
-    return None if row is None else Version(_info(row[:8]), bytes(row[8]))
+    return None if row is None else Version(_info(row[:9]), bytes(row[9]))
 
 
 def prune_versions(db: sqlite3.Connection, document_id: str, keep: int,
