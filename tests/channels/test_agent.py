@@ -263,3 +263,28 @@ async def test_cancel_needs_access_and_a_known_run() -> None:
             await alice.send({"type": "cancel", "id": 4, "channel": "agent:owned"})
             assert (await alice.expect("reply"))["data"] == {"status": "cancelled"}
             assert (await bob.expect("pub"))["event"] == "run.cancelled"
+
+
+async def test_the_watchdog_reads_only_runs_it_heard_nothing_from() -> None:
+    """A run that keeps publishing is never read by the watchdog; one silent for the TTL is,
+    and once seen ended it is not read again."""
+    async with agent_server(agent_producer_ttl_s=10.0) as srv:
+        runs = agent_runs(srv.server)
+        async with raw(f"{srv.ws}/ws/agent") as tab:
+            await subscribe(tab, "agent:busy")
+            await subscribe(tab, "agent:quiet", ident=2)
+            await runs.publish("busy", "run.started", {})
+            await runs.publish("quiet", "run.started", {})
+            for _ in range(2):
+                await tab.expect("pub", where=lambda m: m["event"] == "run.started")
+            now = time.monotonic()
+            assert await runs.watch_once(now) == []
+            await runs.publish("busy", "token", {"message_id": "m", "delta": "x"})
+            await tab.expect("pub", where=lambda m: m["event"] == "token")
+            assert await runs.watch_once(now + 11) == ["agent:quiet"]  # alive: its ts is new
+            await runs.publish("quiet", "run.completed", {})
+            await tab.expect("pub", where=lambda m: m["event"] == "run.completed")
+            assert await runs.watch_once(now + 12) == []  # both published within the TTL
+            assert await runs.watch_once(now + 23) == ["agent:busy", "agent:quiet"]
+            assert await runs.watch_once(now + 34) == ["agent:busy"]  # quiet: seen ended
+            assert await runs.status("busy") == "running"  # its last event is recent

@@ -14,7 +14,9 @@ producer watchdog. One :class:`AgentRuns` per server (the ``/ws/agent`` handler 
 * The watchdog: every ``agent_producer_ttl_s / 4`` (at most 5 s), each run this instance
   serves (subscribers, listeners, producers) whose last publication is older than
   ``agent_producer_ttl_s`` and is not terminal gets ``run.failed {"error":"producer_lost"}``:
-  a producer that died (``kill -9``) never leaves a run looking alive.
+  a producer that died (``kill -9``) never leaves a run looking alive. Only runs this
+  instance heard nothing from for that long are read (two reads each), so busy runs cost
+  nothing, and runs seen ended are not read again.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class AgentRuns:
         #: channels of runs whose producer runs in this process → how many
         self.local_producers: dict[str, int] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        #: watched run → (its feed's position, since when it has not changed)
+        self._quiet: dict[str, tuple[tuple[str | None, int], float]] = {}
+        #: runs seen ended → the feed position they were seen ended at
+        self._ended: dict[str, tuple[str | None, int]] = {}
         #: plain counters for metrics and tests
         self.counters = {"folds": 0, "folded_publications": 0, "producer_lost": 0}
 
@@ -213,23 +219,24 @@ class AgentRuns:
         channels = {channel for channel in self.hub.feeds.feeds if channel.startswith(prefix)}
         return sorted(channels | set(self.local_producers))
 
-    async def check_producer(self, channel: str) -> bool:
-        """End the run as ``run.failed`` if its producer fell silent; answers whether it did."""
+    async def check_producer(self, channel: str) -> str:
+        """End the run as ``run.failed`` if its producer fell silent. Answers ``"failed"``
+        (it did now), ``"ended"`` (the run had ended), ``"alive"`` or ``"empty"`` (never
+        published)."""
         hub = self.hub
         top = (await hub.read(channel, 0, 0)).position.offset
         if top == 0:
-            return False
+            return "empty"
         last = await hub.read(channel, top - 1, 1, partial=True)
         if not last.publications:
-            return False
+            return "empty"
         offset, frame = last.publications[-1]
         if event_of(frame) in TERMINAL:
-            return False
+            return "ended"
         _, _, ts = parse_pub(frame)
         ttl = self.settings.agent_producer_ttl_s
-        silent_s = time.time() - ts / 1000
-        if silent_s <= ttl:
-            return False
+        if time.time() - ts / 1000 <= ttl:
+            return "alive"
         run_id = run_id_of(channel)
         try:
             await self.publish(run_id, "run.failed",
@@ -237,18 +244,48 @@ class AgentRuns:
                                 "detail": f"no event or heartbeat for {ttl:g} s"},
                                idempotency_key=f"agent:{run_id}:lost:{offset}")
         except RunEnded:
-            return False
+            return "ended"
         self.counters["producer_lost"] += 1
         logger.info("agent run %s failed: its producer fell silent", run_id)
-        return True
+        return "failed"
+
+    def due(self, now: float) -> list[str]:
+        """The watched runs to check now: those this instance has heard nothing new from
+        for ``agent_producer_ttl_s`` (its feed's position is unchanged), so that busy runs
+        cost no reads; runs seen ended are not checked again."""
+        feeds = self.hub.feeds.feeds
+        seen: dict[str, tuple[tuple[str | None, int], float]] = {}
+        due = []
+        for channel in self.watched():
+            feed = feeds.get(channel)
+            position = (feed.epoch, feed.offset) if feed is not None else (None, -1)
+            last = self._quiet.get(channel)
+            since = last[1] if last is not None and last[0] == position else now
+            seen[channel] = (position, since)
+            if channel in self._ended and self._ended[channel] == position:
+                continue
+            if now - since >= self.settings.agent_producer_ttl_s:
+                due.append(channel)
+        self._quiet = seen
+        self._ended = {channel: position for channel, position in self._ended.items()
+                       if channel in seen and seen[channel][0] == position}
+        return due
+
+    async def watch_once(self, now: float) -> list[str]:
+        """One pass of the watchdog (see :meth:`due`); answers the runs it read."""
+        checked = self.due(now)
+        for channel in checked:
+            try:
+                if await self.check_producer(channel) in ("ended", "failed"):
+                    feed = self.hub.feeds.feeds.get(channel)
+                    if feed is not None:
+                        self._ended[channel] = (feed.epoch, feed.offset)
+            except (ChannelError, BrokerError, StoreError) as exc:
+                logger.warning("agent watchdog: %s: %s", channel, exc)
+        return checked
 
     async def _watch_forever(self) -> None:
         period = min(5.0, self.settings.agent_producer_ttl_s / 4)
         while True:
             await asyncio.sleep(period)
-            for channel in self.watched():
-                try:
-                    await self.check_producer(channel)
-                except (ChannelError, BrokerError, StoreError) as exc:
-                    logger.warning("agent watchdog: %s: %s", channel, exc)
-
+            await self.watch_once(time.monotonic())
