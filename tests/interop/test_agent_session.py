@@ -247,3 +247,31 @@ async def test_hooks_see_an_agents_changes_under_its_name() -> None:
                       for origin in event.origins if event.document_id == "hooked"):
             assert time.monotonic() < deadline, f"no agent change in {seen}"
             await asyncio.sleep(0.05)
+
+
+async def test_hocuspocus_providers_see_the_agent_and_its_text() -> None:
+    """A HocuspocusProvider (v4) sees the agent's awareness state (name, color, caret) and
+    text while the session lasts, and the state gone after it."""
+    from tests.helpers import hocuspocus_providers
+
+    async with running_server() as srv, hocuspocus_providers() as repl:
+        await repl.call("open", name="h", url=f"{srv.ws}/ws/hocuspocus", doc="hp-doc",
+                        impl="v4", token="")
+        await repl.call("waitSynced", name="h")
+        async with captify_ws.agent_session("hp-doc", name="Helper",
+                                            color="#16a34a") as agent:
+            await agent.insert_text(0, "agent text")
+            await repl.call("waitUntil", name="h", field="text", equals="agent text")
+            deadline = time.monotonic() + 10
+            while True:
+                states = (await repl.call("awareness", name="h"))["states"]
+                state = states.get(str(agent.client_id))
+                if state and state.get("cursor"):
+                    break
+                assert time.monotonic() < deadline, states
+                await asyncio.sleep(0.05)
+            assert state["user"] == {"name": "Helper", "color": "#16a34a"}
+        deadline = time.monotonic() + 10
+        while str(agent.client_id) in (await repl.call("awareness", name="h"))["states"]:
+            assert time.monotonic() < deadline, "the agent's presence stayed"
+            await asyncio.sleep(0.05)
