@@ -26,9 +26,9 @@ from captify_ws.auth import (
     Authorizer,
     NoAuth,
     build_authenticator,
-    build_authorizer,
     choose_subprotocol,
 )
+from captify_ws.authorizers import build_authorizer
 from captify_ws.broker import Broker, broker_from_url
 from captify_ws.channels.services import ChannelServices, build_channel_services
 from captify_ws.cluster import ClusterBridge
