@@ -27,7 +27,7 @@ def stateless_routes(app: CaptifyApp) -> list[Route]:
 
     async def body_and_name(request: Request, suffix: str) -> tuple[dict[str, Any], str] | \
             Response:
-        from captify_ws.app import _bad_name, _document_name
+        from captify_ws.http_documents import bad_name, document_name
 
         refused = app._check_api_key(request)
         if refused is not None:
@@ -39,9 +39,9 @@ def stateless_routes(app: CaptifyApp) -> list[Route]:
         if not isinstance(body, dict):
             return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
         try:
-            return body, _document_name(request, suffix)
+            return body, document_name(request, suffix)
         except BadRequest as exc:
-            return _bad_name(exc)
+            return bad_name(exc)
 
     async def post_stateless(request: Request) -> Response:
         parsed = await body_and_name(request, "/stateless")
