@@ -113,6 +113,19 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily("captify_channel_feeds",
                                 "Channels with subscribers or listeners on this instance",
                                 value=len(hub.feeds.feeds))
+        agent = server.registry.by_name("agent")
+        runs = getattr(agent, "runs", None)
+        if runs is not None:
+            yield _counter("captify_agent_events_total",
+                           "Agent runs on this instance: tokens given to agent_run() and the "
+                           "token publications made of them (their ratio is the coalescing "
+                           "factor), cancels, runs failed for a silent producer, snapshots "
+                           "folded and the publications read to fold them",
+                           runs.counters, "kind")
+            sessions = getattr(agent, "sessions", None)
+            yield GaugeMetricFamily("captify_agent_sessions_open",
+                                    "Agent sessions opened over HTTP and not ended",
+                                    value=len(sessions.open) if sessions is not None else 0)
 
 
 def build_registry(server: Server) -> CollectorRegistry:

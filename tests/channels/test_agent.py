@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 import captify_ws
@@ -288,3 +289,39 @@ async def test_the_watchdog_reads_only_runs_it_heard_nothing_from() -> None:
             assert await runs.watch_once(now + 23) == ["agent:busy", "agent:quiet"]
             assert await runs.watch_once(now + 34) == ["agent:busy"]  # quiet: seen ended
             assert await runs.status("busy") == "running"  # its last event is recent
+
+
+async def test_a_run_ended_through_the_generic_api_keeps_its_final_snapshot() -> None:
+    """A run published with POST-/publish-style calls and ended there: the first snapshot that
+    sees it ended keeps it in the store, and a subscriber after the stream expired still gets
+    the text and status."""
+    async with agent_server(agent_history_ttl_s=0.3) as srv:
+        runs = agent_runs(srv.server)
+        await captify_ws.publish("agent:generic", "run.started", {"owner": "u"})
+        await captify_ws.publish("agent:generic", "token", {"message_id": "m", "delta": "kept"})
+        await captify_ws.publish("agent:generic", "run.completed", {"result": 42})
+        async with raw(f"{srv.ws}/ws/agent") as tab:
+            await subscribe(tab, "agent:generic")
+        await asyncio.sleep(0.5)  # bounded: past the 0.3 s history TTL
+        runs._folds.clear()  # a fresh instance would have no fold cached
+        async with raw(f"{srv.ws}/ws/agent") as late:
+            state = (await subscribe(late, "agent:generic"))["state"]
+        assert state["status"] == "completed" and state["result"] == 42
+        assert state["messages"][0]["text"] == "kept" and "partial" not in state
+
+
+async def test_metrics_count_tokens_publications_and_cancels() -> None:
+    """/metrics: tokens and token publications of agent_run() (the coalescing factor) and
+    cancels."""
+    async with agent_server(api_key="k", agent_coalesce_tokens=10) as srv:
+        async with captify_ws.agent_run("metered") as run:
+            for _ in range(30):
+                await run.token("m", "x")
+            await captify_ws.cancel_run("metered")
+        async with httpx.AsyncClient(timeout=10) as http:
+            text = (await http.get(f"{srv.http}/metrics",
+                                   headers={"Authorization": "Bearer k"})).text
+        assert 'captify_agent_events_total{kind="tokens"} 30.0' in text
+        assert 'captify_agent_events_total{kind="token_publications"} 3.0' in text
+        assert 'captify_agent_events_total{kind="cancels"} 1.0' in text
+        assert "captify_agent_sessions_open 0.0" in text

@@ -118,6 +118,15 @@ class AgentRun:
                                                        "detail": str(exc)[:1000]})
         finally:
             self._release()
+        if self._cancelling and not isinstance(exc, asyncio.CancelledError):
+            # Our cancel was requested but the block ended before it was delivered: take it
+            # here, so that it does not hit the caller's next await.
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.uncancel() > 0:
+                    raise  # cancelled by someone else too
         if isinstance(exc, asyncio.CancelledError) and self._cancelling:
             task = asyncio.current_task()
             if task is not None:
@@ -152,6 +161,7 @@ class AgentRun:
         if self.ended:
             raise RunEnded(self.run_id, self.status)
         self.tokens += 1
+        self.runs.counters["tokens"] += 1
         if self._message != message_id or \
                 self._buffered_chars + len(delta) > self.delta_max:
             await self.flush()
@@ -236,6 +246,8 @@ class AgentRun:
             self.status = exc.status
             raise
         self.publications += 1
+        if event == "token":
+            self.runs.counters["token_publications"] += 1
         self._last_publish = time.monotonic()
         status = STATUS_OF.get(event)
         if status is not None:

@@ -83,10 +83,13 @@ class AgentRuns:
         self._watchdog: asyncio.Task[None] | None = None
         #: watched run → (its feed's position, since when it has not changed)
         self._quiet: dict[str, tuple[tuple[str | None, int], float]] = {}
+        #: runs whose final snapshot is in the store (bounded, oldest forgotten first)
+        self._kept: OrderedDict[str, None] = OrderedDict()
         #: runs seen ended → the feed position they were seen ended at
         self._ended: dict[str, tuple[str | None, int]] = {}
         #: plain counters for metrics and tests
-        self.counters = {"folds": 0, "folded_publications": 0, "producer_lost": 0}
+        self.counters = {"folds": 0, "folded_publications": 0, "producer_lost": 0,
+                         "cancels": 0, "tokens": 0, "token_publications": 0}
 
     def _prepare(self, channel: str, event: str, data: Any, state_patch: Any) -> Any:
         if state_patch is not None:
@@ -149,6 +152,7 @@ class AgentRuns:
                                idempotency_key=f"agent:{run_id}:cancelled")
         except RunEnded as exc:
             return exc.status
+        self.counters["cancels"] += 1
         return "cancelled"
 
     # -- the snapshot ----------------------------------------------------------------------
@@ -173,7 +177,10 @@ class AgentRuns:
             merged_state = json.loads(merged.state_json)
             if isinstance(merged_state, dict) and merged_state.get("status"):
                 state["status"] = merged_state["status"]  # the backend's word, even if trimmed
-            return ChannelSnapshot(position, dumps(state))
+            snapshot = ChannelSnapshot(position, dumps(state))
+            if fold.ended and not fold.partial and channel not in self._kept:
+                await self._save_final(channel, snapshot)
+            return snapshot
 
     async def _advance(self, channel: str, fold: RunFold, source: SnapshotSource,
                        until: int) -> None:
@@ -202,14 +209,27 @@ class AgentRuns:
         fold.partial = True
 
     async def _keep_final(self, channel: str) -> None:
-        """Keep the final snapshot in the store (the stream expires after the run)."""
+        """Keep the final snapshot in the store (the stream expires after the run). Runs
+        ended through another path (``POST /api/v1/publish``, the Redis ingest) are kept by
+        the first snapshot or watchdog pass that sees them ended."""
+        if channel in self._kept:
+            return
         try:
-            snap = await self.hub.snapshot(channel)
-            await self.services.store.save_state(channel, snap.position.epoch,
-                                                 snap.position.offset,
-                                                 {"snapshot": snap.state_json})
+            await self.hub.snapshot(channel)  # saves it (see snapshot())
         except (StoreError, BrokerError) as exc:
             logger.warning("final snapshot of %s not kept: %s", channel, exc)
+
+    async def _save_final(self, channel: str, snapshot: ChannelSnapshot) -> None:
+        try:
+            await self.services.store.save_state(channel, snapshot.position.epoch,
+                                                 snapshot.position.offset,
+                                                 {"snapshot": snapshot.state_json})
+        except StoreError as exc:
+            logger.warning("final snapshot of %s not kept: %s", channel, exc)
+            return
+        self._kept[channel] = None
+        while len(self._kept) > MAX_CACHED_FOLDS:
+            self._kept.popitem(last=False)
 
     # -- the watchdog ----------------------------------------------------------------------
 
@@ -277,6 +297,7 @@ class AgentRuns:
         for channel in checked:
             try:
                 if await self.check_producer(channel) in ("ended", "failed"):
+                    await self._keep_final(channel)
                     feed = self.hub.feeds.feeds.get(channel)
                     if feed is not None:
                         self._ended[channel] = (feed.epoch, feed.offset)
