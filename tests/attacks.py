@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pycrdt import Doc, Text
 
@@ -41,6 +41,7 @@ API_KEY = "attack-test-key"
 UPGRADE = ("GET /ws/fabric/{doc} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
            "Sec-WebSocket-Version: 13\r\n\r\n")
+JSON_UPGRADE = UPGRADE.replace("/ws/fabric/{doc}", "/ws/fabric?documentId={doc}")
 
 
 def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
@@ -69,11 +70,19 @@ def close_payload(code: int, reason: bytes = b"") -> bytes:
     return struct.pack("!H", code) + reason
 
 
+#: Bytes → one of 16 letters (random bytes become random letters at C speed).
+_LETTERS: Final = bytes(ord("a") + byte % 16 for byte in range(256))
+
+
+def random_letters(size: int, seed: int = 0) -> str:
+    """``size`` random letters (a-p), reproducible from ``seed``."""
+    return random.Random(seed).randbytes(size).translate(_LETTERS).decode()
+
+
 def text_update(size: int, seed: int = 0) -> bytes:
     """A Yjs update inserting ``size`` random letters (they do not merge away)."""
-    rng = random.Random(seed)
     doc: Doc[Any] = Doc()
-    doc.get("text", type=Text).insert(0, "".join(rng.choice("abcdefghij") for _ in range(size)))
+    doc.get("text", type=Text).insert(0, random_letters(size, seed))
     return doc.get_update()
 
 
@@ -533,6 +542,130 @@ async def _presence_joiner(attack: Attack, port: int) -> None:
     attack.notes["joiner_ids"] = max(attack.notes.get("joiner_ids", 0), len(ids))
 
 
+# -- 13.6: the document quota -----------------------------------------------------------
+
+def _var_int(number: int) -> bytes:
+    """lib0 varint (sign in the first byte's 0x40 bit)."""
+    magnitude = abs(number)
+    out = bytearray([(0x40 if number < 0 else 0) | (magnitude & 0x3F)
+                     | (0x80 if magnitude > 0x3F else 0)])
+    magnitude >>= 6
+    while magnitude:
+        out.append((magnitude & 0x7F) | (0x80 if magnitude > 0x7F else 0))
+        magnitude >>= 7
+    return bytes(out)
+
+
+def _lib0_string(text: str) -> bytes:
+    data = text.encode()
+    return var_uint(len(data)) + data
+
+
+def map_update(count: int, client: int = 1234, name: str = "m") -> bytes:
+    """A valid Yjs update (v1) setting ``count`` keys of the root map ``name``: one item per key,
+    so ``count`` items (800,000 of them take 13.6 MB). Encoded directly (lib0): building it
+    through a Yjs document takes seconds per 100,000 keys."""
+    parent = b"\x01" + _lib0_string(name)  # parent given by its root-type name
+    # info 0x28: an item with a parentSub (the key) holding ContentAny (8) of one integer (125)
+    items = b"".join(b"\x28" + parent + _lib0_string(f"k{index}") + b"\x01\x7d"
+                     + _var_int(index) for index in range(count))
+    return b"\x01" + var_uint(count) + var_uint(client) + b"\x00" + items + b"\x00"
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One server → client frame (unmasked): ``(opcode, payload)``."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(length)
+
+
+def _close_code(payload: bytes) -> str:
+    return f"closed_{int.from_bytes(payload[:2], 'big') if len(payload) >= 2 else 1005}"
+
+
+async def _quota_steps(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    """ProseMirror ``steps`` messages of 1 MB each (30 per document), on one new document
+    after another: the quota must count steps too."""
+    text = random_letters(1_000_000, seed=6)
+    number = 0
+    while not stop.is_set():
+        number += 1
+        document = f"quota-steps-{number}"
+        try:
+            reader, writer = await open_raw(port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            writer.write(JSON_UPGRADE.format(doc=document).encode())
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            for version in range(30):
+                if stop.is_set():
+                    break
+                step = {"stepType": "replace", "from": 1, "to": 1,
+                        "slice": {"content": [{"type": "text", "text": text}]}}
+                writer.write(client_frame(0x1, json.dumps({
+                    "type": "steps", "documentId": document,
+                    "data": {"version": version, "steps": [step], "clientID": "q"}}).encode()))
+                await writer.drain()
+                answer = ""
+                while answer not in ("steps", "error"):
+                    opcode, payload = await asyncio.wait_for(read_frame(reader), 30)
+                    if opcode == 0x8:
+                        attack.add(_close_code(payload))
+                        raise ConnectionError
+                    if opcode == 0x1:
+                        answer = json.loads(payload).get("type", "")
+                attack.add("accepted" if answer == "steps" else "refused")
+                if answer == "error":
+                    break
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            _close(writer)
+
+
+def _quota_items() -> Attack:
+    """A valid 13.6 MB Yjs update of 800,000 items (26x its size in memory) on one new
+    document after another, over y-websocket."""
+    updates: list[bytes] = []
+
+    async def prepare(port: int) -> None:
+        updates.append(map_update(800_000))
+
+    async def run(attack: Attack, port: int, stop: asyncio.Event) -> None:
+        frame = client_frame(0x2, sync_message(2, updates[0]))
+        attack.notes["update_mb"] = round(len(updates[0]) / 1e6, 1)
+        number = 0
+        while not stop.is_set():
+            number += 1
+            try:
+                reader, writer = await upgrade(port, f"quota-items-{number}")
+            except (ConnectionError, TimeoutError, OSError):
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                writer.write(frame)
+                await writer.drain()
+                while True:  # the server's step 1 and presence, then a close or nothing
+                    opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
+                    if opcode == 0x8:
+                        attack.add(_close_code(payload))
+                        break
+            except TimeoutError:
+                attack.add("kept")  # no close: the update was taken
+            except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                _close(writer)
+
+    return Attack("quota-items", run, prepare)
+
+
 ATTACKS: dict[str, Callable[[], Attack]] = {
     "http-endless-header": lambda: Attack("http-endless-header", _http_endless_header),
     "http-trickle": lambda: Attack("http-trickle", _http_trickle),
@@ -549,6 +682,8 @@ ATTACKS: dict[str, Callable[[], Attack]] = {
     "partial-readers": lambda: _partial_readers(40, "partial", 4_000_000),
     "trickling-non-readers": lambda: _trickling_non_readers(20, "trickle"),
     "presence-flood": lambda: Attack("presence-flood", _presence_flood),
+    "quota-steps": lambda: Attack("quota-steps", _quota_steps),
+    "quota-items": _quota_items,
 }
 
 

@@ -5,8 +5,8 @@ bound and comes back after the attackers leave, the honest pair converges with n
 and ``/healthz`` keeps answering fast.
 
 Each kind gets its own short run; then all attacks run together for 60 s ("Done when").
-Attacks of items fixed by others (document quota 13.6, documents per client 13.9) join
-:data:`KINDS` as their fixes land: add their attack to ``tests/attacks.py`` and its name here.
+Attacks of items fixed by others (documents per client 13.9) join :data:`KINDS` as their
+fixes land: add their attack to ``tests/attacks.py`` and its name here.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from tests.helpers import ServerProcess
 
 #: The server's bounds for these runs (shorter timeouts than the defaults, to keep tests fast).
 OUTBOUND_MB = 128
-SERVER_ARGS = ["--max-outbound-bytes", f"{OUTBOUND_MB}m", "--send-timeout-s", "5",
-               "--close-timeout-s", "2", "--http-head-timeout-s", "2",
+#: The document quota (13.6): room for the attacks' 10 MB document (~30 MB estimated).
+QUOTA_MB = 32
+SERVER_ARGS = ["--max-document-size", f"{QUOTA_MB}m", "--max-outbound-bytes",
+               f"{OUTBOUND_MB}m", "--send-timeout-s", "5", "--close-timeout-s", "2", "--http-head-timeout-s", "2",
                "--http-body-timeout-s", "2", "--log-level", "warning"]
 
 #: Attacks by kind (issue 13's items).
@@ -34,6 +36,7 @@ KINDS: dict[str, list[str]] = {
     "slow-readers (13.4)": ["slow-readers"],
     "cost of a message (13.10)": ["json-object-update", "ping-flood"],
     "presence (13.7)": ["presence-flood"],
+    "document quota (13.6)": ["quota-steps", "quota-items"],
 }
 
 #: Stated bounds: RSS growth while attacked (MB) and left over once the attackers are gone;
@@ -88,6 +91,14 @@ async def test_each_kind_is_bounded(kind: str, tmp_path: Path) -> None:
         notes = figures.attacks["presence-flood"]
         # The fault: 4,096 ids accepted and one 62.6 MB frame per joiner.
         assert notes["joiner_ids"] <= 4 and 0 < notes["largest_frame"] < 1 << 20, notes
+    if kind == "document quota (13.6)":
+        steps, items = figures.attacks["quota-steps"], figures.attacks["quota-items"]
+        # The fault: 30 steps messages of 1 MB accepted on one document (RSS +503 MB), and
+        # the 13.6 MB update of 800,000 items taken (+334 MB). Now every document stops at
+        # the quota (~12 such messages at 32 MB) and the update is refused with 1009.
+        assert steps.get("refused", 0) > 0, steps
+        assert steps["accepted"] <= (steps["refused"] + 1) * QUOTA_MB // 2, steps
+        assert items.get("closed_1009", 0) > 0 and "kept" not in items, items
 
 
 async def test_all_attacks_together_for_60_s(tmp_path: Path) -> None:

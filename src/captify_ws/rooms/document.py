@@ -489,9 +489,16 @@ class DocumentRoom:
                     [change.owner for change in told])
 
     def close(self) -> None:
+        """The room is unloading. The references back to it (the step authority's quota check,
+        the presence's broadcast) are dropped, so that no cycle keeps the document, its steps
+        and their ProseMirror documents in memory until a full garbage collection (RSS stayed
+        100+ MB up after 30 steps of 1 MB, issue 13.6)."""
         self.flush_pending()
         self.closed = True
         self.presence.close()
+        self.presence.detach()
+        if self.steps is not None:
+            self.steps.admit = None
         self._update_listeners.clear()
         self.presence_listeners.clear()
         self.relay_listeners.clear()

@@ -360,6 +360,10 @@ class Presence:
         if self.states:
             self._schedule_renewal()
 
+    def detach(self) -> None:
+        """Forget the room's broadcast (the room is gone): nothing is sent from now on."""
+        self._broadcast = _nothing
+
     def close(self) -> None:
         """Stop the timers (the room is unloading)."""
         for handle in (self._flush_handle, self._renewal_handle):
@@ -372,3 +376,7 @@ class Presence:
         self.slots.clear()
         self._owned.clear()
         self._tombstones.clear()
+
+
+def _nothing(changes: list[Change]) -> None:
+    """The broadcast of a presence whose room is gone."""
