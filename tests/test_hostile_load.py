@@ -24,8 +24,9 @@ OUTBOUND_MB = 128
 #: The document quota (13.6): room for the attacks' 10 MB document (~30 MB estimated).
 QUOTA_MB = 32
 SERVER_ARGS = ["--max-document-size", f"{QUOTA_MB}m", "--max-outbound-bytes",
-               f"{OUTBOUND_MB}m", "--send-timeout-s", "5", "--close-timeout-s", "2", "--http-head-timeout-s", "2",
-               "--http-body-timeout-s", "2", "--log-level", "warning"]
+               f"{OUTBOUND_MB}m", "--send-timeout-s", "5", "--close-timeout-s", "2",
+               "--http-head-timeout-s", "2", "--http-body-timeout-s", "2", "--log-level",
+               "warning"]
 
 #: Attacks by kind (issue 13's items).
 KINDS: dict[str, list[str]] = {
