@@ -8,11 +8,14 @@ import json
 import socket
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycrdt import Doc, Text
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from captify_ws.protocol import ywebsocket
+from tests.attacks import random_letters
 from tests.helpers import ServerProcess, json_client, running_server
 
 UPGRADE = ("GET /ws/fabric/{doc} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
@@ -139,6 +142,29 @@ async def test_document_quota(transport: str) -> None:
             assert "c" not in str(check.text) and "d" not in str(check.text)
 
 
+async def test_large_updates_and_the_quota(transport: str) -> None:
+    """Large y-websocket updates (sync update and sync step 2, which the native transport
+    checks against the quota from the frame's raw bytes): 300 KB of text within a 1 MB quota is
+    applied; 400 KB more (1.2 MB estimated) closes its sender with 1009 and changes nothing."""
+    kept = random_letters(300_000, seed=1)
+    async with running_server(transport, max_document_size=1 << 20) as srv:
+        for step2, document in ((False, "big-quota"), (True, "big-quota-step2")):
+            encode = ywebsocket.encode_sync_step2 if step2 else ywebsocket.encode_sync_update
+            async with connect(f"{srv.ws}/ws/fabric/{document}", max_size=None) as ws:
+                await ws.recv()
+                doc: Doc[Any] = Doc()
+                text = doc.get("text", type=Text)
+                text += kept
+                await ws.send(encode(doc.get_update()))
+                before = doc.get_state()
+                text += random_letters(400_000, seed=2)
+                await ws.send(encode(doc.get_update(before)))
+                assert await closed_with(ws) == 1009
+            async with json_client(srv, document, "check") as check:
+                await check.sync()
+                assert str(check.text) == kept
+
+
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -215,3 +241,16 @@ async def test_bad_input_never_disturbs_others(transport: str) -> None:
         assert str(watcher.text) == "still fine"
         assert await watcher.quiet(0.2) == []
         assert srv.server.get_connection_count(document_id="calm") == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=70_000), st.booleans())
+def test_peek_update_finds_the_update_from_the_first_bytes(update: bytes, step2: bool) -> None:
+    """Where a sync update's (or step 2's) Yjs update starts, read from 16 bytes; other
+    messages and wrong lengths answer None."""
+    encode = ywebsocket.encode_sync_step2 if step2 else ywebsocket.encode_sync_update
+    frame = encode(update)
+    start = ywebsocket.peek_update(frame[:16], len(frame))
+    assert start is not None and frame[start:] == update
+    assert ywebsocket.peek_update(frame[:16], len(frame) + 1) is None
+    assert ywebsocket.peek_update(ywebsocket.encode_sync_step1(update)[:16], len(frame)) is None

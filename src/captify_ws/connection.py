@@ -463,22 +463,26 @@ class Connection:
             self._inbox = deque()
             self._continue(result)
 
-    def screened(self, payload: memoryview) -> bool:
-        """A large text message before it is decoded: charged as :meth:`deliver` charges it,
-        then offered to the handler's optional ``screen_text(conn, payload)``, which answers
-        ``True`` when it refused the message from its raw bytes (and told the peer). A message
-        that would be refused anyway then costs no decoding, no copy, no allocation of its size.
-        ``True`` means the message is done with and must not be delivered."""
-        screen = getattr(self.handler, "screen_text", None)
+    def screened(self, payload: memoryview, text: bool) -> bool:
+        """A large message before it is copied or decoded: offered to the handler's optional
+        ``screen(conn, payload, text)``, which answers ``True`` when it refused the message from
+        its raw bytes (and told the peer), or raises to close the connection as ``on_message``
+        would. A message that would be refused anyway then costs no copy, no decoding and no
+        fresh memory of its size. ``True`` means the message is done with (charged as
+        :meth:`deliver` charges it) and must not be delivered."""
+        screen = getattr(self.handler, "screen", None)
         if screen is None or self._closing or self._inbox is not None:
             return False  # in order: messages waiting for a coroutine go first
-        if not self.charge(1 + len(payload) // self._limits.message_cost_bytes):
-            return True
         try:
-            return bool(screen(self, payload))
+            refused = bool(screen(self, payload, text))
         except Exception as exc:
-            self._handler_failed(exc)
-            return True
+            refused = True
+            if self.charge(1 + len(payload) // self._limits.message_cost_bytes):
+                self._handler_failed(exc)
+            return refused
+        if refused:
+            self.charge(1 + len(payload) // self._limits.message_cost_bytes)
+        return refused
 
     def lost(self, code: int) -> None:
         """The transport is gone; ``code`` is the close code sent or received (1006 if none)."""

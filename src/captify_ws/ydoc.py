@@ -87,6 +87,13 @@ def header_structs(update: bytes) -> int | None:
     return None
 
 
+def cost_from_header(head: bytes, size: int) -> int | None:
+    """The estimated memory cost (as :meth:`YDoc.cost_of`) of a one-client update of ``size``
+    bytes whose first bytes are ``head``; ``None`` when the header does not tell."""
+    structs = header_structs(head)
+    return None if structs is None else BYTE_COST * size + STRUCT_COST * structs
+
+
 def read_state_vector(state_vector: bytes) -> dict[int, int]:
     """A Yjs state vector (``varuint(n) {varuint client, varuint clock}*``) as a dict."""
     reader = yupdate._Reader(state_vector)

@@ -11,9 +11,10 @@ a plain function or a coroutine function:
   binary ones, one at a time and in order per connection.
 * ``on_close(conn, code)`` runs once, after the last message, with the close code.
 * ``on_error(conn, error)`` is told about an exception raised by the others, before the close.
-* optional: ``screen_text(conn, payload) -> bool`` sees a large text message (256 KiB or more,
-  native transport) as a ``memoryview`` of its raw bytes before it is decoded, and answers
-  ``True`` when it refused it (and told the peer): the message is then not delivered.
+* optional: ``screen(conn, payload, text) -> bool`` sees a large message (256 KiB or more,
+  native transport) as a ``memoryview`` of its raw bytes before it is copied or decoded, and
+  answers ``True`` when it refused it (and told the peer): the message is then not delivered;
+  raising closes the connection as ``on_message`` raising does.
 
 A user's handler is an object with these attributes (a module-level instance, as in the seed),
 or a callable that takes the server (what a handler may ask of it is :class:`HandlerContext`)

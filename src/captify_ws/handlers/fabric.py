@@ -38,6 +38,7 @@ from captify_ws.handlers.base import HandlerContext
 from captify_ws.protocol import envelope, names, statevector, ywebsocket
 from captify_ws.rooms.document import DocumentRoom, Member, Origin
 from captify_ws.rooms.steps import Accepted, Behind
+from captify_ws.ydoc import cost_from_header
 
 logger = logging.getLogger("captify_ws.fabric")
 
@@ -204,17 +205,30 @@ class FabricHandler:
             return None
         return self._on_json(conn, member, member.room, message)
 
-    def screen_text(self, conn: Connection, payload: memoryview) -> bool:
-        """A large JSON message, before it is decoded: one past ``max_json_values`` is
-        refused from its raw bytes (the same ``error`` as after decoding; the connection stays).
-        Decoding 15 MB to be refused held the event loop 30-150 ms (fresh pages for the text)."""
+    def screen(self, conn: Connection, payload: memoryview, text: bool) -> bool:
+        """A large message, before it is copied or decoded: a JSON message past
+        ``max_json_values`` is refused (the same ``error`` as after decoding; the connection
+        stays), and a y-websocket update past the document's quota raises
+        :class:`QuotaExceeded` (1009), both from the raw bytes. Copying or decoding 15 MB
+        only to refuse it held the event loop 30-150 ms (fresh pages on this machine)."""
         member = conn.state
-        limit = self._server.settings.max_json_values
-        if not isinstance(member, FabricMember) or member.room is None \
-                or member.wire == "yws" or not envelope.more_values_than(payload, limit):
+        if not isinstance(member, FabricMember) or member.room is None:
             return False
-        _send_error(conn, member.room.document_id, envelope.too_many_values(limit))
-        return True
+        room = member.room
+        if text:
+            limit = self._server.settings.max_json_values
+            if member.wire == "yws" or not envelope.more_values_than(payload, limit):
+                return False
+            _send_error(conn, room.document_id, envelope.too_many_values(limit))
+            return True
+        if member.wire != "yws" or member.access != "write" or not room.max_size:
+            return False
+        start = ywebsocket.peek_update(payload[:16].tobytes(), len(payload))
+        if start is not None:
+            cost = cost_from_header(payload[start:start + 16].tobytes(), len(payload) - start)
+            if cost is not None:
+                room.admit(cost)  # raises QuotaExceeded past the quota
+        return False
 
     @staticmethod
     def _may_write(conn: Connection, member: FabricMember) -> bool:

@@ -154,6 +154,22 @@ class _StrictDecoder(Decoder):
                                  "(one message per frame)")
 
 
+def peek_update(head: bytes, size: int) -> int | None:
+    """Where the Yjs update of a sync update or sync step 2 message of ``size`` bytes starts,
+    read from the message's first bytes ``head`` (16 are enough); ``None`` for any other
+    message, or one whose length prefix does not match ``size``."""
+    if len(head) < 3 or head[0] != MESSAGE_SYNC or head[1] not in (SYNC_UPDATE, SYNC_STEP2):
+        return None
+    length = shift = 0
+    for index in range(2, min(len(head), 12)):
+        byte = head[index]
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return index + 1 if index + 1 + length == size else None
+        shift += 7
+    return None
+
+
 def decode_message(frame: bytes) -> YMessage:
     """Decode one binary frame into its event; raises :class:`InvalidMessage` if malformed."""
     # Fast path for the message that dominates traffic: a sync update whose length fits in one

@@ -82,9 +82,9 @@ _CONTINUATION: Final = WSMsgType.CONTINUATION
 READ_CHUNK: Final = 64 * 1024
 
 
-#: Text messages at least this large are offered to their handler's ``screen_text`` before
-#: they are decoded (``Connection.screened``).
-SCREEN_TEXT_BYTES: Final = 256 * 1024
+#: Messages at least this large are offered to their handler's ``screen`` before they are
+#: copied or decoded (``Connection.screened``).
+SCREEN_BYTES: Final = 256 * 1024
 
 
 class _BoundedReads(WSProtocol):  # type: ignore[misc]
@@ -241,10 +241,13 @@ class _Listener(WSListener):
             conn.close(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
             return
         if msg_type is _BINARY and frame.fin and self._fragments is None:
+            if frame.payload_size >= SCREEN_BYTES and conn.screened(
+                    frame.get_payload_as_memoryview(), False):
+                return
             conn.deliver(frame.get_payload_as_bytes())
         elif msg_type is _TEXT and frame.fin and self._fragments is None:
-            if frame.payload_size >= SCREEN_TEXT_BYTES and conn.screened(
-                    frame.get_payload_as_memoryview()):
+            if frame.payload_size >= SCREEN_BYTES and conn.screened(
+                    frame.get_payload_as_memoryview(), True):
                 return
             try:
                 text = frame.get_payload_as_utf8_text()
