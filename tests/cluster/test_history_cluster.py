@@ -29,8 +29,9 @@ async def _texts(repl: ProviderRepl, names: list[str]) -> list[str]:
 
 async def test_restore_on_one_instance_reaches_clients_of_both(shared_store: str) -> None:
     """Clients on two instances edit; a version is taken on one; after more edits a restore
-    on the other brings every client back to the version; both list the same versions and
-    both instances see the same list."""
+    on the other brings every client back to the version; both list the same versions; the
+    undo, from the first instance, brings the later edit back everywhere (the edit was
+    accepted by the other instance, so it may not be in the store when the restore starts)."""
     with instances(2, shared_store, "redis://127.0.0.1:6379/0", "--version-idle-s", "0") \
             as (one, two):
         async with providers() as repl, httpx.AsyncClient(headers=AUTH, timeout=30) as http:
@@ -62,3 +63,7 @@ async def test_restore_on_one_instance_reaches_clients_of_both(shared_store: str
                       for proc in (one, two)]
             assert listed[0] == listed[1]
             assert [v["kind"] for v in listed[0]["versions"]] == ["restore", "auto", "named"]
+            undo = await http.post(f"{one.http}/api/v1/documents/shared/versions/"
+                                   f"{restored.json()['version'] - 1}/restore")
+            assert undo.status_code == 201, undo.text
+            await eventually(edited, "the undone restore everywhere", timeout=15)

@@ -248,20 +248,20 @@ class DocumentHistory:
                               who: str = "server") -> VersionInfo:
         """Make the document equal to version ``number`` as a forward change that every
         client receives, stored before this returns, and record the result as a ``restore``
-        version. The document as it was is recorded first (an automatic version, unless
-        nothing changed since the last version): restoring version ``restore.number - 1``
-        undoes the restore. Raises :class:`HistoryError` (404) for an unknown version or a deleted
-        document."""
+        version. The document as it was is recorded first (an automatic version): restoring
+        version ``restore.number - 1`` undoes the restore. Raises :class:`HistoryError`
+        (404) for an unknown version or a deleted document."""
         store = self._history_store()
         version = await self.get_version(document_id, number)
         rooms = self._server.rooms
         await self._server.writer.flush()
         async with rooms.hold(document_id) as room:
-            # What the restore replaces becomes a version first (unless it is one already),
-            # so that restoring the version before the restore's undoes it.
+            # What the restore replaces becomes a version first, so that restoring the
+            # version before the restore's undoes it. Always: edits accepted by another
+            # instance may not be committed yet, so "nothing changed since the last version"
+            # cannot be told from the store.
             before = await store.add_version(document_id, room.encode_state(), "auto",
-                                             f"before restore of version {number}",
-                                             only_if_changed=True, who=[who],
+                                             f"before restore of version {number}", who=[who],
                                              clients=self._clients.pop(document_id, None))
             if before is not None:
                 self._created(before)
