@@ -31,9 +31,7 @@ from starlette.routing import Route, Router
 from captify_ws.admin import AdminPages
 from captify_ws.config import Settings
 from captify_ws.demo import DemoPages
-from captify_ws.errors import (
-    log_with_id,
-)
+from captify_ws.errors import BodyTooLarge, log_with_id
 from captify_ws.history.http import HistoryRoutes
 from captify_ws.http_agent_sessions import AgentSessionRoutes
 from captify_ws.http_agents import AgentRoutes
@@ -51,10 +49,6 @@ logger = logging.getLogger("captify_ws.app")
 #: Paths captify-ws answers itself; everything else goes to the user's http_app.
 OWN_PREFIXES: Final = ("/healthz", "/readyz", "/metrics", "/admin", "/api/v1/", "/client/")
 #: HTTP status of refused steps, by the refusal's code (else 400)
-class _BodyTooLarge(Exception):
-    """A request body past ``max_message_size`` (answered 413)."""
-
-
 class CaptifyApp:
     """The ASGI callable returned by :func:`create_app`."""
 
@@ -117,7 +111,7 @@ class CaptifyApp:
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise _BodyTooLarge
+                raise BodyTooLarge(f"body larger than {limit} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -131,11 +125,11 @@ class CaptifyApp:
             length = 0
         try:
             if length > limit:
-                raise _BodyTooLarge
+                raise BodyTooLarge(f"body larger than {limit} bytes")
             await self._router(scope, bounded_receive, tracking_send)
         except ClientDisconnect:
             return  # the client went away, or its body timed out (answered 408 already)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if not started:
                 await JSONResponse({"error": f"body larger than {limit} bytes"},
                                    status_code=413)(scope, receive, send)

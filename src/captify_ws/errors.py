@@ -178,6 +178,12 @@ class RunEnded(ChannelError):
         self.status = status
 
 
+class BodyTooLarge(CaptifyError):
+    """An HTTP request body past ``max_message_size`` (counted as it arrives, so also a
+    chunked one): HTTP 413, whatever route was reading it. Not a ``ProtocolError``, so no
+    route's bad-JSON answer takes it for malformed input."""
+
+
 class StoreError(CaptifyError):
     """The document store could not do what was asked; nothing was half-written."""
 

@@ -34,7 +34,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from captify_ws.api import mailbox
-from captify_ws.errors import BrokerError, ChannelError, CloseCode, StoreError, log_with_id
+from captify_ws.errors import (
+    BodyTooLarge,
+    BrokerError,
+    ChannelError,
+    CloseCode,
+    StoreError,
+    log_with_id,
+)
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
@@ -56,6 +63,9 @@ def _error(exc: Exception) -> JSONResponse:
     if isinstance(exc, ChannelError):
         return JSONResponse({"error": exc.message, "code": exc.code},
                             status_code=_STATUS.get(exc.code, 400))
+    if isinstance(exc, BodyTooLarge):  # a chunked body grew past the limit while read
+        return JSONResponse({"error": str(exc), "code": CloseCode.MESSAGE_TOO_BIG},
+                            status_code=413)
     error_id = log_with_id(logger, "channel request failed", exc, level=logging.WARNING,
                            traceback=False)
     return JSONResponse({"error": "temporarily unavailable, try again", "code": 1013,

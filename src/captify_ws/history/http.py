@@ -48,7 +48,7 @@ from starlette.routing import Route
 
 from captify_ws.errors import BadRequest, HistoryError, ProtocolError, StoreError, log_with_id
 from captify_ws.protocol import envelope
-from captify_ws.store.history import MAX_PAGE, HistoryStore
+from captify_ws.store.history import MAX_ID, MAX_PAGE, MAX_VERSION, HistoryStore
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
@@ -165,7 +165,7 @@ class HistoryRoutes:
         return guarded
 
     async def _changes(self, request: Request) -> Response:
-        since = int_param(request, "since", 0, 0, 2**62)
+        since = int_param(request, "since", 0, 0, MAX_ID)
         limit = int_param(request, "limit", 100, 1, MAX_PAGE)
         entries = await history_store(self.server).read_feed(since, limit)
         return JSONResponse({"changes": [entry.as_json() for entry in entries],
@@ -173,7 +173,7 @@ class HistoryRoutes:
 
     async def _list(self, request: Request) -> Response:
         document_id = self._name(request, "/versions")
-        before = optional_int(request, "before", 1, 2**31 - 1)
+        before = optional_int(request, "before", 1, MAX_VERSION)
         limit = int_param(request, "limit", 50, 1, MAX_PAGE)
         infos = await self.server.history.list_versions(document_id, before, limit)
         more = len(infos) == limit and infos[-1].number > 1
@@ -205,8 +205,8 @@ class HistoryRoutes:
 
     async def _diff(self, request: Request) -> Response:
         document_id = self._name(request, "/diff")
-        a = optional_int(request, "from", 1, 2**31 - 1)
-        b = optional_int(request, "to", 1, 2**31 - 1)
+        a = optional_int(request, "from", 1, MAX_VERSION)
+        b = optional_int(request, "to", 1, MAX_VERSION)
         if a is None or b is None:
             raise HistoryError(400, "give the versions to compare: ?from=<n>&to=<n>")
         return JSONResponse(await self.server.history.diff(document_id, a, b))
@@ -226,7 +226,7 @@ class HistoryRoutes:
         status = request.query_params.get("status") or None
         if status not in (None, "pending", "delivered", "failed"):
             raise HistoryError(400, "'status' must be pending, delivered or failed")
-        before = optional_int(request, "before", 1, 2**62)
+        before = optional_int(request, "before", 1, MAX_ID)
         limit = int_param(request, "limit", 50, 1, MAX_PAGE)
         found = await webhooks.store.list_deliveries(status, before,  # type: ignore[arg-type]
                                                      limit)
@@ -238,7 +238,7 @@ class HistoryRoutes:
         if not webhooks.enabled:
             raise HistoryError(404, "no webhooks: set webhook_urls (and a store with history)")
         delivery_id: int = request.path_params["delivery_id"]
-        if not await webhooks.store.redeliver(delivery_id, time.time()):
+        if delivery_id > MAX_ID or not await webhooks.store.redeliver(delivery_id, time.time()):
             raise HistoryError(404, f"no delivery {delivery_id}")
         webhooks.wake()
         return JSONResponse({"id": delivery_id, "status": "pending"})

@@ -26,7 +26,7 @@ from captify_ws.errors import HistoryError
 from captify_ws.history import content
 from captify_ws.rooms.document import DocumentRoom, Origin
 from captify_ws.rooms.manager import who_label
-from captify_ws.store.history import MAX_PAGE, HistoryStore, Version, VersionInfo
+from captify_ws.store.history import MAX_PAGE, MAX_VERSION, HistoryStore, Version, VersionInfo
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
@@ -206,8 +206,11 @@ class DocumentHistory:
                                                          max(1, min(limit, MAX_PAGE)))
 
     async def get_version(self, document_id: str, number: int) -> Version:
-        """A version with its Yjs state; raises :class:`HistoryError` (404) if unknown."""
-        version = await self._history_store().get_version(document_id, number)
+        """A version with its Yjs state; raises :class:`HistoryError` (404) if unknown
+        (also for a number outside 1 … ``MAX_VERSION``, which no store can hold)."""
+        store = self._history_store()
+        version = await store.get_version(document_id, number) \
+            if 1 <= number <= MAX_VERSION else None
         if version is None:
             raise HistoryError(404, f"document {document_id!r} has no version {number}")
         return version

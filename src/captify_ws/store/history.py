@@ -30,6 +30,10 @@ VersionKind = Literal["auto", "named", "restore"]
 
 #: the most feed entries or versions one read returns
 MAX_PAGE: Final = 1000
+#: the highest version number (the stores' INTEGER columns); a larger one names no version
+MAX_VERSION: Final = 2**31 - 1
+#: the highest feed cursor or delivery id a request may name (within a signed 64-bit INTEGER)
+MAX_ID: Final = 2**62
 
 
 @dataclass(frozen=True, slots=True)
