@@ -278,3 +278,25 @@ async def test_diff_says_who_typed_what() -> None:
         assert diff["insertedBy"] == {"user:ann": {"text": ["from ann "]},
                                       "user:bob": {"text": ["bob says "]}}
         assert diff["authors"] == ["server", "user:ann", "user:bob"]
+
+
+async def test_named_versions_attribute_text_with_automatic_versions_off() -> None:
+    """With version_idle_s=0 no automatic version is taken, and a named version still names
+    who typed what."""
+    from captify_ws.rooms.document import Origin
+
+    async with running_server(version_idle_s=0) as srv:
+        history = srv.server.history
+        doc: Doc[Any] = Doc()
+        doc.get("text", type=Text).insert(0, "start ")
+        await srv.server.apply_update("plain", doc.get_update())
+        first = await history.create_version("plain")
+        before = doc.get_state()
+        doc.get("text", type=Text).insert(6, "by eve")
+        async with srv.server.rooms.hold("plain") as room:
+            room.apply_update(doc.get_update(before), Origin("server", label="user:eve"))
+        await srv.server.writer.flush()
+        second = await history.create_version("plain")
+        assert [v.kind for v in await history.list_versions("plain")] == ["named", "named"]
+        diff = await history.diff("plain", first.number, second.number)
+        assert diff["insertedBy"] == {"user:eve": {"text": ["by eve"]}}

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("captify_ws.history")
 
+#: Yjs clients remembered per document between two versions (each editing session is one)
+MAX_CLIENTS = 1000
+
 
 class DocumentHistory:
     """The versions of one server's documents. See the module docstring."""
@@ -53,7 +56,7 @@ class DocumentHistory:
         self.log_keep_s = settings.history_log_keep_s
         self._pending: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
-        if self.store is not None and self.idle_s > 0:
+        if self.store is not None:
             server.rooms.on_load.append(self._room_loaded)
             server.rooms.on_unload.append(self._room_unloaded)
 
@@ -118,7 +121,11 @@ class DocumentHistory:
             return  # the instance that accepted it versions it
         client = content.first_client(update)
         if client is not None:
-            self._clients.setdefault(room.document_id, {})[client] = who_label(origin)
+            clients = self._clients.setdefault(room.document_id, {})
+            if client in clients or len(clients) < MAX_CLIENTS:
+                clients[client] = who_label(origin)
+        if self.idle_s <= 0:
+            return  # no automatic versions
         now = time.monotonic()
         first = self._dirty.get(room.document_id, (now, now))[0]
         self._dirty[room.document_id] = (first, now)
@@ -132,6 +139,7 @@ class DocumentHistory:
 
     def _room_unloaded(self, room: DocumentRoom) -> None:
         if self._dirty.pop(room.document_id, None) is None:
+            self._clients.pop(room.document_id, None)
             return
         state = room.ydoc.encode()
         task = asyncio.get_running_loop().create_task(self._take(room.document_id, state))
