@@ -11,6 +11,7 @@ transport the test controls, with generated sequences of sends, stalls and drain
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -169,7 +170,6 @@ async def test_json_readers_get_a_turns_updates_in_one_write_without_their_own(
             assert json.loads(await asyncio.wait_for(client.recv(), 5))["type"] == "connected"
         recorders = {conn.request.query.get("clientID"): _record(conn)
                      for conn in _connections(running.server)}
-        import base64
         sent = [json.dumps({"type": "update", "documentId": doc,
                             "data": base64.b64encode(update).decode()}) for update in updates]
         await _send_together(clients[0], list(sent))
@@ -182,6 +182,29 @@ async def test_json_readers_get_a_turns_updates_in_one_write_without_their_own(
         assert len(calls[0]) == 4
         assert all(a is b for a, b in zip(calls[0], calls[1], strict=True))
         assert not any(b'"update"' in b"".join(call) for call in recorders["c0"].calls)
+        for client in clients:
+            await client.close()
+
+
+async def test_a_json_update_is_encoded_once_for_every_reader(transport: str) -> None:
+    """One update (one loop turn): every JSON reader's socket is written the very same bytes
+    object, the ``update`` message encoded once for the broadcast."""
+    update = _updates(1)[0]
+    async with running_server(transport) as running:
+        doc = "json-once"
+        clients = [await connect(running.fabric(doc, f"c{i}")) for i in range(4)]
+        for client in clients:
+            assert json.loads(await asyncio.wait_for(client.recv(), 5))["type"] == "connected"
+        recorders = {conn.request.query.get("clientID"): _record(conn)
+                     for conn in _connections(running.server)}
+        await clients[0].send(json.dumps({"type": "update", "documentId": doc,
+                                          "data": base64.b64encode(update).decode()}))
+        for reader in clients[1:]:
+            message = json.loads(await asyncio.wait_for(reader.recv(), 5))
+            assert base64.b64decode(message["data"]) == update
+        writes = [recorders[f"c{i}"].calls for i in (1, 2, 3)]
+        assert [len(calls) for calls in writes] == [1, 1, 1]
+        assert writes[0][0][0] is writes[1][0][0] is writes[2][0][0]
         for client in clients:
             await client.close()
 

@@ -112,7 +112,7 @@ class AsgiConnection(Connection):
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:
-                    if len(self._pending) > 1 and self._access is not None:
+                    if self._access is not None:
                         await self._send_together(self._access)
                         continue
                     frame = self._pending.popleft()
@@ -140,7 +140,8 @@ class AsgiConnection(Connection):
             return
 
     async def _send_together(self, access: TransportAccess) -> None:
-        """Every frame waiting, in one write (under uvicorn with ``uvicorn_ws``), else one
+        """Every frame waiting, in one write of the prepared bytes (under uvicorn with
+        ``uvicorn_ws``: shared by every socket, not framed again per connection), else one
         ASGI ``send`` each; they count as in flight until the transport has them."""
         outbound = self._limits.outbound
         frames = list(self._pending)
