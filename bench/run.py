@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import render_fanout_medians, render_json
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(os.environ.get("CAPTIFY_BENCH_DIR", ROOT.parent / "shared" / "bench"))
 RESULTS = ROOT / "bench" / "results"
@@ -35,6 +38,14 @@ FANOUT = ["--scenario", "fanout", "--edits", "200", "--rate", "20", "--settle", 
 CLUSTER_ARGS = [*FANOUT, "--readers", "1000", "--probes", "50"]
 #: bench/hocuspocus_multiplex.mjs: 200 documents × 2 providers over 20 shared sockets
 MULTIPLEX = ["--sockets", "20", "--docs", "200", "--rate", "5", "--duration", "15"]
+
+#: ../shared/bench/jsonfanout.mjs: 1 writer, 1000 readers over the seed's JSON protocol
+JSON_FANOUT = ["--readers", "1000", "--edits", "200", "--rate", "20", "--probes", "50",
+               "--settle", "30"]
+#: bench/json_many_docs.mjs: 200 documents × 2 JSON clients, 5 edits/s each, 15 s
+JSON_MANY = ["--docs", "200", "--rate", "5", "--duration", "15", "--settle", "20"]
+#: interleaved repeats: every peer of a set runs once per repeat before the next repeat starts
+REPEATS = ("", "-r2", "-r3", "-r4", "-r5")
 
 #: set name → list of (tag, peers, loadgen args); peers from PEERS below.
 MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
@@ -51,6 +62,42 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
         ("fanout-1000-lean-r100", ["captify", "captify-sqlite", "ywss"],
          ["--scenario", "fanout", "--readers", "1000", "--edits", "500", "--rate", "100",
           "--probes", "50", "--settle", "30", "--client", "lean"]),
+    ],
+    "json": [
+        # JSON fan-out beside the seed's stack, and captify-ws's own y-websocket path (and
+        # ywss) in the same repeat: the JSON path's cost is compared with both.
+        run for sfx in REPEATS for run in (
+            (f"json-fanout-1000{sfx}", ["captify-json", "seed-json"], JSON_FANOUT),
+            (f"fanout-1000-yws{sfx}", ["captify", "ywss"],
+             [*FANOUT, "--readers", "1000", "--probes", "50"]))
+    ],
+    "json-many": [
+        (f"json-many-docs-200{sfx}", ["captify-json-many", "seed-json-many"], JSON_MANY)
+        for sfx in REPEATS[:3]
+    ],
+    "rate200": [
+        (f"fanout-1000-lean-r200{sfx}", ["captify", "ywss"],
+         ["--scenario", "fanout", "--readers", "1000", "--edits", "1000", "--rate", "200",
+          "--probes", "50", "--settle", "40", "--client", "lean", "--max-seconds", "180"])
+        for sfx in REPEATS[:3]
+    ],
+    "scale": [
+        ("fanout-10000", ["captify"],
+         [*FANOUT, "--readers", "10000", "--probes", "50", "--client", "lean",
+          "--connect-timeout", "240", "--max-seconds", "400"]),
+        ("idle-10000-distinct", ["captify"],
+         ["--scenario", "idle", "--client", "lean", "--connections", "10000",
+          "--idle-docs", "distinct", "--hold", "5", "--max-seconds", "300"]),
+    ],
+    "ab": [
+        # A/B of two builds in one invocation: captify-base runs the source tree named by
+        # CAPTIFY_BASE_SRC (e.g. `git archive <commit> src | tar -x -C /tmp/base`).
+        run for sfx in REPEATS[:3] for run in (
+            (f"fanout-1000-ab-r20{sfx}", ["captify", "captify-base"],
+             [*FANOUT, "--readers", "1000", "--probes", "50"]),
+            (f"fanout-1000-ab-r200{sfx}", ["captify", "captify-base"],
+             ["--scenario", "fanout", "--readers", "1000", "--edits", "1000", "--rate", "200",
+              "--probes", "50", "--settle", "40", "--client", "lean", "--max-seconds", "180"]))
     ],
     "fanout5000": [
         ("fanout-5000", ["captify"],
@@ -174,6 +221,16 @@ def peer_command(peer: str, port: int, workdir: Path) -> tuple[str, list[str]]:
         return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store sqlite:///{db} "
                 "--log-level warning",
                 ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws-sqlite"])
+    if peer == "captify-base":
+        base = os.environ["CAPTIFY_BASE_SRC"]
+        return (f"cmd:env PYTHONPATH={base} {sys.executable} -m captify_ws serve --port {{PORT}} "
+                "--store memory --log-level warning",
+                ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws base"])
+    if peer == "captify-json":
+        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning",
+                ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws JSON"])
+    if peer == "seed-json":
+        return peer, ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "seed-json"]
     if peer == "captify-hp":
         return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning",
                 ["--url", f"ws://127.0.0.1:{port}/ws/hocuspocus", "--protocol", "hocuspocus",
@@ -219,12 +276,63 @@ def run_multiplex(peer: str, port: int, tag: str, args: list[str]) -> dict[str, 
     return data
 
 
+def run_json_many(peer: str, port: int, tag: str, args: list[str]) -> dict[str, Any]:
+    """bench/json_many_docs.mjs against captify-ws or the seed's stack (seed-json), server on
+    CPU 0 and clients on CPU 1, one fresh server per run."""
+    if peer == "seed-json-many":
+        work = Path(os.environ.get("BENCH_WORK", "/tmp/bench-work")) / "harness"
+        shutil.copy(BENCH / "peers" / "seed-json-server.mjs", work)
+        command = ["node", str(work / "seed-json-server.mjs"), str(port)]
+        label = "seed-json"
+    else:
+        command = [CAPTIFY, "serve", "--port", str(port), "--store", "memory",
+                   "--log-level", "warning"]
+        label = "captify-ws JSON"
+    print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}", file=sys.stderr, flush=True)
+    server = subprocess.Popen(["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        if not _wait_for_port(port, server):
+            return {"peer": peer, "tag": tag, "error": "server did not start"}
+        result = subprocess.run(
+            ["taskset", "-c", "1", "node", str(ROOT / "bench" / "json_many_docs.mjs"),
+             "--url", f"ws://127.0.0.1:{port}/ws/fabric", "--server-pid", str(server.pid),
+             "--label", label, *args],
+            capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        server.terminate()
+        server.wait(30)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    data: dict[str, Any] = json.loads(lines[-1]) if lines else {
+        "error": (result.stderr or "no output")[-500:]}
+    data.update({"peer": peer, "tag": tag})
+    return data
+
+
+def _wait_for_port(port: int, server: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 20
+    while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                         capture_output=True, check=False).returncode:
+        if time.monotonic() > deadline or server.poll() is not None:
+            return False
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return True
+
+
 def run_one(peer: str, port: int, tag: str, args: list[str], workdir: Path) -> dict[str, Any]:
     spec, extra = peer_command(peer, port, workdir)
-    command = [str(BENCH / "run-peer.sh"), spec, str(port), "--max-seconds", "120", *args,
-               *extra]
+    env = None
+    if tag.startswith("json-fanout"):
+        # ../shared/bench/jsonfanout.mjs takes no --max-seconds (it is bounded by --settle)
+        env = {**os.environ, "LOADGEN": "jsonfanout"}
+        command = [str(BENCH / "run-peer.sh"), spec, str(port), *args, *extra]
+    else:
+        command = [str(BENCH / "run-peer.sh"), spec, str(port), "--max-seconds", "120", *args,
+                   *extra]
     print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}", file=sys.stderr, flush=True)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
+                            env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"peer": peer, "tag": tag, "error": (result.stderr or "no output")[-500:]}
@@ -267,6 +375,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         "noted.",
         "",
     ]
+    lines += render_json(by_tag)
     lines += render_hocuspocus(by_tag)
     fanout_tags = [t for t in by_tag if t.startswith("fanout")]
     if fanout_tags:
@@ -294,6 +403,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
                     _fmt(r.get("all_converged")), _fmt(r.get("server_state_converged")),
                 ]) + (f" {r['error'][:80]}" if r.get("error") else "") + " |")
         lines.append("")
+        lines += render_fanout_medians(by_tag)
     many = [t for t in by_tag if t.startswith("many")]
     if many:
         lines += ["## Many documents (D documents × 2 clients, 5 edits/s each)", "",
@@ -504,6 +614,8 @@ def main() -> int:
                         result = run_store_load()
                     elif peer.endswith("-mx"):
                         result = run_multiplex(peer, port, tag, args)
+                    elif peer.endswith("-many"):
+                        result = run_json_many(peer, port, tag, args)
                     else:
                         result = run_one(peer, port, tag, args, workdir)
                     results.append(result)
