@@ -3,6 +3,7 @@ interleaved repeats as medians with their spread (issue 20: ratios within one in
 
 from __future__ import annotations
 
+import re
 import statistics
 from typing import Any
 
@@ -39,7 +40,7 @@ def ratios(by_tag: ByTag, prefix: str, ours: str, ref: str, key: str,
     ``ref_tag`` the reference comes from the same repeat of another tag (``prefix`` replaced)."""
     found = []
     for tag, peers in by_tag.items():
-        if not tag.startswith(prefix) or ours not in peers:
+        if not re.fullmatch(re.escape(prefix) + r"(-r\d+)?", tag) or ours not in peers:
             continue
         other = by_tag.get(tag.replace(prefix, ref_tag, 1), {}) if ref_tag else peers
         a, b = _get(peers[ours], key), _get(other.get(ref, {}), key)
@@ -113,8 +114,10 @@ def render_json(by_tag: ByTag) -> list[str]:
                     fmt(r.get("server_state_converged")),
                 ]) + (f" {str(r['error'])[:80]}" if r.get("error") else "") + " |")
         lines += ["", "Medians: server CPU per edit "
-                  + spread(ratios(by_tag, "json-many-docs-200", "captify-json-many",
-                                  "seed-json-many", "server_cpu_us_per_edit"))
+                  + spread([*ratios(by_tag, "json-many-docs-200", "captify-json-many",
+                                    "seed-json-many", "server_cpu_us_per_edit"),
+                            *ratios(by_tag, "json-many-docs-200-ab", "captify-json-many",
+                                    "seed-json-many", "server_cpu_us_per_edit")])
                   + " seed-json's.", ""]
     return lines
 
