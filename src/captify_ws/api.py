@@ -212,12 +212,15 @@ async def cancel_run(run_id: str, by: str | None = None) -> str:
 
 
 def agent_session(document_id: str, *, name: str = "Assistant", color: str = "#7c3aed",
-                  field: str = "text", chunk_chars: int = 16) -> AgentSession:
+                  field: str = "text", chunk_chars: int = 16, owner: str | None = None,
+                  run_id: str | None = None) -> AgentSession:
     """An agent co-editing ``document_id`` like a person (presence, its own Yjs client id,
-    edits at relative positions, ``revert()``), an async context manager. See
-    ``agents/session.py``."""
+    edits at relative positions, ``revert()``), an async context manager; ``owner`` (the
+    principal it acts for) and ``run_id`` (its ``agent:{run_id}`` run) go into the stored
+    attribution list. See ``agents/session.py``."""
     from captify_ws.agents.session import AgentSession
 
     server = current_server()
     return AgentSession(server, document_id, name=name, color=color, field=field,
-                        chunk_chars=chunk_chars, registry=agent_sessions(server))
+                        chunk_chars=chunk_chars, owner=owner, run_id=run_id,
+                        registry=agent_sessions(server))

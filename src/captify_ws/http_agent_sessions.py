@@ -2,8 +2,9 @@
 ``agent_session()`` does, for producers in any language.
 
 =====================================================  =========================================
-``POST /api/v1/agent/sessions``                        ``{document_id, name?, color?, field?}``
-                                                       → ``{session_id, client_id, ttl_s}``
+``POST /api/v1/agent/sessions``                        ``{document_id, name?, color?, field?,
+                                                       owner?, run_id?}`` → ``{session_id,
+                                                       client_id, ttl_s, instance}``
 ``POST /api/v1/agent/sessions/{id}/insert``            ``{anchor, text}``, or NDJSON: a first
                                                        line ``{"anchor": n}``, then ``{"text":
                                                        …}`` lines inserted as they arrive →
@@ -18,7 +19,12 @@
 =====================================================  =========================================
 
 Positions are characters (code points). A session idle for ``agent_producer_ttl_s`` (no
-request in flight) is ended by the server: a dead producer leaves no ghost.
+request in flight) is ended by the server: a dead producer leaves no ghost. A session lives on
+the instance that started it: another instance sharing the store answers its calls ``421
+{error, session_id, instance, instance_alive}`` (session affinity; README). Bodies are bounded:
+a JSON body by :data:`MAX_JSON_BODY`, an NDJSON stream by ``max_document_size``, the text by
+the document's quota (413, the text before it stays); an owner
+has at most :data:`MAX_OPEN_PER_OWNER` sessions open on an instance (429).
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from captify_ws.agents.registry import SessionElsewhere
 from captify_ws.agents.session import AgentSession, StaleContext
 from captify_ws.api import agent_sessions
-from captify_ws.errors import ChannelError, CloseCode
+from captify_ws.errors import ChannelError, CloseCode, QuotaExceeded
 from captify_ws.http_channels import CheckKey, Endpoint, _error
 
 if TYPE_CHECKING:
@@ -41,6 +48,8 @@ if TYPE_CHECKING:
     from captify_ws.server import Server
 
 NAME_MAX_CHARS = 100
+#: Bytes of a JSON request body (a 1 Mi-character text, escaped).
+MAX_JSON_BODY = 8 << 20
 
 
 def _int(body: dict[str, Any], key: str) -> int:
@@ -59,10 +68,21 @@ def _str(body: dict[str, Any], key: str, default: str | None = None,
     return value
 
 
-async def _json_lines(request: Request, max_line: int) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an NDJSON body, as they arrive."""
-    buffer = b""
+async def _read(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; ``ChannelError(1009)`` (413) past ``limit`` bytes."""
+    total = 0
     async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ChannelError(CloseCode.MESSAGE_TOO_BIG, f"a body longer than {limit} bytes")
+        yield chunk
+
+
+async def _json_lines(request: Request, max_line: int, limit: int
+                      ) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an NDJSON body of at most ``limit`` bytes, as they arrive."""
+    buffer = b""
+    async for chunk in _read(request, limit):
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
         if len(buffer) > max_line:
@@ -115,6 +135,12 @@ class AgentSessionRoutes:
                 return await endpoint(request)
             except StaleContext as exc:
                 return JSONResponse({"error": str(exc)}, status_code=409)
+            except QuotaExceeded as exc:
+                return JSONResponse({"error": str(exc), **exc.data}, status_code=413)
+            except SessionElsewhere as exc:
+                return JSONResponse({"error": str(exc), "session_id": exc.record.session_id,
+                                     "instance": exc.record.instance,
+                                     "instance_alive": exc.alive}, status_code=421)
             except ClientDisconnect:
                 return Response(status_code=499)
             except Exception as exc:  # ChannelError, BrokerError, StoreError
@@ -123,8 +149,9 @@ class AgentSessionRoutes:
 
     @staticmethod
     async def _json(request: Request) -> dict[str, Any]:
+        raw = b"".join([chunk async for chunk in _read(request, MAX_JSON_BODY)])
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ChannelError(CloseCode.BAD_REQUEST, "body must be a JSON object") from None
         if not isinstance(body, dict):
@@ -136,11 +163,15 @@ class AgentSessionRoutes:
         document_id = _str(body, "document_id", max_chars=1000)
         if not document_id:
             raise ChannelError(CloseCode.BAD_REQUEST, "'document_id' is required")
+        owner, run_id = body.get("owner"), body.get("run_id")
         session = await self.sessions.start_session(
             document_id, name=_str(body, "name", "Assistant", NAME_MAX_CHARS),
-            color=_str(body, "color", "#7c3aed", 32), field=_str(body, "field", "text", 100))
+            color=_str(body, "color", "#7c3aed", 32), field=_str(body, "field", "text", 100),
+            owner=None if owner is None else _str(body, "owner", max_chars=1000),
+            run_id=None if run_id is None else _str(body, "run_id", max_chars=1000))
         return JSONResponse({"session_id": session.info.session_id,
-                             "client_id": session.client_id, "ttl_s": self.sessions.ttl_s})
+                             "client_id": session.client_id, "ttl_s": self.sessions.ttl_s,
+                             "instance": self.server.instance_id})
 
     async def _insert(self, request: Request) -> Response:
         sid = request.path_params["sid"]
@@ -155,7 +186,9 @@ class AgentSessionRoutes:
             return JSONResponse({"inserted": inserted, "length": len(session.read())})
 
     async def _stream_insert(self, request: Request, session: AgentSession, sid: str) -> int:
-        lines = _json_lines(request, self.server.settings.channel_publication_max_bytes)
+        settings = self.server.settings
+        lines = _json_lines(request, settings.channel_publication_max_bytes,
+                            settings.max_document_size)
         try:
             first = await lines.__anext__()
         except StopAsyncIteration:

@@ -9,10 +9,12 @@
 ``POST /api/v1/agent/runs/{run_id}/cancel``            ``{"by"?}`` → ``{status}``
 ``GET /api/v1/agent/runs/{run_id}``                    the compacted run (the snapshot a late
                                                        subscriber gets) with ``offset, epoch``
-``GET /api/v1/agent/sessions?document_id=``           ``{agents: [{session_id, name, color,
-                                                       client_id, started_at, ended_at,
-                                                       reverted}]}``: who edited, by Yjs
-                                                       client id (this instance's sessions)
+``GET /api/v1/agent/sessions?document_id=``           ``{agents: [{session_id, document_id,
+                                                       client_id, name, color, owner, run_id,
+                                                       instance, started_at, ended_at,
+                                                       reverted, before_version}]}``: who
+                                                       edited, by Yjs client id (stored: every
+                                                       instance, after restarts)
 =====================================================  =========================================
 
 A producer pipes its model's output as NDJSON (``run.started`` first, a terminal event last);
@@ -103,7 +105,7 @@ class AgentRoutes:
         document_id = request.query_params.get("document_id")
         if not document_id:
             raise ChannelError(CloseCode.BAD_REQUEST, "'document_id' is required")
-        listed = sessions.list(document_id)
+        listed = await sessions.list(document_id)
         return JSONResponse({"agents": listed})
 
     async def _cancel(self, request: Request) -> Response:

@@ -179,3 +179,30 @@ async def test_revocations_are_kept_until_they_expire(store: DocumentStore) -> N
     assert [(d, u, a) for d, u, a, _ in got] == [("doc", "dave", "none"),
                                                   ("other", "dave", "read")]
     assert abs(got[0][3] - (now + 120)) < 1e-3
+
+
+async def test_agent_sessions_are_kept_and_listed_per_document(store: DocumentStore) -> None:
+    """Saved records are listed per document oldest first, replaced by a later save of the
+    same session, loaded by id; end_agent_sessions ends the open ones of one instance (or
+    all) and only those."""
+    import dataclasses
+
+    from captify_ws.store.agent_sessions import AgentSessionRecord, AgentSessionStore
+
+    assert isinstance(store, AgentSessionStore)
+    one = AgentSessionRecord("s1", "d", 3_000_000_000, "Bot", "#fff", "u-1", "r-1", "i-a", 10)
+    two = AgentSessionRecord("s2", "d", 3_000_000_001, "Ünï", "#000", None, None, "i-b", 20)
+    other = AgentSessionRecord("s3", "e", 7, "X", "#111", None, None, "i-a", 5)
+    for record in (two, one, other):
+        await store.save_agent_session(record)
+    assert await store.list_agent_sessions("d") == [one, two]
+    done = dataclasses.replace(one, ended_at=15, reverted=True, before_version=4)
+    await store.save_agent_session(done)
+    assert await store.list_agent_sessions("d") == [done, two]
+    assert await store.load_agent_session("s1") == done
+    assert await store.load_agent_session("nope") is None
+    assert await store.end_agent_sessions("i-a", 99) == 1  # s3 (s1 was ended already)
+    assert (await store.load_agent_session("s3")) == dataclasses.replace(other, ended_at=99)
+    assert (await store.load_agent_session("s2")).ended_at is None  # type: ignore[union-attr]
+    assert await store.end_agent_sessions(None, 100) == 1
+    assert [r.ended_at for r in await store.list_agent_sessions("d")] == [15, 100]

@@ -1,9 +1,12 @@
-"""The agent sessions of one instance: the attribution list, and the sessions opened over
-HTTP (for producers in other languages), each closed — its presence gone — when it has been
-idle for ``agent_producer_ttl_s`` (its producer died: a TTL, not a ghost).
+"""The agent sessions of one instance: the attribution list (kept in the document store,
+``store/agent_sessions.py``, so every instance and a restarted one list the same), and the
+sessions opened over HTTP (for producers in other languages), each closed — its presence gone —
+when it has been idle for ``agent_producer_ttl_s`` (its producer died: a TTL, not a ghost).
 
 A session opened over HTTP is alive while a request of it is in flight (a streaming insert
-counts) and for ``agent_producer_ttl_s`` after the last one ended.
+counts) and for ``agent_producer_ttl_s`` after the last one ended. It lives on the instance
+that opened it (its Yjs replica and presence are there): another instance sharing the store
+answers its calls with :class:`SessionElsewhere` (HTTP 421) naming that instance.
 """
 
 from __future__ import annotations
@@ -13,23 +16,38 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from captify_ws.agents.session import AgentSession, SessionInfo
-from captify_ws.errors import ChannelError, CloseCode
+from captify_ws.errors import CaptifyError, ChannelError, CloseCode
+from captify_ws.store.agent_sessions import (
+    AgentSessionRecord,
+    AgentSessionStore,
+    MemoryAgentSessions,
+)
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
 
 logger = logging.getLogger("captify_ws.agents")
 
-#: Sessions remembered per instance for the attribution list (the oldest go first).
-MAX_LISTED = 10_000
-#: Sessions open over HTTP at once on one instance.
+#: Sessions open over HTTP at once on one instance, and for one owner.
 MAX_OPEN = 1000
+MAX_OPEN_PER_OWNER = 100
+
+
+class SessionElsewhere(CaptifyError):
+    """An HTTP call for a session open on another instance (HTTP 421, Misdirected Request):
+    send a session's calls to the instance that started it (session affinity)."""
+
+    def __init__(self, record: AgentSessionRecord, alive: bool) -> None:
+        super().__init__(f"agent session {record.session_id!r} is open on instance "
+                         f"{record.instance!r}" + ("" if alive else
+                                                   ", which is no longer in the cluster"))
+        self.record = record
+        self.alive = alive
 
 
 @dataclass
@@ -46,23 +64,39 @@ class AgentSessions:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.ttl_s = server.settings.agent_producer_ttl_s
-        self.sessions: deque[SessionInfo] = deque(maxlen=MAX_LISTED)
+        store = server.store
+        #: where the attribution list is kept (a store without it: this process's memory)
+        self.store: AgentSessionStore = store if isinstance(store, AgentSessionStore) \
+            else MemoryAgentSessions()
         self.open: dict[str, _Open] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
-    def list(self, document_id: str) -> list[dict[str, Any]]:
-        """The sessions of a document, oldest first."""
-        return [info.to_json() for info in self.sessions if info.document_id == document_id]
+    async def list(self, document_id: str) -> list[dict[str, Any]]:
+        """The sessions of a document, oldest first (the newest 1,000); raises
+        ``StoreError``."""
+        return [record.to_json() for record in await self.store.list_agent_sessions(document_id)]
+
+    async def record(self, info: SessionInfo) -> None:
+        """Store a session's record as it is now; raises ``StoreError``."""
+        await self.store.save_agent_session(AgentSessionRecord(
+            info.session_id, info.document_id, info.client_id, info.name, info.color,
+            info.owner, info.run_id, self.server.instance_id, info.started_at, info.ended_at,
+            info.reverted, info.before_version))
 
     # -- HTTP sessions ---------------------------------------------------------------------
 
     async def start_session(self, document_id: str, *, name: str, color: str,
-                            field: str = "text") -> AgentSession:
+                            field: str = "text", owner: str | None = None,
+                            run_id: str | None = None) -> AgentSession:
         if len(self.open) >= MAX_OPEN:
             raise ChannelError(CloseCode.RATE_LIMITED, f"more than {MAX_OPEN} agent sessions "
                                "open on this instance")
+        if owner is not None and sum(entry.session.info.owner == owner
+                                     for entry in self.open.values()) >= MAX_OPEN_PER_OWNER:
+            raise ChannelError(CloseCode.RATE_LIMITED, f"more than {MAX_OPEN_PER_OWNER} agent "
+                               f"sessions of {owner!r} open on this instance")
         session = AgentSession(self.server, document_id, name=name, color=color, field=field,
-                               registry=self)
+                               owner=owner, run_id=run_id, registry=self)
         session.info.session_id = secrets.token_urlsafe(12)
         await session.__aenter__()
         self.open[session.info.session_id] = _Open(session)
@@ -74,6 +108,7 @@ class AgentSessions:
         expired."""
         entry = self.open.get(session_id)
         if entry is None:
+            await self._elsewhere(session_id)
             raise ChannelError(CloseCode.BAD_REQUEST, f"unknown agent session {session_id!r} "
                                f"(ended, or idle for more than {self.ttl_s:g} s)")
         entry.in_flight += 1
@@ -84,6 +119,17 @@ class AgentSessions:
             entry.in_flight -= 1
             entry.last_used = time.monotonic()
 
+    async def _elsewhere(self, session_id: str) -> None:
+        """Raise :class:`SessionElsewhere` if the store has the session open on another
+        instance."""
+        record = await self.store.load_agent_session(session_id)
+        if record is None or record.ended_at is not None \
+                or record.instance == self.server.instance_id:
+            return
+        cluster = self.server.cluster
+        alive = cluster is not None and record.instance in cluster.instances
+        raise SessionElsewhere(record, alive)
+
     def touch(self, session_id: str) -> None:
         entry = self.open.get(session_id)
         if entry is not None:
@@ -92,6 +138,7 @@ class AgentSessions:
     async def end(self, session_id: str) -> bool:
         entry = self.open.pop(session_id, None)
         if entry is None:
+            await self._elsewhere(session_id)
             return False
         await entry.session.close()
         return True
@@ -110,6 +157,15 @@ class AgentSessions:
         return len(idle)
 
     async def start(self) -> None:
+        if self.server.cluster is None:
+            # One instance: sessions a previous process left open (kill -9) are over.
+            try:
+                ended = await self.store.end_agent_sessions(None, int(time.time() * 1000))
+            except CaptifyError as exc:
+                logger.warning("agent sessions of a previous process not ended: %s", exc)
+            else:
+                if ended:
+                    logger.info("%d agent sessions of a previous process marked ended", ended)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._sweep_forever(), name="captify-agent-sessions")

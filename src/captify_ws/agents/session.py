@@ -3,8 +3,9 @@ name="Assistant", color="#7c3aed") as agent``.
 
 * Attribution: each session edits through its own Yjs replica with its own client id, so every
   character it inserts carries that id in the document (what Yjs editors attribute by); the
-  sessions of a document — name, color, client id, start and end — are listed by
-  :meth:`AgentSessions.list` (``GET /api/v1/agent/sessions?document_id=``).
+  sessions of a document — name, color, client id, owner, run, start and end — are stored
+  (``store/agent_sessions.py``) and listed by :meth:`AgentSessions.list` (``GET
+  /api/v1/agent/sessions?document_id=``) on every instance, after restarts too.
 * Presence: an awareness state ``{"user": {"name", "color"}, "agent": true, "cursor": {"anchor",
   "head"}}`` under the session's client id, the caret as Yjs relative positions (JSON, as
   y-prosemirror and y-codemirror send them), so y-websocket, Hocuspocus and JSON clients see the
@@ -86,9 +87,9 @@ class SessionInfo:
     reverted: bool = False
     #: the stored version holding the document as it was when the session started
     before_version: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    #: the principal the agent acts for, and its run (``agent:{run_id}``), if given
+    owner: str | None = None
+    run_id: str | None = None
 
 
 def _encode_var_uint(value: int, out: bytearray) -> None:
@@ -124,6 +125,7 @@ class AgentSession:
 
     def __init__(self, server: Server, document_id: str, *, name: str = "Assistant",
                  color: str = "#7c3aed", field: str = "text", chunk_chars: int = 16,
+                 owner: str | None = None, run_id: str | None = None,
                  registry: AgentSessions | None = None) -> None:
         self.server = server
         self.document_id = document_id
@@ -132,7 +134,7 @@ class AgentSession:
         # Yjs picks client ids below 2^32; a random one collides with odds of clients/2^32.
         self.client_id = secrets.randbits(31) + (1 << 31)
         self.info = SessionInfo(secrets.token_hex(8), document_id, name, color, self.client_id,
-                                int(time.time() * 1000))
+                                int(time.time() * 1000), owner=owner, run_id=run_id)
         self.registry = registry
         self.origin = Origin("server", label=f"agent:{name}")
         self.replica: Doc[Any] = Doc(client_id=self.client_id)
@@ -160,7 +162,11 @@ class AgentSession:
         self.replica.apply_update(self.before)
         await self._keep_before()
         if self.registry is not None:
-            self.registry.sessions.append(self.info)
+            try:
+                await self.registry.record(self.info)
+            except BaseException:
+                await self.close(record=False)
+                raise
         self._set_presence(None)
         self._renewal = asyncio.get_running_loop().create_task(self._renew_presence())
         return self
@@ -184,7 +190,17 @@ class AgentSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
+    async def _record(self) -> None:
+        """Store the session's record as it is now (a store error is logged: the edits and
+        presence already happened)."""
+        if self.registry is None:
+            return
+        try:
+            await self.registry.record(self.info)
+        except CaptifyError as exc:
+            logger.error("agent session %s not recorded: %s", self.info.session_id, exc)
+
+    async def close(self, *, record: bool = True) -> None:
         """End the session: its presence disappears; its edits stay (see :meth:`revert`)."""
         room = self._room
         if room is None:
@@ -198,6 +214,8 @@ class AgentSession:
         room.holds -= 1
         self.server.rooms.release(room)
         await self.server.writer.flush()
+        if record:
+            await self._record()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -343,6 +361,7 @@ class AgentSession:
         self._caret = None
         self._set_presence(None)
         await self.server.writer.flush()
+        await self._record()
 
     async def _renew_presence(self) -> None:
         """Renew the awareness state as Yjs clients do (every 15 s; peers drop a state not

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping, Sequence
 
+from captify_ws.store.agent_sessions import MemoryAgentSessions
 from captify_ws.store.base import (
     APPENDED,
     CONFLICT,
@@ -33,13 +34,14 @@ from captify_ws.store.history import (
 from captify_ws.store.memory_webhooks import MemoryWebhooks
 
 
-class MemoryStore(MemoryWebhooks):
+class MemoryStore(MemoryWebhooks, MemoryAgentSessions):
     """Documents in a dict. Every guarantee of ``DocumentStore`` holds within one process."""
 
     url = "memory"
 
     def __init__(self) -> None:
-        super().__init__()
+        MemoryWebhooks.__init__(self)
+        MemoryAgentSessions.__init__(self)
         self._snapshots: dict[str, bytes | None] = {}
         self._logs: dict[str, list[bytes]] = {}
         self._steps: dict[str, dict[int, StepRecord]] = {}

@@ -35,6 +35,7 @@ from captify_ws.store.history import (
     VersionKind,
     summarize,
 )
+from captify_ws.store.postgres_agents import PostgresAgentSessions
 from captify_ws.store.postgres_webhooks import PostgresWebhooks
 from captify_ws.store.schema import POSTGRES_MIGRATIONS
 
@@ -56,7 +57,7 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(PostgresWebhooks):
+class PostgresStore(PostgresWebhooks, PostgresAgentSessions):
     """Documents in PostgreSQL. See the module docstring."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,

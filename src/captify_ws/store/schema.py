@@ -76,6 +76,16 @@ SQLITE_MIGRATIONS: Final[list[list[str]]] = [
     [
         "ALTER TABLE captify_versions ADD COLUMN clients TEXT NOT NULL DEFAULT '{}'",
     ],
+    # 8: agent sessions (store/agent_sessions.py): who co-edited a document as which client
+    [
+        "CREATE TABLE captify_agent_sessions (session_id TEXT PRIMARY KEY, "
+        "document_id TEXT NOT NULL, client_id INTEGER NOT NULL, name TEXT NOT NULL, "
+        "color TEXT NOT NULL, owner TEXT, run_id TEXT, instance TEXT NOT NULL, "
+        "started_at INTEGER NOT NULL, ended_at INTEGER, reverted INTEGER NOT NULL, "
+        "before_version INTEGER)",
+        "CREATE INDEX captify_agent_sessions_by_document ON captify_agent_sessions "
+        "(document_id, started_at)",
+    ],
 ]
 
 POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
@@ -128,5 +138,15 @@ POSTGRES_MIGRATIONS: Final[list[list[str]]] = [
     # 6: versions name the Yjs clients whose updates went in, for attribution in diffs
     [
         "ALTER TABLE captify_versions ADD COLUMN clients TEXT NOT NULL DEFAULT '{}'",
+    ],
+    # 7: agent sessions (store/agent_sessions.py): who co-edited a document as which client
+    [
+        "CREATE TABLE captify_agent_sessions (session_id TEXT PRIMARY KEY, "
+        "document_id TEXT NOT NULL, client_id BIGINT NOT NULL, name TEXT NOT NULL, "
+        "color TEXT NOT NULL, owner TEXT, run_id TEXT, instance TEXT NOT NULL, "
+        "started_at BIGINT NOT NULL, ended_at BIGINT, reverted BOOLEAN NOT NULL, "
+        "before_version INTEGER)",
+        "CREATE INDEX captify_agent_sessions_by_document ON captify_agent_sessions "
+        "(document_id, started_at)",
     ],
 ]

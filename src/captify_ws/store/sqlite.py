@@ -40,6 +40,7 @@ from captify_ws.store.history import (
     summarize,
 )
 from captify_ws.store.schema import SQLITE_MIGRATIONS
+from captify_ws.store.sqlite_agents import SqliteAgentSessions
 from captify_ws.store.sqlite_webhooks import SqliteWebhooks
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ def parse_sqlite_url(url: str) -> tuple[Path, dict[str, str]]:
     return Path(path), options
 
 
-class SqliteStore(SqliteWebhooks):
+class SqliteStore(SqliteWebhooks, SqliteAgentSessions):
     """Documents in one SQLite file. See the module docstring for durability."""
 
     def __init__(self, url: str) -> None:
