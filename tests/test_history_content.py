@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from captify_ws.history.content import prosemirror_diff, text_diff
+
+pytestmark = pytest.mark.unit
 
 TEXT = st.text(alphabet=st.sampled_from("ab cé👷\n,."), max_size=40)
 

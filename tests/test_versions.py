@@ -205,6 +205,7 @@ def _visible(state: bytes) -> Any:
             doc.get("list", type=Array).to_py(), str(doc.get("xml", type=XmlFragment)))
 
 
+@pytest.mark.unit
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.randoms(use_true_random=False), st.integers(1, 25), st.integers(0, 25))
 def test_restore_update_returns_any_edited_document_to_its_version(rng: Any, before: int,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
@@ -277,6 +278,7 @@ def _entry(cursor: int, document_id: str, kind: str, who: str = "user:a") -> Fee
                      else 0, (who,), 1 if kind == "version" else None)  # type: ignore[arg-type]
 
 
+@pytest.mark.unit
 def test_consecutive_changes_of_a_document_are_one_event() -> None:
     """A document's changes with nothing of it in between make one document.changed with
     the cursor range, the update count and everyone who made them."""
@@ -297,6 +299,7 @@ def test_consecutive_changes_of_a_document_are_one_event() -> None:
     assert [e["type"] for e in only] == ["version.created"]
 
 
+@pytest.mark.unit
 @given(st.lists(st.tuples(st.integers(1, 400), st.sampled_from("abc"),
                           st.sampled_from(["created", "changed", "version", "deleted"])),
                 max_size=40))
@@ -311,6 +314,7 @@ def test_events_cover_the_feed_in_order(raw: list[tuple[int, str, str]]) -> None
                                          for e in entries])
 
 
+@pytest.mark.unit
 @given(st.integers(1, 60), st.floats(0.01, 10), st.floats(1, 7200), st.integers(0, 2**32))
 def test_backoff_doubles_with_jitter_up_to_the_cap(attempts: int, base: float, cap: float,
                                                    seed: int) -> None:

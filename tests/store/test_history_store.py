@@ -107,6 +107,7 @@ async def test_retention_prunes_automatic_versions_only(store: Any) -> None:
     assert [v.number for v in await store.list_versions("r", None, 10)] == [2]
 
 
+@pytest.mark.unit
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.floats(0, 100), max_size=12), st.integers(0, 5), st.floats(0, 120))
 def test_retention_rule(ages: list[float], keep: int, older_than: float) -> None:
