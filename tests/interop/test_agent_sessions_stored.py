@@ -94,7 +94,8 @@ async def test_the_list_survives_restarts_of_the_process(tmp_path: Path) -> None
 
 async def test_two_instances_list_the_same_and_answer_421_for_the_other_ones() -> None:
     """Redis + PostgreSQL: a session started on A is listed by B; B answers its calls 421
-    naming A (nothing inserted), A serves them; ended on A, B lists it ended."""
+    naming A (nothing inserted), A serves them; ended on A, B lists it ended; a session open
+    when A is killed is ended by B once A left the cluster."""
     require_redis()
     with fresh_database() as url:
         cluster = ["--broker", REDIS_URL, "--broker-prefix", f"agents-{time.time_ns()}",
@@ -131,6 +132,19 @@ async def test_two_instances_list_the_same_and_answer_421_for_the_other_ones() -
                 gone = await http.post(f"{b.http}{BASE}/{sid}/insert",
                                        json={"anchor": 0, "text": "x"})
                 assert gone.status_code == 400 and "unknown agent session" in gone.text
+                # A killed with a session open: B stops pointing at A once A left the cluster
+                orphan = (await start(http, a, document_id="shared", name="Orphan"))
+                a.kill9()
+                deadline = time.monotonic() + 15
+                while True:
+                    answer = await http.get(f"{b.http}{BASE}/{orphan['session_id']}/text")
+                    if answer.status_code == 400:
+                        break
+                    assert answer.status_code == 421, answer.text
+                    assert time.monotonic() < deadline, "B never saw A leave"
+                    await asyncio.sleep(0.2)
+                assert "left the cluster" in answer.text
+                assert (await listed(http, b, "shared"))[1]["ended_at"] is not None
         finally:
             a.stop()
             b.stop()

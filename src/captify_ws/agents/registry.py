@@ -6,7 +6,9 @@ when it has been idle for ``agent_producer_ttl_s`` (its producer died: a TTL, no
 A session opened over HTTP is alive while a request of it is in flight (a streaming insert
 counts) and for ``agent_producer_ttl_s`` after the last one ended. It lives on the instance
 that opened it (its Yjs replica and presence are there): another instance sharing the store
-answers its calls with :class:`SessionElsewhere` (HTTP 421) naming that instance.
+answers its calls with :class:`SessionElsewhere` (HTTP 421) naming that instance; once that
+instance has left the cluster (killed), its open sessions are marked ended in the store by the
+first instance that lists them or is asked for one.
 """
 
 from __future__ import annotations
@@ -70,11 +72,34 @@ class AgentSessions:
             else MemoryAgentSessions()
         self.open: dict[str, _Open] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
 
     async def list(self, document_id: str) -> list[dict[str, Any]]:
         """The sessions of a document, oldest first (the newest 1,000); raises
         ``StoreError``."""
-        return [record.to_json() for record in await self.store.list_agent_sessions(document_id)]
+        records = await self.store.list_agent_sessions(document_id)
+        gone = {r.instance for r in records if r.ended_at is None and self._gone(r.instance)}
+        if gone:
+            for instance in gone:
+                await self._end_instance(instance)
+            records = await self.store.list_agent_sessions(document_id)
+        return [record.to_json() for record in records]
+
+    def _gone(self, instance: str) -> bool:
+        """Whether ``instance`` surely left the cluster: this instance has been in it for
+        four heartbeats with a working broker and did not hear from it for three."""
+        cluster = self.server.cluster
+        if cluster is None or instance == self.server.instance_id or \
+                cluster.broker.error is not None:
+            return False
+        settled = time.monotonic() - self._started > \
+            4 * self.server.settings.cluster_heartbeat_s
+        return settled and instance not in cluster.instances
+
+    async def _end_instance(self, instance: str) -> None:
+        ended = await self.store.end_agent_sessions(instance, int(time.time() * 1000))
+        logger.info("%d agent sessions of instance %s, which left the cluster, marked ended",
+                    ended, instance)
 
     async def record(self, info: SessionInfo) -> None:
         """Store a session's record as it is now; raises ``StoreError``."""
@@ -126,6 +151,10 @@ class AgentSessions:
         if record is None or record.ended_at is not None \
                 or record.instance == self.server.instance_id:
             return
+        if self._gone(record.instance):
+            await self._end_instance(record.instance)
+            raise ChannelError(CloseCode.BAD_REQUEST, f"unknown agent session {session_id!r} "
+                               f"(its instance {record.instance} left the cluster)")
         cluster = self.server.cluster
         alive = cluster is not None and record.instance in cluster.instances
         raise SessionElsewhere(record, alive)
@@ -157,6 +186,7 @@ class AgentSessions:
         return len(idle)
 
     async def start(self) -> None:
+        self._started = time.monotonic()
         if self.server.cluster is None:
             # One instance: sessions a previous process left open (kill -9) are over.
             try:
