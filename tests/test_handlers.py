@@ -75,6 +75,11 @@ def test_bad_handler_specs_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="lacks"):
         load_handler("tests.outside.echo_handler:json", server)
     assert load_handler("tests.outside.echo_handler:EchoHandler", server).path == "/ws/echo"
+    # a TypeError inside a factory is reported as it is, not retried without the server
+    with pytest.raises(ConfigError, match=r"EchoHandler\.__init__\(\) takes 1 positional"):
+        load_handler("tests.outside.echo_handler:broken_factory", server)
+    with pytest.raises(ConfigError, match="takes the server as its one argument"):
+        load_handler("tests.outside.echo_handler:two_argument_factory", server)
     registry = HandlerRegistry()
     registry.add(server.registry.by_name("fabric"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="two handlers"):

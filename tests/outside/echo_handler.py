@@ -40,3 +40,13 @@ class EchoHandler:
 
 
 echo_handler = EchoHandler()
+
+
+def broken_factory(server: object) -> EchoHandler:
+    """A factory that fails inside with a TypeError of its own."""
+    return EchoHandler(*[server])  # type: ignore[call-arg]
+
+
+def two_argument_factory(server: object, extra: object) -> EchoHandler:
+    """Not a factory captify-ws can call."""
+    return EchoHandler()

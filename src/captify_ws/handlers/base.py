@@ -24,6 +24,7 @@ and returns one; either is named by an import path in
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -131,13 +132,25 @@ def load_handler(spec: str, server: HandlerContext) -> Handler:
     """Import ``module:attribute`` and return the handler it names (calling it if a factory)."""
     target = import_attribute(spec, "handler")
     if isinstance(target, type) or (not hasattr(target, "path") and callable(target)):
+        # The signature says whether it takes the server; a TypeError raised inside the
+        # factory is its own error, reported as such (never a reason to call it again).
         try:
-            target = target(server)
-        except TypeError:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            signature = None
+        args: tuple[Any, ...] = (server,)
+        if signature is not None:
             try:
-                target = target()
-            except Exception as exc:
-                raise ConfigError(f"handler {spec!r}: could not create it: {exc}") from None
+                signature.bind(server)
+            except TypeError:
+                try:
+                    signature.bind()
+                except TypeError:
+                    raise ConfigError(f"handler {spec!r}: a factory takes the server as its "
+                                      "one argument, or nothing") from None
+                args = ()
+        try:
+            target = target(*args)
         except Exception as exc:
             raise ConfigError(f"handler {spec!r}: could not create it: {exc}") from None
     return _check(target, repr(spec))
