@@ -48,6 +48,12 @@ class Recorder(Connection):
         self.closed_with = code
 
 
+def test_a_connection_has_no_instance_dict() -> None:
+    """Its parts (receiving.py) add no __dict__: 10,000 idle connections stay small."""
+    assert not hasattr(Recorder.__mro__[1](UpgradeRequest("/ws/x"), Quiet(), "",
+                                           limits=ConnectionLimits()), "__dict__")
+
+
 def test_states_only_move_forward() -> None:
     """Every allowed transition goes to a later state; CLOSED is final."""
     for state, targets in TRANSITIONS.items():

@@ -28,9 +28,9 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from captify_ws.connection import ConnectionHandler
 from captify_ws.errors import ConfigError
 from captify_ws.imports import import_attribute
+from captify_ws.receiving import ConnectionHandler
 
 if TYPE_CHECKING:
     from captify_ws.auth import Access, Authenticator, Principal
