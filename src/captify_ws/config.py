@@ -98,8 +98,9 @@ class Settings:
         30 * 86400.0, "history: automatic versions older than this many seconds are deleted "
         "(0: no age limit)", float)
     history_log_keep_s: float = _setting(
-        30 * 86400.0, "history: change feed entries and finished webhook deliveries are "
-        "deleted this many seconds after they happened (0: kept for ever)", float)
+        30 * 86400.0, "history: change feed entries, finished webhook deliveries and ended "
+        "agent session records are deleted this many seconds after they happened (0: kept "
+        "for ever)", float)
     webhook_urls: tuple[str, ...] = _setting(
         (), "webhooks: endpoint URLs that receive document and version events, "
         "comma-separated (none: no webhooks)", _parse_list, metavar="URL,...")

@@ -186,3 +186,20 @@ async def test_bodies_and_sessions_per_owner_are_bounded(small: Any) -> None:
         await sessions.start_session("b", name="n", color="#000", owner="greedy")
     assert refused.value.code == 4429
     await sessions.start_session("b", name="n", color="#000", owner="modest")
+
+
+async def test_ended_session_records_are_deleted_after_history_log_keep_s() -> None:
+    """A record is kept while its session is open and for history_log_keep_s after it
+    ended, then pruned; the open one stays."""
+    async with running_server(history_log_keep_s=2.0) as srv:
+        sessions = agent_sessions(srv.server)
+        done = await sessions.start_session("p", name="Done", color="#000")
+        await sessions.end(done.info.session_id)
+        live = await sessions.start_session("p", name="Live", color="#000")
+        assert await sessions.prune() == 0
+        deadline = time.monotonic() + 10
+        while await sessions.prune() == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert [a["name"] for a in await sessions.list("p")] == ["Live"]
+        await sessions.end(live.info.session_id)

@@ -206,3 +206,6 @@ async def test_agent_sessions_are_kept_and_listed_per_document(store: DocumentSt
     assert (await store.load_agent_session("s2")).ended_at is None  # type: ignore[union-attr]
     assert await store.end_agent_sessions(None, 100) == 1
     assert [r.ended_at for r in await store.list_agent_sessions("d")] == [15, 100]
+    assert await store.prune_agent_sessions(99) == 1  # s1 ended at 15, not s2 nor s3
+    assert [r.session_id for r in await store.list_agent_sessions("d")] == ["s2"]
+    assert await store.load_agent_session("s3") is not None

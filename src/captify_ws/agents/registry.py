@@ -38,6 +38,8 @@ logger = logging.getLogger("captify_ws.agents")
 #: Sessions open over HTTP at once on one instance, and for one owner.
 MAX_OPEN = 1000
 MAX_OPEN_PER_OWNER = 100
+#: Seconds between deletions of old session records (``history_log_keep_s``).
+PRUNE_EVERY_S = 3600.0
 
 
 class SessionElsewhere(CaptifyError):
@@ -210,10 +212,22 @@ class AgentSessions:
             with contextlib.suppress(Exception):
                 await self.end(session_id)
 
+    async def prune(self) -> int:
+        """Delete the records of sessions ended more than ``history_log_keep_s`` ago (0: kept
+        for ever); answers how many. Raises ``StoreError``."""
+        keep_s = self.server.settings.history_log_keep_s
+        if keep_s <= 0:
+            return 0
+        return await self.store.prune_agent_sessions(int((time.time() - keep_s) * 1000))
+
     async def _sweep_forever(self) -> None:
+        pruned_at = 0.0
         while True:
             await asyncio.sleep(min(5.0, self.ttl_s / 4))
             try:
                 await self.sweep()
+                if time.monotonic() - pruned_at > PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    await self.prune()
             except Exception:
                 logger.exception("agent session sweep failed")

@@ -77,6 +77,10 @@ class AgentSessionStore(Protocol):
         ``ended_at`` — an instance that died without ending them; answers how many."""
         ...
 
+    async def prune_agent_sessions(self, ended_before: int) -> int:
+        """Delete the sessions that ended before ``ended_before`` (ms); answers how many."""
+        ...
+
 
 class MemoryAgentSessions:
     """``AgentSessionStore`` in a dict, mixed into ``MemoryStore`` (lost on exit)."""
@@ -101,3 +105,10 @@ class MemoryAgentSessions:
             self._agent_sessions[record.session_id] = dataclasses.replace(
                 record, ended_at=ended_at)
         return len(open_)
+
+    async def prune_agent_sessions(self, ended_before: int) -> int:
+        old = [key for key, r in self._agent_sessions.items()
+               if r.ended_at is not None and r.ended_at < ended_before]
+        for key in old:
+            del self._agent_sessions[key]
+        return len(old)

@@ -42,3 +42,8 @@ class PostgresAgentSessions:
             "UPDATE captify_agent_sessions SET ended_at = $1 WHERE ended_at IS NULL "
             "AND ($2::text IS NULL OR instance = $2)", ended_at, instance), write=True)
         return int(str(status).rsplit(" ", 1)[-1])
+
+    async def prune_agent_sessions(self, ended_before: int) -> int:
+        status = await self._in_transaction(lambda conn: conn.execute(
+            "DELETE FROM captify_agent_sessions WHERE ended_at < $1", ended_before), write=True)
+        return int(str(status).rsplit(" ", 1)[-1])

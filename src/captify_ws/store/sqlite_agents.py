@@ -45,3 +45,7 @@ class SqliteAgentSessions:
         return await self._run(self._write(lambda db: int(db.execute(
             "UPDATE captify_agent_sessions SET ended_at = ? WHERE ended_at IS NULL "
             "AND (? IS NULL OR instance = ?)", (ended_at, instance, instance)).rowcount)))
+
+    async def prune_agent_sessions(self, ended_before: int) -> int:
+        return await self._run(self._write(lambda db: int(db.execute(
+            "DELETE FROM captify_agent_sessions WHERE ended_at < ?", (ended_before,)).rowcount)))
