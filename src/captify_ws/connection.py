@@ -181,11 +181,6 @@ class Connection(Receiving):
     def send_bytes(self, data: bytes) -> None:
         self.send_frame(PreparedFrame.binary(data))
 
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes accepted for sending that the peer has not taken yet (queue + transport)."""
-        return self._pending_bytes + self._transport_buffered()
-
     def _enqueue(self, frame: PreparedFrame) -> None:
         if self._pending is _NO_FRAMES:
             self._pending = deque()

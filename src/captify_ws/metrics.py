@@ -59,7 +59,6 @@ class Stats:
         self.presence_ignored: dict[str, int] = {}
         self.slow_consumers = 0
         self.connections_opened = 0
-        self.connections_closed = 0
 
     def received(self, kind: str, size: int) -> None:
         self.messages_in[kind] = self.messages_in.get(kind, 0) + 1

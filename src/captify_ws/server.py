@@ -285,7 +285,6 @@ class Server(AccessControl, DocumentService):
 
     def _connection_closed(self, conn: Connection) -> None:
         self.connections[handler_name(conn.handler)].discard(conn)
-        self.stats.connections_closed += 1
         self.webhooks.connection_event("connection.closed", conn)
         logger.debug("closed %s %s code=%s", conn.id, conn.request.path, conn.close_code,
                      extra={"connection": conn.id, "path": conn.request.path,

@@ -48,7 +48,6 @@ class RedisBroker:
         self.on_message: MessageCallback = _ignore
         self.on_reconnect: Callable[[], None] = _nothing
         self.reconnects = 0
-        self.dropped = 0
         self._client: Any = None
         self._pubsub: Any = None
         self._channels: set[str] = set()
@@ -98,8 +97,6 @@ class RedisBroker:
                 await self._client.aclose()
 
     def publish(self, channel: str, data: bytes) -> None:
-        if len(self._outbox) == OUTBOX_LIMIT:
-            self.dropped += 1
         self._outbox.append((channel, data))
         self._wake.set()
 
@@ -153,7 +150,6 @@ class RedisBroker:
                 except (RedisError, OSError) as exc:
                     # At most once: what could not be published is dropped; anti-entropy
                     # after the reconnect repairs it.
-                    self.dropped += len(batch)
                     self._failed(exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)

@@ -56,7 +56,6 @@ class StoreWriter:
         self._urgent = asyncio.Event()  # someone waits in flush(): commit without the window
         self._task: asyncio.Task[None] | None = None
         self.error: str | None = None
-        self.transactions = 0
         #: called after each commit with (document_id, updates, bytes) per document (hooks)
         self.on_stored: Callable[[str, int, int], None] | None = None
 
@@ -166,7 +165,6 @@ class StoreWriter:
                     logger.warning("store writes resumed")
                 self.error = None
                 delay = 0.1
-                self.transactions += 1
                 del self._queue[:len(batch)]
                 self._committed = self._queue[0][2] - 1 if self._queue else self._enqueued
                 if self._on_commit is not None:
