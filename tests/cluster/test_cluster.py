@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.helpers import VENV_BIN, JsonClient, ProviderRepl, ServerProcess, providers
+from tests.polling import eventually, eventually_sync
 from tests.services import (
     REDIS_URL,
     free_port,
@@ -69,6 +70,21 @@ async def _until(predicate: Any, timeout: float, what: str) -> None:
     while not await predicate():
         assert time.monotonic() < deadline, f"timed out: {what}"
         await asyncio.sleep(0.05)
+
+
+async def _both_see(instances_: tuple[ServerProcess, ...], document_id: str, count: int) -> None:
+    """Every instance counts ``count`` connections on the document, its own and the others'
+    (heartbeats crossed): each instance has the document loaded and subscribed."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        async def counted() -> bool:
+            for proc in instances_:
+                answer = await http.get(f"{proc.http}/api/v1/connections", headers=AUTH,
+                                        params={"documentId": document_id})
+                if answer.json().get("count") != count:
+                    return False
+            return True
+
+        await eventually(counted, f"{count} connections on {document_id!r} everywhere")
 
 
 async def _converge(repl: ProviderRepl, names: list[str], timeout: float = 15) -> str:
@@ -179,7 +195,7 @@ async def test_broadcast_api_reaches_clients_on_every_instance(shared_store: str
     with instances(2, shared_store) as (a, b):
         on_a = await _json(a, "steps-doc", "client-a")
         on_b = await _json(b, "steps-doc", "client-b")
-        await asyncio.sleep(0.5)  # both instances subscribed
+        await _both_see((a, b), "steps-doc", 2)
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(f"{a.http}/api/v1/documents/steps-doc/steps",
                                        headers=AUTH, json={"steps": [STEP], "changeId": "c1"})
@@ -202,7 +218,7 @@ async def test_redis_cli_publish_contract(shared_store: str) -> None:
     with instances(2, shared_store, prefix=prefix) as (a, b):
         on_a = await _json(a, "emitted", "ca")
         on_b = await _json(b, "emitted", "cb")
-        await asyncio.sleep(0.3)
+        await _both_see((a, b), "emitted", 2)
         message = json.dumps({"type": "steps", "documentId": "emitted", "steps": [STEP],
                               "changeId": "from-redis-cli"})
         subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "PUBLISH",
@@ -260,26 +276,34 @@ def test_workers_share_one_port(shared_store: str, kind: str, tmp_path: Any) -> 
                           "--broker", REDIS_URL, "--broker-prefix",
                           f"test-{secrets.token_hex(4)}", "--api-key", "k"]).start()
     try:
-        time.sleep(1.5)  # the second worker
-        assert proc.log.count("listening on") >= 1
+        # both workers answer on the one port (each names itself in x-captify-instance)
+        pids: set[str | None] = set()
+
+        def both_workers_answer() -> bool:
+            pids.add(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5,
+                               headers={"Connection": "close"}).headers.get(
+                                   "x-captify-instance"))
+            return len(pids) == 2
+
+        eventually_sync(both_workers_answer, "the second worker", timeout=20)
+        assert None not in pids
 
         async def many_clients() -> str:
             clients = [await _json(proc, "workers-doc", f"c{i}") for i in range(8)]
             for index, client in enumerate(clients):
                 await client.edit(f"w{index};")
             final = clients[0]
-            await asyncio.sleep(1.0)
-            await final.sync()
+
+            async def has_every_edit() -> bool:
+                await final.sync()
+                return all(f"w{i};" in str(final.text) for i in range(8))
+
+            await eventually(has_every_edit, "every worker's edits in one client", timeout=10)
             for client in clients:
                 await client.ws.close()
             return str(final.text)
         text = asyncio.run(many_clients())
         assert all(f"w{i};" in text for i in range(8)), text
-        pids = set()
-        for _ in range(30):
-            pids.add(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5,
-                               headers={"Connection": "close"}).headers.get("x-captify-instance"))
-        assert len(pids) == 2, pids
     finally:
         assert proc.stop() == 0
 
