@@ -664,6 +664,30 @@ def _quota_items() -> Attack:
                 _close(writer)
 
     return Attack("quota-items", run, prepare)
+# -- 13.9: documents per client --------------------------------------------------------------
+
+async def _document_flood(attack: Attack, port: int, stop: asyncio.Event) -> None:
+    """Issue 13.9: one anonymous client opens a new document on every connection and writes to
+    it, as fast as it can (the fault: 30,000 documents in under 60 s, ~1.2 KB each kept for
+    the process's life). Notes: documents admitted, connections refused (4429)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    update = text_update(16)
+    number = 0
+    while not stop.is_set():
+        number += 1
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/ws/fabric/flood-{os.getpid()}-{number}",
+                               open_timeout=5) as ws:
+                await asyncio.wait_for(ws.recv(), 5)  # sync step 1: admitted
+                await ws.send(sync_message(2, update))
+                attack.add("admitted")
+        except ConnectionClosed as exc:
+            attack.add("refused" if exc.rcvd is not None and exc.rcvd.code == 4429
+                       else "closed")
+        except (OSError, TimeoutError):
+            attack.add("failed")
 
 
 ATTACKS: dict[str, Callable[[], Attack]] = {
@@ -684,6 +708,7 @@ ATTACKS: dict[str, Callable[[], Attack]] = {
     "presence-flood": lambda: Attack("presence-flood", _presence_flood),
     "quota-steps": lambda: Attack("quota-steps", _quota_steps),
     "quota-items": _quota_items,
+    "document-flood": lambda: Attack("document-flood", _document_flood),
 }
 
 

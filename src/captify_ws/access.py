@@ -166,6 +166,15 @@ class AccessControl:
             raise Reject(CloseCode.AUTH_TIMEOUT, "authorization timed out") from None
         return "read" if revoked == "read" else access
 
+    def creator_of(self, conn: Connection) -> str:
+        """Who is charged for the documents ``conn`` creates: its user, or for an anonymous
+        connection its client address (``document_create_rate``)."""
+        principal = conn.principal
+        user = principal.user_id if isinstance(principal, Principal) else None
+        if user is not None:
+            return f"user:{user}"
+        return f"address:{self.client_address(conn.request) or 'unknown'}"
+
     def _revocation(self, document_id: str, user_id: str | None) -> str | None:
         if user_id is None or not self._revoked:
             return None

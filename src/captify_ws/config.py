@@ -201,6 +201,10 @@ class Settings:
     max_awareness_size: int = _setting(
         16 << 10, "largest presence state, bytes; larger → close 1009 (y-websocket) or an "
         "error (JSON)", _parse_size, metavar="SIZE")
+    document_create_rate: float = _setting(
+        600.0, "new documents (not yet in the store) one user — or one client address, for "
+        "anonymous connections — may open per minute, in bursts of as many; more → close "
+        "4429 (0: no limit)", float)
     max_presence_states: int = _setting(
         4, "presence states (awareness client ids) one connection may control in a document "
         "(a provider has one); more → close 1009", int)

@@ -100,6 +100,10 @@ class HandlerContext(Protocol):
         """Connections on a document, on every instance."""
         ...
 
+    def creator_of(self, conn: Connection) -> str:
+        """Who is charged for the documents ``conn`` creates (its user, or its address)."""
+        ...
+
     def publish_steps(self, room: DocumentRoom, accepted: Accepted) -> None:
         """Steps the authority accepted: to every JSON client here and on other instances."""
         ...

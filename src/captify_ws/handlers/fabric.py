@@ -115,7 +115,7 @@ class FabricHandler:
         if conn.closed_by_server:
             return
         rooms = self._server.rooms
-        room = await rooms.acquire(document_id)
+        room = await rooms.acquire(document_id, self._server.creator_of(conn))
         if conn.closed_by_server:
             rooms.release(room)
             return

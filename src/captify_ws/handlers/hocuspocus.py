@@ -229,7 +229,9 @@ class HocuspocusHandler:
         try:
             principal = await self._authenticate(conn, token, document_id)
             access = await server.authorize(conn, document_id, principal=principal)
-            room = await server.rooms.acquire(document_id)
+            room = await server.rooms.acquire(
+                document_id, f"user:{principal.user_id}" if principal.user_id is not None
+                else server.creator_of(conn))
         except Reject as exc:
             if sock.documents.get(address) is pending:
                 sock.discard(pending)

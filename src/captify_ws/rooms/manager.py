@@ -18,7 +18,9 @@ from typing import Any
 from prosemirror.model import Schema
 
 from captify_ws.config import Settings
+from captify_ws.errors import CloseCode, Reject
 from captify_ws.metrics import Stats
+from captify_ws.rooms.creation import CreationLimiter
 from captify_ws.rooms.document import DocumentRoom, Origin
 from captify_ws.rooms.steps import StepAuthority, default_schema
 from captify_ws.store.base import DocumentStore
@@ -61,6 +63,7 @@ class RoomManager:
         self._unloading: set[asyncio.Task[None]] = set()
         self.on_load: list[RoomListener] = []
         self.on_unload: list[RoomListener] = []
+        self.creations = CreationLimiter(settings.document_create_rate)
 
     def __len__(self) -> int:
         return len(self.rooms)
@@ -69,10 +72,13 @@ class RoomManager:
         """The room if it is loaded here, else ``None`` (never loads)."""
         return self.rooms.get(document_id)
 
-    async def acquire(self, document_id: str) -> DocumentRoom:
+    async def acquire(self, document_id: str, creator: str | None = None) -> DocumentRoom:
         """The loaded room, loading it once however many callers ask at the same moment.
 
         The caller must join it, or call :meth:`release`, without awaiting in between.
+        ``creator`` (a user or a client address) is charged when the document is not in the
+        store: past ``document_create_rate`` this raises ``Reject(4429)`` and loads nothing
+        (``creation.py``).
         """
         room = self.rooms.get(document_id)
         if room is not None:
@@ -80,7 +86,7 @@ class RoomManager:
             return room
         task = self._loading.get(document_id)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(document_id))
+            task = asyncio.get_running_loop().create_task(self._load(document_id, creator))
             self._loading[document_id] = task
         room = await asyncio.shield(task)
         self._cancel_unload(document_id)
@@ -115,9 +121,13 @@ class RoomManager:
         self._unloads[room.document_id] = loop.call_later(
             self._settings.room_grace_s, self._start_unload, room)
 
-    async def _load(self, document_id: str) -> DocumentRoom:
+    async def _load(self, document_id: str, creator: str | None = None) -> DocumentRoom:
         try:
             stored = await self.store.load(document_id)
+            if stored is None and creator is not None and not self.creations.allow(creator):
+                self.stats.refused("document-create-rate")
+                raise Reject(CloseCode.RATE_LIMITED, "too many new documents: at most "
+                             f"{self.creations.rate_per_minute:g} a minute")
             room = DocumentRoom(document_id,
                                 awareness_flush_s=self._settings.awareness_flush_ms / 1000,
                                 awareness_renewal_s=self._settings.awareness_renewal_s,
@@ -176,6 +186,7 @@ class RoomManager:
             return  # someone joined while we were writing
         del self.rooms[room.document_id]
         self.writer.forget(room.document_id)
+        self.store.forget(room.document_id)
         room.close()
         for listener in self.on_unload:
             listener(room)

@@ -149,6 +149,12 @@ class DocumentStore(Protocol):
         ``keep_steps`` before it (clients further behind reload the document)."""
         ...
 
+    def forget(self, document_id: str) -> None:
+        """The document was unloaded: drop whatever the store keeps in memory for it (so a
+        process that sees many documents keeps nothing per document: issue 13.9). Later
+        calls for it still work."""
+        ...
+
     async def save_revocation(self, document_id: str, user_id: str, access: str,
                               expires_at: float) -> None:
         """Record that ``user_id`` keeps ``access`` (``"none"`` or ``"read"``) on

@@ -96,6 +96,9 @@ class MemoryStore(MemoryWebhooks, MemoryAgentSessions):
     async def list_documents(self) -> list[str]:
         return sorted(self._logs)
 
+    def forget(self, document_id: str) -> None:
+        """Nothing to drop: the documents themselves are this store's memory."""
+
     async def save_revocation(self, document_id: str, user_id: str, access: str,
                               expires_at: float) -> None:
         """In this process only: a restart forgets it (use SQLite or PostgreSQL)."""

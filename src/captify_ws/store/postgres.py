@@ -188,6 +188,9 @@ class PostgresStore(PostgresWebhooks, PostgresAgentSessions):
         result: list[str] = await self._call(work)
         return result
 
+    def forget(self, document_id: str) -> None:
+        self._known.discard(document_id)
+
     async def save_revocation(self, document_id: str, user_id: str, access: str,
                               expires_at: float) -> None:
         pool = self._pool_or_fail()

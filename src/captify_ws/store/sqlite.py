@@ -201,6 +201,9 @@ class SqliteStore(SqliteWebhooks, SqliteAgentSessions):
         return await self._run(lambda db: [row[0] for row in db.execute(
             "SELECT id FROM captify_documents ORDER BY id")])
 
+    def forget(self, document_id: str) -> None:
+        self._numbers.pop(document_id, None)
+
     async def save_revocation(self, document_id: str, user_id: str, access: str,
                               expires_at: float) -> None:
         def work(db: sqlite3.Connection) -> None:
