@@ -202,8 +202,10 @@ async def test_concurrent_joiners_wait_for_one_load(tmp_path: Path) -> None:
 
 async def test_rooms_unload_after_many_documents(tmp_path: Path) -> None:
     """Opening and closing 1,000 documents leaves 0 rooms loaded."""
+    # One client creating 1,000 documents at once is what document_create_rate refuses
+    # (tests/test_document_creation.py); here the subject is unloading.
     async with running_server(store=store_from_url(f"sqlite:///{tmp_path}/many.db"),
-                              room_grace_s=0.05) as srv:
+                              room_grace_s=0.05, document_create_rate=0) as srv:
         async def visit(index: int) -> None:
             async with json_client(srv, f"doc-{index}", f"c{index}") as client:
                 if index % 10 == 0:
