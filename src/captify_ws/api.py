@@ -217,7 +217,8 @@ def agent_session(document_id: str, *, name: str = "Assistant", color: str = "#7
     """An agent co-editing ``document_id`` like a person (presence, its own Yjs client id,
     edits at relative positions, ``revert()``), an async context manager; ``owner`` (the
     principal it acts for) and ``run_id`` (its ``agent:{run_id}`` run) go into the stored
-    attribution list. See ``agents/session.py``."""
+    attribution list (entering raises ``StoreError``, nothing left open, when the store cannot
+    record the session). See ``agents/session.py``."""
     from captify_ws.agents.session import AgentSession
 
     server = current_server()
