@@ -13,9 +13,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from captify_ws.store.sqlite import SqliteStore
+from captify_ws.ydoc import _ASTRAL_SEQUENCE, holds_astral
 from tests.helpers import (
     ProviderRepl,
     RunningServer,
@@ -156,3 +159,14 @@ async def test_instances_serve_what_clients_hold_across_the_cluster() -> None:
         finally:
             for proc in procs:
                 proc.stop()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"\xf0", b"\xf4", b"\xf5", b"\x80", b"\xbf", b"\xc0",
+                                 "👷".encode(), "é".encode()]), max_size=40))
+def test_the_fast_astral_check_answers_as_the_full_one(pieces: list[bytes]) -> None:
+    """The memchr prefilter before the regular expression changes no answer: an update
+    holds a 4-byte UTF-8 sequence exactly when the expression finds one."""
+    update = b"".join(pieces)
+    assert holds_astral(update) == (_ASTRAL_SEQUENCE.search(update) is not None)
+

@@ -47,6 +47,16 @@ ASTRAL_COST: Final = 64
 
 #: A 4-byte UTF-8 sequence: a character outside the BMP (two UTF-16 code units).
 _ASTRAL_SEQUENCE: Final = re.compile(rb"[\xf0-\xf4][\x80-\xbf]{3}")
+#: The lead bytes of such a sequence, each looked for with memchr first: 2 ms for a 10 MB
+#: update without any, where the regular expression takes 140 ms (reloading a large document
+#: held the event loop that long).
+_ASTRAL_LEADS: Final = tuple(bytes((lead,)) for lead in range(0xF0, 0xF5))
+
+
+def holds_astral(update: bytes) -> bool:
+    """Whether ``update`` holds a 4-byte UTF-8 sequence anywhere."""
+    return any(lead in update for lead in _ASTRAL_LEADS) and \
+        _ASTRAL_SEQUENCE.search(update) is not None
 
 
 def _checked(call: Callable[[], T]) -> T:
@@ -150,7 +160,7 @@ class YDoc:
     def needs_scan(self, update: bytes) -> bool:
         """Whether integrating ``update`` could split a surrogate pair (then :meth:`apply`
         reads it first)."""
-        return bool(self._astral) or _ASTRAL_SEQUENCE.search(update) is not None
+        return bool(self._astral) or holds_astral(update)
 
     def apply(self, update: bytes, cost: int | None = None) -> None:
         """Integrate one update as Yjs would; raises :class:`InvalidMessage` (nothing
