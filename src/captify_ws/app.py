@@ -221,9 +221,22 @@ class AppLifespan:
         self._supported = True
 
     async def _run(self) -> None:
+        started = False
+
+        async def send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "lifespan.startup.complete"
+            await self._from_app.put(message)
+
         try:
-            await self._app(self._scope, self._to_app.get, self._from_app.put)
-        except Exception:  # an app without lifespan support raises; that is allowed
+            await self._app(self._scope, self._to_app.get, send)
+        except Exception as exc:
+            # An app without lifespan support raises on the scope (allowed, as uvicorn's
+            # lifespan "auto" allows it); the error is logged all the same, for the app whose
+            # startup really crashed, and as an error when it had started.
+            log_with_id(logger, "http_app crashed in its lifespan" if started else
+                        "http_app lifespan raised; served without lifespan events", exc,
+                        level=logging.ERROR if started else logging.WARNING)
             self._supported = False
             await self._from_app.put({"type": "unsupported"})
             return
