@@ -421,3 +421,31 @@ async def test_no_presence_frame_exceeds_the_message_limit(transport: str) -> No
 
 async def _seen_all(client: RawYws, count: int) -> bool:
     return len(client.seen) >= count
+
+
+async def test_hocuspocus_member_cannot_forge_presence(transport: str) -> None:
+    """The same rule on /ws/hocuspocus: a member that sends an entry (and a removal) for a
+    y-websocket provider's id with a newer clock changes nothing for anyone."""
+    from captify_ws.protocol import hocuspocus as hp
+    from tests.test_hocuspocus_hostile import next_frame, token_frame
+
+    async with running_server(transport) as srv, providers() as repl:
+        ids = await open_providers(repl, f"{srv.ws}/ws/fabric", "hp-forge", ["victim", "viewer"])
+        victim = ids["victim"]
+        await repl.call("setAwareness", name="victim", state=VICTIM)
+        await until(shows(repl, "viewer", victim, VICTIM), "the victim's state")
+        room = srv.server.rooms.get("hp-forge")
+        assert room is not None
+        clock = room.presence.slots[victim].announced
+        async with connect(f"{srv.ws}/ws/hocuspocus") as ws:
+            await ws.send(token_frame("hp-forge", ""))
+            await next_frame(ws, "hp-forge", (2,))  # authenticated
+            encoder = hp.FrameEncoder("hp-forge")
+            await ws.send(encoder.awareness([AwarenessEntry(victim, clock + 1,
+                                                            json.dumps(FORGED))]))
+            await ws.send(encoder.awareness([AwarenessEntry(victim, clock + 2, "null")]))
+            await ws.send(encoder.awareness([AwarenessEntry(99, 1, '{"sentinel":1}')]))
+            await until(shows(repl, "viewer", 99, {"sentinel": 1}), "the sentinel")
+            assert (await states(repl, "viewer"))[str(victim)] == VICTIM
+            assert (await states(repl, "victim"))[str(victim)] == VICTIM
+        assert await metric(srv, 'captify_presence_ignored_total{reason="foreign"}') == 2
