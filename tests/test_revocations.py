@@ -132,3 +132,23 @@ async def test_a_new_instance_on_a_shared_store_refuses_the_revoked() -> None:
             for proc in (one, two, three):
                 if proc is not None:
                     proc.stop()
+
+
+async def test_redis_keeps_revocations_for_instances_with_stores_of_their_own(
+        tmp_path: Path) -> None:
+    """Redis broker, each instance on its own SQLite file: an instance started after the
+    revocation (with an empty store) refuses the revoked JWT."""
+    require_redis()
+    cluster = ["--broker", REDIS_URL, "--broker-prefix", f"rev-{time.time_ns()}",
+               "--cluster-heartbeat-s", "0.5", "--revocation-ttl-s", "30"]
+    one = serve(f"sqlite:///{tmp_path}/one.db", *cluster)
+    later: ServerProcess | None = None
+    try:
+        await revoke(one, "dave", "none")
+        later = serve(f"sqlite:///{tmp_path}/later.db", *cluster)
+        assert await close_code(later, "dave") == 4403
+        assert await close_code(later, "erin") is None
+    finally:
+        for proc in (one, later):
+            if proc is not None:
+                proc.stop()

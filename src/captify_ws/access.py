@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -25,9 +26,10 @@ from captify_ws.auth import (
     Principal,
     with_timeout,
 )
+from captify_ws.broker.base import Broker, KeyValueBroker
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject
+from captify_ws.errors import BrokerError, CloseCode, Reject
 from captify_ws.handlers.base import handler_name
 from captify_ws.hooks import HookRunner
 from captify_ws.metrics import Stats
@@ -77,6 +79,7 @@ class AccessControl:
     authenticator: Authenticator
     authorizer: Authorizer
     store: DocumentStore
+    broker: Broker | None
     connections: dict[str, set[Connection]]
     channel_services: ChannelServices
     cluster: ClusterBridge | None
@@ -204,7 +207,38 @@ class AccessControl:
                                           "userId": user_id, "to": to})
         await self.store.save_revocation(document_id, user_id, to,
                                          time.time() + self.settings.revocation_ttl_s)
+        if isinstance(self.broker, KeyValueBroker):
+            # Instances with stores of their own hear of it too, when they start later.
+            try:
+                await self.broker.remember(
+                    self._revocation_key() + json.dumps([document_id, user_id]), to,
+                    self.settings.revocation_ttl_s)
+            except BrokerError as exc:
+                logger.warning("revocation stored, not in the broker: %s", exc)
         return changed
+
+    def _revocation_key(self) -> str:
+        return f"{self.settings.broker_prefix}:revoked:"
+
+    async def load_broker_revocations(self) -> None:
+        """Take in the revocations the broker keeps (on start, once it is connected)."""
+        if not isinstance(self.broker, KeyValueBroker):
+            return
+        prefix = self._revocation_key()
+        monotonic = time.monotonic()
+        try:
+            found = await self.broker.recall(prefix)
+        except BrokerError as exc:
+            logger.warning("could not read revocations from the broker: %s", exc)
+            return
+        for key, to, left in found:
+            try:
+                document_id, user_id = json.loads(key[len(prefix):])
+            except ValueError:
+                continue
+            if to in ("none", "read") and isinstance(document_id, str) and \
+                    isinstance(user_id, str):
+                self._revoked[(document_id, user_id)] = (monotonic + left, to)
 
     async def load_revocations(self) -> None:
         """Take in the stored revocations that have not expired (on start)."""

@@ -153,6 +153,7 @@ class Server(AccessControl, DocumentService):
                 except BaseException:
                     await self.store.close()
                     raise
+                await self.load_broker_revocations()
             self.writer.start()
             self.history.start()
             self.webhooks.start()

@@ -58,3 +58,19 @@ class Broker(Protocol):
     async def check(self) -> None:
         """Raise :class:`~captify_ws.errors.BrokerError` with the reason if it is unusable."""
         ...
+
+
+@runtime_checkable
+class KeyValueBroker(Protocol):
+    """A broker that also keeps small values with an expiry for every instance (Redis), such
+    as revocations (``access.py``)."""
+
+    async def remember(self, key: str, value: str, ttl_s: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl_s`` seconds, for every instance and across
+        restarts of any. Raises :class:`~captify_ws.errors.BrokerError` when unreachable."""
+        ...
+
+    async def recall(self, prefix: str) -> list[tuple[str, str, float]]:
+        """Every ``(key, value, seconds left)`` whose key starts with ``prefix``. Raises
+        :class:`~captify_ws.errors.BrokerError` when unreachable."""
+        ...

@@ -118,6 +118,23 @@ class RedisBroker:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.unsubscribe(channel)
 
+    async def remember(self, key: str, value: str, ttl_s: float) -> None:
+        try:
+            await self._client.set(key, value, px=max(1, int(ttl_s * 1000)))
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"broker {self.url}: {exc or type(exc).__name__}") from exc
+
+    async def recall(self, prefix: str) -> list[tuple[str, str, float]]:
+        found = []
+        try:
+            async for key in self._client.scan_iter(match=prefix + "*", count=500):
+                value, left = await self._client.get(key), await self._client.pttl(key)
+                if value is not None and left > 0:
+                    found.append((key.decode(), value.decode(), left / 1000))
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"broker {self.url}: {exc or type(exc).__name__}") from exc
+        return found
+
     async def check(self) -> None:
         if self.error is not None:
             raise BrokerError(f"broker {self.url}: {self.error}")
