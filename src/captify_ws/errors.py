@@ -205,6 +205,12 @@ def close_code_for(error: BaseException) -> int:
     return CloseCode.INTERNAL_ERROR
 
 
+def http_status_for(refusal: Reject) -> int:
+    """The HTTP status of an upgrade refused before it is accepted (both transports): 403 for
+    an origin or a right refused (1008, 4403), else 503 (shutting down, overloaded)."""
+    return 403 if refusal.code in (CloseCode.POLICY, CloseCode.FORBIDDEN) else 503
+
+
 def close_reason_for(error: BaseException) -> str:
     """A close reason that fits the 123-byte limit of a close frame; never a traceback.
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import uvicorn
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject
+from captify_ws.errors import CloseCode, Reject, http_status_for
 from captify_ws.handlers.base import Handler
 from captify_ws.protocol import names
 from captify_ws.transport.http import HttpStage, bounded_http_protocol
@@ -221,8 +221,7 @@ async def serve_websocket(server: Server, scope: Scope, receive: Receive, send: 
     try:
         server.admit(request)
     except Reject as exc:
-        await deny(scope, send, 403 if exc.code in (CloseCode.POLICY, CloseCode.FORBIDDEN)
-                   else 503, exc.reason)
+        await deny(scope, send, http_status_for(exc), exc.reason)
         return
     handler, subpath = route
     accept: dict[str, object] = {"type": "websocket.accept"}

@@ -46,7 +46,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from uvicorn.server import ServerState
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject, log_with_id
+from captify_ws.errors import CloseCode, Reject, http_status_for, log_with_id
 from captify_ws.handlers.base import Handler
 from captify_ws.lifecycle import ConnectionState
 from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
@@ -454,10 +454,7 @@ class NativeServer:
         try:
             self.server.admit(upgrade)
         except Reject as exc:
-            status = HTTPStatus.FORBIDDEN if exc.code in (CloseCode.POLICY,
-                                                          CloseCode.FORBIDDEN) else \
-                HTTPStatus.SERVICE_UNAVAILABLE
-            return _refusal(status, exc.reason)
+            return _refusal(HTTPStatus(http_status_for(exc)), exc.reason)
         handler, subpath = route
         listener = _Listener(self.server, upgrade, handler, subpath)
         subprotocol = self.server.subprotocol_for(upgrade)
