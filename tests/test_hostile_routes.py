@@ -126,3 +126,29 @@ async def test_a_chunked_body_past_the_limit_is_413_on_every_route(
         assert run["status"] == "running" and len(run["messages"][0]["text"]) > 200 * 100
         assert (await http.get("/healthz")).status_code == 200
     assert _failures(caplog) == []
+
+
+async def test_a_feed_cursor_past_the_end_is_400_naming_the_last(tmp_path: Path) -> None:
+    """GET /api/v1/changes?since=<a cursor this feed never gave> answered 200 with no
+    changes and next=since, so a client holding another deployment's cursor (or one from a
+    memory store before its restart) waited for ever and saw no change; now 400 naming the
+    feed's last cursor, for generated cursors past it, while since=last is an empty page."""
+    url = f"sqlite:///{tmp_path}/feed.db"
+    async with running_server(api_key="k", store=store_from_url(url)) as srv, \
+            httpx.AsyncClient(base_url=srv.http, headers=KEY, timeout=10) as http:
+        doc = Doc()
+        doc.get("text", type=Text).insert(0, "one")
+        update = {"update": base64.b64encode(doc.get_update()).decode()}
+        assert (await http.post("/api/v1/documents/f/updates", json=update)).status_code == 200
+        last = (await http.get("/api/v1/changes?since=0")).json()["next"]
+        assert last >= 1
+        at_end = await http.get(f"/api/v1/changes?since={last}")
+        assert at_end.status_code == 200 and at_end.json() == {"changes": [], "next": last}
+        rng = random.Random(7)
+        for since in [last + 1, last + 2, MAX_ID,
+                      *(rng.randrange(last + 1, 10 ** rng.randint(2, 18)) for _ in range(10))]:
+            past = await http.get(f"/api/v1/changes?since={since}&limit=5")
+            assert past.status_code == 400, (since, past.text)
+            assert past.json()["error"] == (f"'since' {since} is past the end of the feed (its "
+                                            f"last cursor is {last}): ask again with "
+                                            f"since={last}")

@@ -5,7 +5,9 @@
                                                    committed after cursor ``since`` (0: from
                                                    the start), in commit order, at most
                                                    ``limit`` (1-1000, default 100); ask again
-                                                   with ``since=next``
+                                                   with ``since=next``; 400 for a cursor past
+                                                   the feed's last (another deployment's, or
+                                                   a memory store's before a restart)
 ``GET /api/v1/documents/{id}/versions``            ``?before=&limit=`` → ``{versions: [info…],
                                                    next}`` newest first; ``next``: the
                                                    ``before`` of the next page, or null
@@ -167,7 +169,13 @@ class HistoryRoutes:
     async def _changes(self, request: Request) -> Response:
         since = int_param(request, "since", 0, 0, MAX_ID)
         limit = int_param(request, "limit", 100, 1, MAX_PAGE)
-        entries = await history_store(self.server).read_feed(since, limit)
+        store = history_store(self.server)
+        entries = await store.read_feed(since, limit)
+        if not entries and since > 0:
+            last = await store.last_cursor()  # read after: a cursor past it was never given
+            if since > last:
+                raise HistoryError(400, f"'since' {since} is past the end of the feed (its "
+                                   f"last cursor is {last}): ask again with since={last}")
         return JSONResponse({"changes": [entry.as_json() for entry in entries],
                              "next": entries[-1].cursor if entries else since})
 
