@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 from prosemirror.model import Node
+from pycrdt import XmlFragment
 
 from captify_ws.rooms.steps import apply_steps, default_schema
 from tests.helpers import (
@@ -23,6 +24,7 @@ from tests.helpers import (
     providers,
     running_server,
 )
+from tests.polling import eventually
 from tests.services import REDIS_URL, fresh_database, require_redis
 
 AUTH = {"Authorization": "Bearer k"}
@@ -229,7 +231,13 @@ async def test_server_steps_reach_yjs_editors() -> None:
         await repl.call("open", name="tiptap", url=f"{srv.ws}/ws/fabric", doc="yjs-doc")
         await repl.call("waitSynced", name="tiptap")
         await repl.call("pmInit", name="tiptap", doc=initial)
-        await asyncio.sleep(0.3)
+
+        def server_fragment() -> str:
+            room = srv.server.rooms.get("yjs-doc")
+            return "" if room is None else str(
+                room.doc.get(srv.server.settings.pm_fragment, type=XmlFragment))
+
+        await eventually(lambda: "Ship" in server_fragment(), "the editor's content on the server")
         # An agent inserts a word at the start of the paragraph (position 7: after
         # "<h1>Plan</h1>" = 6, +1 into the paragraph).
         answer = await http.post(f"{srv.http}/api/v1/documents/yjs-doc/steps", headers=AUTH,
@@ -251,7 +259,7 @@ async def test_server_steps_reach_yjs_editors() -> None:
             await asyncio.sleep(0.05)
         # The Yjs editor types; the next server step applies on top of that text.
         await repl.call("pmType", name="tiptap", block=0, index=4, text="!")
-        await asyncio.sleep(0.3)
+        await eventually(lambda: "Plan!" in server_fragment(), "the typed '!' on the server")
         answer = await http.post(f"{srv.http}/api/v1/documents/yjs-doc/steps", headers=AUTH,
                                  json={"steps": [insert_step(1, ">> ")],
                                        "changeId": "agent-2"})
