@@ -176,6 +176,7 @@ class AgentRoutes:
                 for line in lines:
                     number += 1
                     await publish_line(number, line)
+                    await asyncio.sleep(0)  # a 64 KiB chunk is ~700 lines: others run between
                 if len(buffer) > max_line:
                     raise ChannelError(CloseCode.MESSAGE_TOO_BIG,
                                        f"line {number + 1} longer than {max_line} bytes")
