@@ -10,8 +10,10 @@ brings one): when it refers to a position inside a pair, the document is rebuilt
 encoding with that item cut as Yjs cuts it (``protocol/yupdate.split_strings``), and the update
 is applied with its own strings cut the same way. yrs then never splits a pair itself, so the
 document, and everything encoded from it (sync step 2, ``synced``, ``GET``, the store's
-snapshots, anti-entropy), decodes in Yjs to what the clients hold. Documents with no character
-outside the BMP take the plain path: one regular-expression search over the update's bytes.
+snapshots, anti-entropy), decodes in Yjs to what the clients hold. An update that refers to
+structs the document does not hold yet (stored, relayed or diffed before them) is held here
+until they arrive, so that yrs never integrates pending structs on its own. Documents with no
+character outside the BMP take the plain path: a read of the update's structs (``scan``).
 
 **Cost.** :attr:`YDoc.cost` estimates, in bytes, the memory the document takes in this process:
 yrs keeps about 50–470 bytes per struct (measured: text runs ~50, formatted text ~200, map
@@ -126,6 +128,15 @@ class YDoc:
         #: client → clocks of the low surrogates of the surrogate pairs the document holds
         self._astral: dict[int, set[int]] = {}
         self.rebuilds = 0
+        #: client → clock: what the document holds of each client (its state vector), kept
+        #: from the updates integrated; never ahead of the document's own
+        self._clocks: dict[int, int] = {}
+        #: updates waiting for structs they refer to (see :meth:`apply`), by the client whose
+        #: clock they wait for: (that clock, arrival number, update, its scan)
+        self._held: dict[int, list[tuple[int, int, bytes, yupdate.UpdateScan]]] = {}
+        self._woken: list[tuple[int, int, bytes, yupdate.UpdateScan]] = []
+        self._held_count = 0
+        self._held_seq = 0
 
     @property
     def has_astral(self) -> bool:
@@ -164,38 +175,144 @@ class YDoc:
 
     def apply(self, update: bytes, cost: int | None = None) -> None:
         """Integrate one update as Yjs would; raises :class:`InvalidMessage` (nothing
-        changed) if Yjs cannot apply it. ``cost``: :meth:`cost_of` the update, if known."""
-        if not self.needs_scan(update):
-            if cost is None:
-                cost = self.cost_of(update)
+        changed) if Yjs cannot apply it. ``cost``: :meth:`cost_of` the update, if known.
+
+        An update that refers to structs the document does not have yet is held here, whole,
+        and integrated once they arrive (Yjs holds such structs as pending too): yrs would
+        integrate it on its own later, without the cuts above (docs/yjs-interop.md).
+        """
+        found = yupdate.scan(update)
+        if cost is None:
+            cost = BYTE_COST * len(update) + STRUCT_COST * found.structs
+        missing = self._missing(found)
+        if missing is not None:
+            # Server code may have edited the document without telling: read its own state.
+            self._clocks = read_state_vector(self.doc.get_state())
+            self._wake_all()
+            missing = self._missing(found)
+        if missing is not None:
+            self._hold(missing, update, found)
+            self._charge(cost)
+        else:
+            self._integrate(update, found, cost)
+        self._integrate_woken()
+
+    def _integrate(self, update: bytes, found: yupdate.UpdateScan, cost: int) -> None:
+        """Integrate an update whose dependencies are all in the document."""
+        if not self._astral and not found.astral:
             apply_checked(self.doc, update)
+            self._advance(found)
             self._charge(cost)
             return
-        found = yupdate.scan(update)
         hits = self._hits(found)
         if hits:
-            self._apply_cut(update, hits)
+            self._apply_cut(update, hits, cost)
+            self._advance(found)
             return
         apply_checked(self.doc, update)
+        self._advance(found)
         self._record(found.astral)
-        self._charge(BYTE_COST * len(update) + STRUCT_COST * found.structs
-                     + ASTRAL_COST * len(found.astral))
+        self._charge(cost + ASTRAL_COST * len(found.astral))
+
+    @property
+    def held(self) -> int:
+        """Updates waiting for structs they refer to (see :meth:`apply`)."""
+        return self._held_count
+
+    def _missing(self, found: yupdate.UpdateScan) -> yupdate.Point | None:
+        """A point ``found`` refers to (it needs every clock of the client below it) that is
+        neither in the document nor in the update itself; ``None`` when there is none."""
+        clocks = self._clocks
+        ends: dict[int, int] = {}
+        for client, first, end in found.runs:
+            if first > clocks.get(client, 0):
+                return client, first
+            ends[client] = end
+        for client, clock in found.gaps:
+            if clock > clocks.get(client, 0):
+                return client, clock
+        for client, clock in found.needs:
+            if clock > clocks.get(client, 0) and clock > ends.get(client, 0):
+                return client, clock
+        return None
+
+    def _hold(self, missing: yupdate.Point, update: bytes, found: yupdate.UpdateScan) -> None:
+        self._held_seq += 1
+        self._held.setdefault(missing[0], []).append((missing[1], self._held_seq, update, found))
+        self._held_count += 1
+
+    def _advance(self, found: yupdate.UpdateScan) -> None:
+        """The update's structs are in the document: move the clocks kept here, and wake the
+        held updates that waited for them."""
+        clocks = self._clocks
+        for client, _first, end in found.runs:
+            if end > clocks.get(client, 0):
+                clocks[client] = end
+                waiting = self._held.get(client)
+                if waiting:
+                    woken = [entry for entry in waiting if entry[0] <= end]
+                    if woken:
+                        self._held[client] = [entry for entry in waiting if entry[0] > end]
+                        self._woken.extend(woken)
+
+    def _wake_all(self) -> None:
+        for waiting in self._held.values():
+            self._woken.extend(waiting)
+        self._held.clear()
+
+    def _integrate_woken(self) -> None:
+        """Integrate the held updates whose dependencies arrived, in arrival order; each may
+        wake others."""
+        while self._woken:
+            self._woken.sort(key=lambda entry: entry[1])
+            _, sequence, update, found = self._woken.pop(0)
+            self._held_count -= 1
+            missing = self._missing(found)
+            if missing is not None:  # it waits for something else too
+                self._held_count += 1
+                self._held.setdefault(missing[0], []).append(
+                    (missing[1], sequence, update, found))
+                continue
+            try:
+                self._integrate(update, found, 0)
+            except InvalidMessage as exc:
+                logger.warning("dropped a held update Yjs cannot apply: %s", exc)
 
     def apply_batch(self, updates: list[bytes]) -> bool:
         """Integrate several updates in one yrs transaction when that is safe (no surrogate
-        pair involved); ``False`` (nothing done) when they must go one by one through
-        :meth:`apply`. Raises :class:`InvalidMessage` if the merged update does not apply."""
-        if any(self.needs_scan(update) for update in updates):
+        pair involved, nothing held, each update's dependencies there); ``False`` (nothing
+        done) when they must go one by one through :meth:`apply`. Raises
+        :class:`InvalidMessage` if the merged update does not apply."""
+        if self._held_count or any(self.needs_scan(update) for update in updates):
             return False
-        cost = sum(self.cost_of(update) for update in updates)
+        scans = [yupdate.scan(update) for update in updates]
+        before = self._clocks
+        ends: dict[int, int] = {}  # what the batch brings, up to the update being checked
+
+        def have(client: int) -> int:
+            return max(before.get(client, 0), ends.get(client, 0))
+
+        for found in scans:
+            if any(first > have(client) for client, first, _ in found.runs) or any(
+                    clock > have(client) for client, clock in found.gaps):
+                return False
+            for client, _first, end in found.runs:
+                ends[client] = max(ends.get(client, 0), end)
+            if any(clock > have(client) for client, clock in found.needs):
+                return False
+        cost = sum(BYTE_COST * len(update) + STRUCT_COST * found.structs
+                   for update, found in zip(updates, scans, strict=True))
         merged = _checked(lambda: merge_updates(*updates))
         apply_checked(self.doc, merged)
+        for found in scans:
+            self._advance(found)
         self._charge(cost)
         return True
 
     def record_local(self, update: bytes) -> None:
         """An update the document made itself (server code editing it): account for it."""
         found = yupdate.scan(update)
+        self._advance(found)
         self._record(found.astral)
         self._charge(BYTE_COST * len(update) + STRUCT_COST * found.structs)
 
@@ -222,7 +339,7 @@ class YDoc:
                     hits.setdefault(client, set()).add(clock)
         return hits
 
-    def _apply_cut(self, update: bytes, hits: dict[int, set[int]]) -> None:
+    def _apply_cut(self, update: bytes, hits: dict[int, set[int]], cost: int) -> None:
         """Cut the items at ``hits`` as Yjs does, in the document and in ``update``, then
         integrate the update."""
         encoded = self.doc.get_update()
@@ -247,7 +364,7 @@ class YDoc:
         found = yupdate.scan(cut_update)
         self._record(point for point in found.astral
                      if point[1] not in hits.get(point[0], ()))
-        self._charge(BYTE_COST * len(update) + STRUCT_COST * found.structs)
+        self._charge(cost)
 
     # -- encoding --------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@
 //
 // Commands: open, waitSynced, insert, deleteText, unicodeEdits, mapSet, xmlInsert, randomEdits,
 // decode, delta, snapshot, setAwareness,
-// awareness, disconnect, connect, close, waitUntil, stateUpdate, applyUpdate, status, exit.
+// awareness, disconnect, connect, close, waitUntil, stateUpdate, madeUpdates, applyUpdate, status,
+// exit.
 
 import './warp.mjs' // first: CAPTIFY_TIME_WARP speeds up this process's clock
 import * as Y from 'yjs'
@@ -56,7 +57,9 @@ const commands = {
       WebSocketPolyfill: WebSocket, disableBc: true, params: params || {}
     })
     if (awareness === null) provider.awareness.setLocalState(null)
-    const entry = { doc: ydoc, provider, synced: false, closes: [], seen: [] }
+    const entry = { doc: ydoc, provider, synced: false, closes: [], seen: [], made: [] }
+    // Every update this client made itself (not received from the server), in order.
+    ydoc.on('update', (update, origin) => { if (origin !== provider) entry.made.push(update) })
     // Every remote awareness change, with carets resolved to indexes of the text now.
     provider.awareness.on('change', ({ added, updated, removed }) => {
       for (const id of [...added, ...updated]) {
@@ -205,6 +208,10 @@ const commands = {
   },
   async stateUpdate ({ name }) {
     return { update: Buffer.from(Y.encodeStateAsUpdate(get(name).doc)).toString('base64') }
+  },
+  // The updates this client made itself, base64, oldest first.
+  async madeUpdates ({ name }) {
+    return { updates: get(name).made.map((u) => Buffer.from(u).toString('base64')) }
   },
   async applyUpdate ({ name, update }) {
     Y.applyUpdate(get(name).doc, Buffer.from(update, 'base64'))

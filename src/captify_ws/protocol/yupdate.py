@@ -61,6 +61,14 @@ class UpdateScan:
     #: points of the update's own strings that fall between the halves of a surrogate pair
     #: (the clock of each low surrogate)
     astral: list[Point] = field(default_factory=list)
+    #: (client, clock): the update refers to every clock of ``client`` below ``clock`` (its
+    #: origins, right origins, parent IDs and deleted ranges); Yjs integrates it only when
+    #: they are there, in the document or in the update (Yjs ``getMissing``, pending structs
+    #: and delete sets)
+    needs: list[Point] = field(default_factory=list)
+    #: (client, clock): the update skips that client's clocks below ``clock`` (Skip structs):
+    #: they must be in the document already
+    gaps: list[Point] = field(default_factory=list)
 
 
 class _Reader:
@@ -234,6 +242,7 @@ def scan(update: bytes) -> UpdateScan:
     end = len(data)
     out = UpdateScan()
     splits = out.splits
+    needs = out.needs
     varuint = _varuint
     try:
         clients, pos = varuint(data, 0)
@@ -249,24 +258,30 @@ def scan(update: bytes) -> UpdateScan:
                 if kind == 0 or kind == 10:  # noqa: PLR1714 - the fastest test here
                     length, pos = varuint(data, pos)
                     clock += length
-                    out.structs += kind == 0
+                    if kind == 0:
+                        out.structs += 1
+                    else:
+                        out.gaps.append((client, clock))
                     continue
                 if info & 0x80:
                     other, pos = varuint(data, pos)
                     at, pos = varuint(data, pos)
                     splits.append((other, at + 1))
+                    needs.append((other, at + 1))
                 if info & 0x40:
                     other, pos = varuint(data, pos)
                     at, pos = varuint(data, pos)
                     splits.append((other, at))
+                    needs.append((other, at + 1))
                 if not info & 0xC0:
                     has_key, pos = varuint(data, pos)
                     if has_key == 1:
                         length, pos = varuint(data, pos)
                         pos += length
                     else:
-                        _, pos = varuint(data, pos)
-                        _, pos = varuint(data, pos)
+                        other, pos = varuint(data, pos)
+                        at, pos = varuint(data, pos)
+                        needs.append((other, at + 1))
                     if info & 0x20:
                         length, pos = varuint(data, pos)
                         pos += length
@@ -297,6 +312,7 @@ def scan(update: bytes) -> UpdateScan:
                 length, pos = varuint(data, pos)
                 splits.append((client, clock))
                 splits.append((client, clock + length))
+                needs.append((client, clock + length))
     except IndexError:
         raise InvalidMessage("not a valid Yjs update (truncated)") from None
     if pos != end:
