@@ -306,7 +306,10 @@ class HocuspocusHandler:
                 raise MessageTooBig(f"presence state larger than {limit} bytes")
             room.presence.apply(event.entries, member)
         elif isinstance(event, hp.QueryAwareness):
-            for group in room.awareness_groups(s.entry() for s in room.presence.snapshot()):
+            # Always answered, with no entries when nobody has a state (Hocuspocus's
+            # MessageReceiver replies with the awareness update of every state, even none).
+            groups = list(room.awareness_groups(s.entry() for s in room.presence.snapshot()))
+            for group in groups or [[]]:
                 member.send(encoder.awareness(group))
         elif isinstance(event, hp.Stateless):
             stateless = self._server.stateless
