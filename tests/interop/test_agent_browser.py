@@ -17,6 +17,7 @@ import captify_ws
 from captify_ws.api import agent_runs
 from tests.helpers import running_server
 from tests.interop.test_channels_js import _chromium
+from tests.polling import eventually
 
 PAGE = (Path(__file__).resolve().parent.parent / "js" / "agent_page.html").read_text()
 TEXT = "document.getElementById('text').textContent"
@@ -28,9 +29,9 @@ async def _page(request: Request) -> HTMLResponse:
 
 
 async def test_reload_mid_run_and_cancel_from_a_second_tab() -> None:
-    """Tab 1 reloads mid-run (far enough behind to get the compacted snapshot): it shows the
-    text so far, then the rest; tab 2's cancel reaches the producer's task within 1 s; both
-    tabs show exactly the run's text and 'cancelled'."""
+    """Tab 1 reloads mid-run, away long enough to be too far behind for a recovery (it gets
+    the compacted snapshot): it shows the text so far, then the rest; tab 2's cancel reaches
+    the producer's task within 1 s; both tabs show exactly the run's text and 'cancelled'."""
     from playwright.async_api import async_playwright
 
     app = Starlette(routes=[Route("/page", _page)])
@@ -60,7 +61,18 @@ async def test_reload_mid_run_and_cancel_from_a_second_tab() -> None:
             one = await browser.new_page()
             await one.goto(f"{srv.http}/page?run=browser-run")
             await one.wait_for_function(f"{TEXT}.length > 200", timeout=10000)
-            await one.reload()
+            # The tab leaves (its position is saved at pagehide, in the tab's sessionStorage)
+            # and comes back only once the run has published more than one recovery replays
+            # (agent_recovery_max_publications=1) beyond any position it can have saved.
+            hub = srv.server.channel_services.hub
+            await one.goto("about:blank")
+            left = (await hub.snapshot("agent:browser-run")).position.offset
+
+            async def past_the_cap() -> bool:
+                return (await hub.snapshot("agent:browser-run")).position.offset > left + 1
+
+            await eventually(past_the_cap, "two publications after the tab left")
+            await one.goto(f"{srv.http}/page?run=browser-run")
             await one.wait_for_function(f"{TEXT}.length > 0", timeout=10000)
             first = await one.evaluate(TEXT)
             assert await one.evaluate("window.resets") == ["too_far"], "one snapshot"
