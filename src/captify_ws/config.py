@@ -215,8 +215,9 @@ class Settings:
         256 << 20, "quota: bytes of updates a document may hold; updates beyond it are "
         "refused", _parse_size, metavar="SIZE")
     pm_schema: str | None = _setting(
-        None, "the ProseMirror schema of the step authority, 'module:attribute' naming a "
-        "prosemirror.model.Schema", metavar="MOD:ATTR",
+        None, "the ProseMirror schema of the step authority: 'tiptap' (Tiptap 3 StarterKit's, "
+        "built in) or 'module:attribute' naming a prosemirror.model.Schema",
+        metavar="tiptap|MOD:ATTR",
         shown="prosemirror-schema-basic with the list nodes")
     pm_fragment: str = _setting(
         "prosemirror", "the Y.XmlFragment that y-prosemirror editors share (Tiptap: 'default'); "

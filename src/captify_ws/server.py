@@ -57,6 +57,8 @@ from captify_ws.imports import import_attribute
 from captify_ws.metrics import Stats
 from captify_ws.outbound import connection_limits
 from captify_ws.rooms.manager import RoomManager
+from captify_ws.rooms.tiptap_schema import NAME as TIPTAP
+from captify_ws.rooms.tiptap_schema import tiptap_schema
 from captify_ws.stateless import StatelessHub
 from captify_ws.store import DocumentStore, store_from_url
 from captify_ws.store.writer import StoreWriter
@@ -98,7 +100,9 @@ class Server(AccessControl, DocumentService):
             self.store, commit_interval_s=self.settings.store_commit_interval_ms / 1000,
             on_commit=lambda count, seconds: self.stats.store_writes.observe(seconds))
         schema = None
-        if self.settings.pm_schema:
+        if self.settings.pm_schema == TIPTAP:
+            schema = tiptap_schema()
+        elif self.settings.pm_schema:
             schema = import_attribute(self.settings.pm_schema, "pm_schema")
         self.rooms = RoomManager(self.store, self.writer, self.settings, schema,
                                  stats=self.stats)

@@ -19,6 +19,16 @@ import { mulberry32, serve, sleep, waitFor } from './repl.mjs'
 import { prosemirrorJSONToYXmlFragment, yXmlFragmentToProsemirrorJSON } from 'y-prosemirror'
 import { schema as pmSchema } from './pm_schema.mjs'
 
+let tiptap = null
+async function tiptapSchema () {
+  if (!tiptap) {
+    const { getSchema } = await import('@tiptap/core')
+    const { default: StarterKit } = await import('@tiptap/starter-kit')
+    tiptap = getSchema([StarterKit])
+  }
+  return tiptap
+}
+
 const implArg = process.argv.indexOf('--impl')
 const impl = implArg >= 0 ? process.argv[implArg + 1] : 'v3'
 const modules = { v3: 'y-websocket', v2: 'y-websocket-v2', v1: 'y-websocket-v1' }
@@ -186,13 +196,37 @@ const commands = {
     return { delta: get(name).doc.getText('text').toDelta() }
   },
   // y-prosemirror's own view of a Y.XmlFragment (what a Tiptap/y-prosemirror editor shows).
-  async pmJSON ({ name, fragment }) {
-    return { doc: yXmlFragmentToProsemirrorJSON(get(name).doc.getXmlFragment(fragment || 'prosemirror')) }
+  // With schema 'tiptap': the document a Tiptap 3 editor (StarterKit, Collaboration) builds
+  // from the fragment, through @tiptap/y-tiptap and getSchema([StarterKit]).
+  async pmJSON ({ name, fragment, schema }) {
+    const frag = get(name).doc.getXmlFragment(fragment || 'prosemirror')
+    if (schema === 'tiptap') {
+      const { yXmlFragmentToProseMirrorRootNode } = await import('@tiptap/y-tiptap')
+      return { doc: yXmlFragmentToProseMirrorRootNode(frag, await tiptapSchema()).toJSON() }
+    }
+    return { doc: yXmlFragmentToProsemirrorJSON(frag) }
   },
-  // Fill an empty fragment from ProseMirror JSON, as y-prosemirror does.
-  async pmInit ({ name, fragment, doc }) {
-    prosemirrorJSONToYXmlFragment(pmSchema, doc, get(name).doc.getXmlFragment(fragment || 'prosemirror'))
+  // Fill an empty fragment from ProseMirror JSON, as y-prosemirror does (schema 'tiptap': as
+  // a Tiptap 3 editor does, @tiptap/y-tiptap with StarterKit's schema).
+  async pmInit ({ name, fragment, doc, schema }) {
+    const frag = get(name).doc.getXmlFragment(fragment || 'prosemirror')
+    if (schema === 'tiptap') {
+      const yTiptap = await import('@tiptap/y-tiptap')
+      yTiptap.prosemirrorJSONToYXmlFragment(await tiptapSchema(), doc, frag)
+    } else {
+      prosemirrorJSONToYXmlFragment(pmSchema, doc, frag)
+    }
     return {}
+  },
+  // Tiptap 3 StarterKit's schema as @tiptap/core builds it (node/mark names and attributes).
+  async tiptapSchema () {
+    const schema = await tiptapSchema()
+    const attrs = (spec) => Object.fromEntries(Object.entries(spec.attrs || {})
+      .map(([key, attr]) => [key, { default: attr.default === undefined ? null : attr.default }]))
+    const specs = (types) => Object.values(types).map((type) => ({
+      name: type.name, attrs: attrs(type.spec), content: type.spec.content || null,
+      group: type.spec.group || null }))
+    return { nodes: specs(schema.nodes), marks: specs(schema.marks), topNode: schema.topNodeType.name }
   },
   // Type into the text of the block at `block` (what an editor bound to Yjs does).
   async pmType ({ name, fragment, block, index, text }) {

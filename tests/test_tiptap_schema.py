@@ -1,0 +1,202 @@
+"""``--pm-schema tiptap``: Tiptap 3 StarterKit's schema built in (issue 12.8). Compared with
+``getSchema([StarterKit])`` of the pinned @tiptap/core, and exercised with documents a Tiptap 3
+editor writes to its ``default`` fragment (@tiptap/y-tiptap with StarterKit's schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import httpx
+from prosemirror.model import Node
+
+from captify_ws.rooms.tiptap_schema import tiptap_schema
+from tests.helpers import ProviderRepl, RunningServer, json_client, providers, running_server
+
+AUTH = {"Authorization": "Bearer k"}
+SCHEMA = tiptap_schema()
+TIPTAP = {"pm_fragment": "default", "pm_schema": "tiptap", "api_key": "k"}
+
+
+def _spec(type_: Any) -> dict[str, Any]:
+    spec = type_.spec
+    attrs = {key: {"default": attr.get("default")}
+             for key, attr in (spec.get("attrs") or {}).items()}
+    return {"name": type_.name, "attrs": attrs, "content": spec.get("content") or None,
+            "group": spec.get("group") or None}
+
+
+async def test_schema_is_starter_kits() -> None:
+    """Node and mark names (in order), attributes with defaults, content and groups equal what
+    ``getSchema([StarterKit])`` of @tiptap/core 3.31.3 builds."""
+    async with providers() as repl:
+        answer = await repl.call("tiptapSchema")
+    theirs = {key: answer[key] for key in ("nodes", "marks", "topNode")}
+    ours = {"nodes": [_spec(t) for t in SCHEMA.nodes.values()],
+            "marks": [_spec(t) for t in SCHEMA.marks.values()],
+            "topNode": SCHEMA.top_node_type.name}
+    for mark in theirs["marks"]:
+        mark["content"] = mark["group"] = None
+    assert ours == theirs
+
+
+async def server_doc(srv: RunningServer, document_id: str) -> dict[str, Any]:
+    async with json_client(srv, document_id, "reader") as reader:
+        await reader.send({"type": "doc", "documentId": document_id})
+        doc: dict[str, Any] = (await reader.expect("doc"))["data"]["doc"]
+        return doc
+
+
+async def editor_shows(repl: ProviderRepl, name: str, expected: dict[str, Any],
+                       timeout: float = 5.0) -> dict[str, Any]:
+    """Wait until the Tiptap editor's document (built from the fragment with StarterKit's
+    schema) is exactly ``expected``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen: dict[str, Any] = (await repl.call("pmJSON", name=name, fragment="default",
+                                                schema="tiptap"))["doc"]
+        if seen == expected:
+            return seen
+        assert time.monotonic() < deadline, (seen, expected)
+        await asyncio.sleep(0.02)
+
+
+def text(value: str, *marks: str) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "text", "text": value}
+    if marks:
+        node["marks"] = [{"type": mark} for mark in marks]
+    return node
+
+
+def para(*content: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "paragraph", "content": list(content)}
+
+
+def item(*content: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "listItem", "content": list(content)}
+
+
+def insert(pos: int, value: str) -> dict[str, Any]:
+    return {"stepType": "replace", "from": pos, "to": pos,
+            "slice": {"content": [{"type": "text", "text": value}]}}
+
+
+async def test_bullet_list_of_a_tiptap_editor_stays_a_list() -> None:
+    """Issue 12.8: a Tiptap 3 user's bullet list in fragment ``default``; one ``POST …/steps``
+    inserting text is applied (200) and the list is still a list for the editor, whose
+    document equals the server's."""
+    initial = {"type": "doc", "content": [
+        para(text("Todo")),
+        {"type": "bulletList", "content": [item(para(text("milk"))),
+                                           item(para(text("eggs", "bold")))]}]}
+    async with running_server(**TIPTAP) as srv, providers() as repl, \
+            httpx.AsyncClient(timeout=10) as http:
+        await repl.call("open", name="tt", url=f"{srv.ws}/ws/fabric", doc="list")
+        await repl.call("waitSynced", name="tt")
+        await repl.call("pmInit", name="tt", fragment="default", doc=initial, schema="tiptap")
+        await editor_shows(repl, "tt", initial)
+        # <p>Todo</p> = 6; <ul> 6, <li> 7, <p> 8: inside the first item's paragraph at 9.
+        answer = await http.post(f"{srv.http}/api/v1/documents/list/steps", headers=AUTH,
+                                 json={"steps": [insert(9, "oat ")], "changeId": "agent-1"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["applied"] is True
+        expected = {"type": "doc", "content": [
+            para(text("Todo")),
+            {"type": "bulletList", "content": [item(para(text("oat milk"))),
+                                               item(para(text("eggs", "bold")))]}]}
+        assert await server_doc(srv, "list") == expected
+        await editor_shows(repl, "tt", expected)
+
+
+def _random_inline(rand: random.Random) -> list[dict[str, Any]]:
+    marks = ["bold", "italic", "strike", "code", "underline"]
+    out = []
+    for _ in range(rand.randint(1, 3)):
+        node = text(rand.choice(["ab", "é", "👷x", "中文", "go "]),
+                    *rand.choice([[], [rand.choice(marks)]]))
+        if out and out[-1].get("marks") == node.get("marks"):
+            out[-1]["text"] += node["text"]  # as an editor holds it: equal marks, one node
+        else:
+            out.append(node)
+    return out
+
+
+def _random_block(rand: random.Random, depth: int = 0) -> dict[str, Any]:
+    kinds = ["paragraph", "heading", "codeBlock", "horizontalRule"]
+    if depth < 2:
+        kinds += ["bulletList", "orderedList", "blockquote"]
+    kind = rand.choice(kinds)
+    if kind == "paragraph":
+        return {"type": "paragraph", "content": _random_inline(rand)}
+    if kind == "heading":
+        return {"type": "heading", "attrs": {"level": rand.randint(1, 3)},
+                "content": _random_inline(rand)}
+    if kind == "codeBlock":
+        return {"type": "codeBlock", "attrs": {"language": rand.choice([None, "py"])},
+                "content": [text("x = 1")]}
+    if kind == "horizontalRule":
+        return {"type": "horizontalRule"}
+    if kind == "blockquote":
+        return {"type": "blockquote", "content": [_random_block(rand, depth + 1)]}
+    items = [{"type": "listItem", "content": [{"type": "paragraph",
+                                               "content": _random_inline(rand)}]
+              + ([_random_block(rand, depth + 1)] if rand.random() < 0.3 else [])}
+             for _ in range(rand.randint(1, 3))]
+    node: dict[str, Any] = {"type": kind, "content": items}
+    if kind == "orderedList":
+        node["attrs"] = {"start": rand.randint(1, 5), "type": None}
+    return node
+
+
+def _text_positions(doc: Node) -> list[int]:
+    """Positions inside textblocks, at node boundaries of their content (never inside a
+    character's UTF-16 pair)."""
+    found: list[int] = []
+
+    def visit(node: Node, pos: int, *_: Any) -> bool:
+        if node.is_textblock:
+            offset = pos + 1
+            found.append(offset)
+            for child in node.content.content:
+                offset += child.node_size
+                found.append(offset)
+            return False
+        return True
+
+    doc.descendants(visit)
+    return found
+
+
+async def test_random_tiptap_documents_keep_their_structure_under_server_steps() -> None:
+    """Generated: documents of every StarterKit node and mark (nested lists, quotes, code
+    blocks, headings) written by a Tiptap 3 editor; random text insertions through
+    ``POST …/steps`` are applied and the editor's document equals the server's after each."""
+    rand = random.Random("tiptap-kinds")
+    async with running_server(**TIPTAP) as srv, providers() as repl, \
+            httpx.AsyncClient(timeout=10) as http:
+        for number in range(4):
+            name = f"gen{number}"
+            initial = Node.from_json(SCHEMA, {"type": "doc", "content": [
+                _random_block(rand) for _ in range(rand.randint(2, 4))]})
+            initial.check()
+            await repl.call("open", name=name, url=f"{srv.ws}/ws/fabric", doc=name)
+            await repl.call("waitSynced", name=name)
+            await repl.call("pmInit", name=name, fragment="default", doc=initial.to_json(),
+                            schema="tiptap")
+            await editor_shows(repl, name, initial.to_json())
+            doc = initial
+            for index in range(5):
+                pos = rand.choice(_text_positions(doc))
+                answer = await http.post(
+                    f"{srv.http}/api/v1/documents/{name}/steps", headers=AUTH,
+                    json={"steps": [insert(pos, rand.choice(["z", "ñ", "🙂"]))],
+                          "changeId": f"{name}-{index}"})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["applied"] is True
+                seen = await server_doc(srv, name)
+                doc = Node.from_json(SCHEMA, seen)
+                await editor_shows(repl, name, seen)
+            assert [c.type.name for c in doc.content.content] == \
+                [c.type.name for c in initial.content.content]
