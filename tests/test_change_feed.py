@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import random
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pycrdt import Doc, Text
 
 from captify_ws.store import store_from_url
 from tests.helpers import RunningServer, json_client, running_server
+from tests.services import fresh_database
 
 KEY = {"Authorization": "Bearer k"}
 
@@ -109,3 +115,52 @@ async def test_bad_cursor_or_limit_is_a_clear_400(query: str, message: str) -> N
         assert response.status_code == 400
         assert message in response.json()["error"]
         assert (await http.get(f"{srv.http}/api/v1/changes")).status_code == 401
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/feed.db"
+    else:
+        with fresh_database() as url:
+            yield url
+
+
+async def test_a_cursor_older_than_the_kept_entries_is_410_naming_the_oldest(
+        store_url: str) -> None:
+    """Retention (history_log_keep_s) deletes old feed entries; a reader whose cursor was
+    below them got the later page as if nothing was missing. Now every cursor below the
+    highest pruned one (generated around the boundary, 0 included) answers 410 ``too_old``
+    naming it, and every cursor from it on pages on with no gap, on every store."""
+    store = store_from_url(store_url)
+    async with running_server(api_key="k", store=store, version_idle_s=0) as srv, \
+            httpx.AsyncClient(base_url=srv.http, headers=KEY, timeout=10) as http:
+        for index in range(12):
+            doc = Doc()
+            doc.get("text", type=Text).insert(0, f"doc {index}")
+            body = {"update": base64.b64encode(doc.get_update()).decode()}
+            response = await http.post(f"/api/v1/documents/d{index}/updates", json=body)
+            assert response.status_code == 200, response.text
+        await srv.server.writer.flush()
+        whole = await _read_all(http, srv)
+        cursors = [entry["cursor"] for entry in whole]
+        assert len(cursors) == 12
+        oldest = cursors[4]
+        assert await store.prune_feed(time.time() + 1, oldest) == 5  # type: ignore[attr-defined]
+        rng = random.Random(19)
+        below = {0, oldest - 1, cursors[0], cursors[3], *(rng.randrange(oldest)
+                                                           for _ in range(8))}
+        for since in sorted(below):
+            refused = await http.get(f"/api/v1/changes?since={since}&limit=3")
+            assert refused.status_code == 410, (since, refused.text)
+            assert refused.json() == {
+                "error": f"'since' {since} is older than the feed keeps (entries up to "
+                         f"{oldest} were pruned by history_log_keep_s): the oldest cursor "
+                         f"available is {oldest}",
+                "code": "too_old", "oldest": oldest}
+        for since in sorted({oldest, *cursors[4:], *(rng.randrange(oldest, cursors[-1] + 1)
+                                                     for _ in range(8))}):
+            page = await _page(http, srv, since, 3)
+            assert page["changes"] == [e for e in whole if e["cursor"] > since][:3], since

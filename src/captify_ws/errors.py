@@ -159,12 +159,17 @@ class ChannelError(CaptifyError):
 
 class HistoryError(CaptifyError):
     """A history request that cannot be served; ``status`` is its HTTP status (400 bad input,
-    404 no such document or version, 501 a store that keeps no history)."""
+    404 no such document or version, 410 a feed cursor older than the entries kept, 501 a
+    store that keeps no history); ``code`` the body's ``code`` (default: the status), and
+    ``extra`` more fields of the body."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 extra: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code: str | int = status if code is None else code
+        self.extra = dict(extra or {})
 
 
 class RunEnded(ChannelError):

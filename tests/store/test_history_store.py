@@ -222,6 +222,37 @@ async def test_old_feed_entries_and_finished_deliveries_are_pruned(store: Any) -
     assert (await store.delivery_counts())["pending"] == 2
 
 
+async def test_the_first_cursor_is_the_highest_pruned_and_survives_a_restart(
+        store_url: str) -> None:
+    """first_cursor: 0 before any pruning, then the highest cursor prune_feed deleted; a
+    prune that deletes nothing (or only lower cursors) never lowers it; it is kept in the
+    store (a reopened SQLite/PostgreSQL store still knows it)."""
+    store: Any = store_from_url(store_url)
+    await store.open()
+    try:
+        assert await store.first_cursor() == 0
+        for index in range(6):
+            await store.append_updates([(f"d{index}", _update("x"))])
+        feed = await store.read_feed(0, 10)
+        assert await store.prune_feed(time.time() - 3600, None) == 0
+        assert await store.first_cursor() == 0
+        assert await store.prune_feed(time.time() + 1, feed[2].cursor) == 3
+        assert await store.first_cursor() == feed[2].cursor
+        assert await store.prune_feed(time.time() + 1, feed[1].cursor) == 0
+        assert await store.first_cursor() == feed[2].cursor
+        assert await store.prune_feed(time.time() + 1, None) == 3
+        assert await store.first_cursor() == feed[5].cursor
+    finally:
+        await store.close()
+    if store_url != "memory":
+        reopened: Any = store_from_url(store_url)
+        await reopened.open()
+        try:
+            assert await reopened.first_cursor() == feed[5].cursor
+        finally:
+            await reopened.close()
+
+
 async def test_versions_keep_their_yjs_clients(store: Any) -> None:
     """The Yjs client ids a version names come back from list and get."""
     await store.append_updates([("c", _update("x"))])

@@ -7,7 +7,12 @@
                                                    ``limit`` (1-1000, default 100); ask again
                                                    with ``since=next``; 400 for a cursor past
                                                    the feed's last (another deployment's, or
-                                                   a memory store's before a restart)
+                                                   a memory store's before a restart);
+                                                   410 ``{code: "too_old", oldest}`` for a
+                                                   cursor below ``oldest``, the feed's first
+                                                   after entries pruned by retention
+                                                   (``history_log_keep_s``): never a page
+                                                   that silently skips some
 ``GET /api/v1/documents/{id}/versions``            ``?before=&limit=`` → ``{versions: [info…],
                                                    next}`` newest first; ``next``: the
                                                    ``before`` of the next page, or null
@@ -33,7 +38,8 @@ request body labels the change (default ``api``).
 
 A feed entry: ``{cursor, documentId, kind, at, updates, who, version}`` (``store/history.py``).
 Errors answer ``{"error": …, "code": …}``: 400 bad input, 404 no such document or version,
-501 a store that keeps no history, 503 the store is unreachable.
+410 a feed cursor older than the entries kept, 501 a store that keeps no history, 503 the
+store is unreachable.
 """
 
 from __future__ import annotations
@@ -157,7 +163,7 @@ class HistoryRoutes:
             try:
                 return await endpoint(request)
             except HistoryError as exc:
-                return JSONResponse({"error": exc.message, "code": exc.status},
+                return JSONResponse({"error": exc.message, "code": exc.code, **exc.extra},
                                     status_code=exc.status)
             except StoreError as exc:
                 error_id = log_with_id(logger, "history request failed", exc,
@@ -171,6 +177,12 @@ class HistoryRoutes:
         limit = int_param(request, "limit", 100, 1, MAX_PAGE)
         store = history_store(self.server)
         entries = await store.read_feed(since, limit)
+        first = await store.first_cursor()  # read after: entries pruned meanwhile count
+        if since < first:
+            raise HistoryError(410, f"'since' {since} is older than the feed keeps (entries "
+                               f"up to {first} were pruned by history_log_keep_s): the "
+                               f"oldest cursor available is {first}", "too_old",
+                               {"oldest": first})
         if not entries and since > 0:
             last = await store.last_cursor()  # read after: a cursor past it was never given
             if since > last:

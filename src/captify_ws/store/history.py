@@ -112,6 +112,11 @@ class HistoryStore(Protocol):
         """The cursor of the newest feed entry, 0 if there is none."""
         ...
 
+    async def first_cursor(self) -> int:
+        """The oldest cursor a reader may resume from: the highest cursor ``prune_feed`` ever
+        deleted (0 if none). A reader at a lower cursor has missed pruned entries."""
+        ...
+
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,
                           who: Sequence[str] = (),
@@ -134,7 +139,8 @@ class HistoryStore(Protocol):
 
     async def prune_feed(self, before: float, keep_after: int | None) -> int:
         """Delete feed entries committed before ``before`` (epoch seconds), except those
-        after cursor ``keep_after`` (what the webhooks have not read yet). Returns how many."""
+        after cursor ``keep_after`` (what the webhooks have not read yet), and raise
+        ``first_cursor`` to the highest deleted, in the same transaction. Returns how many."""
         ...
 
     async def prune_versions(self, document_id: str, keep: int, older_than: float) -> int:

@@ -49,6 +49,7 @@ class MemoryStore(MemoryWebhooks, MemoryAgentSessions):
         self._changes: dict[str, dict[str, int]] = {}
         self._feed: list[FeedEntry] = []
         self._feed_cursor = 0
+        self._feed_first = 0
         self._versions: dict[str, dict[int, Version]] = {}
         self._revocations: dict[tuple[str, str], tuple[str, float]] = {}
 
@@ -131,12 +132,18 @@ class MemoryStore(MemoryWebhooks, MemoryAgentSessions):
     async def last_cursor(self) -> int:
         return self._feed_cursor
 
+    async def first_cursor(self) -> int:
+        return self._feed_first
+
     async def prune_feed(self, before: float, keep_after: int | None) -> int:
-        kept = [e for e in self._feed
-                if e.at >= before or (keep_after is not None and e.cursor > keep_after)]
-        pruned = len(self._feed) - len(kept)
+        kept: list[FeedEntry] = []
+        gone: list[FeedEntry] = []
+        for entry in self._feed:
+            keep = entry.at >= before or (keep_after is not None and entry.cursor > keep_after)
+            (kept if keep else gone).append(entry)
+        self._feed_first = max([self._feed_first] + [entry.cursor for entry in gone])
         self._feed = kept
-        return pruned
+        return len(gone)
 
     async def add_version(self, document_id: str, state: bytes, kind: VersionKind,
                           name: str | None, *, only_if_changed: bool = False,

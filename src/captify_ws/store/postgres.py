@@ -262,6 +262,10 @@ class PostgresStore(PostgresWebhooks, PostgresAgentSessions):
         result: int = await self._in_transaction(history.last_cursor)
         return result
 
+    async def first_cursor(self) -> int:
+        result: int = await self._in_transaction(history.first_cursor)
+        return result
+
     async def prune_feed(self, before: float, keep_after: int | None) -> int:
         result: int = await self._in_transaction(
             lambda conn: history.prune_feed(conn, before, keep_after), write=True)

@@ -64,9 +64,23 @@ async def read_feed(conn: Any, since: int, limit: int) -> list[FeedEntry]:
 
 
 async def prune_feed(conn: Any, before: float, keep_after: int | None) -> int:
-    status = await conn.execute("DELETE FROM captify_feed WHERE at < $1 AND "
-                                "($2::bigint IS NULL OR seq <= $2)", before, keep_after)
-    return int(status.split()[-1])
+    """See ``HistoryStore.prune_feed``; call inside a transaction."""
+    row = await conn.fetchrow(
+        "WITH gone AS (DELETE FROM captify_feed WHERE at < $1 AND "
+        "($2::bigint IS NULL OR seq <= $2) RETURNING seq) "
+        "SELECT count(*) AS n, max(seq) AS highest FROM gone", before, keep_after)
+    if row["highest"] is not None:
+        await conn.execute(
+            "INSERT INTO captify_meta (key, value) VALUES ('feed_first_cursor', $1) "
+            "ON CONFLICT (key) DO UPDATE SET value = greatest(captify_meta.value::bigint, "
+            "excluded.value::bigint)::text", str(row["highest"]))
+    return int(row["n"])
+
+
+async def first_cursor(conn: Any) -> int:
+    value = await conn.fetchval("SELECT value FROM captify_meta "
+                                "WHERE key = 'feed_first_cursor'")
+    return int(value) if value is not None else 0
 
 
 async def last_cursor(conn: Any) -> int:

@@ -249,6 +249,9 @@ class SqliteStore(SqliteWebhooks, SqliteAgentSessions):
     async def last_cursor(self) -> int:
         return await self._run(history.last_cursor)
 
+    async def first_cursor(self) -> int:
+        return await self._run(history.first_cursor)
+
     async def prune_feed(self, before: float, keep_after: int | None) -> int:
         return await self._run(self._write(lambda db: history.prune_feed(db, before,
                                                                          keep_after)))

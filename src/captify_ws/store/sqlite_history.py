@@ -52,8 +52,22 @@ def read_feed(db: sqlite3.Connection, since: int, limit: int) -> list[FeedEntry]
 
 
 def prune_feed(db: sqlite3.Connection, before: float, keep_after: int | None) -> int:
-    return int(db.execute("DELETE FROM captify_feed WHERE at < ? AND (? IS NULL OR seq <= ?)",
+    """See ``HistoryStore.prune_feed``; call inside a write transaction."""
+    doomed = "at < ? AND (? IS NULL OR seq <= ?)"
+    (highest,) = db.execute(f"SELECT max(seq) FROM captify_feed WHERE {doomed}",
+                            (before, keep_after, keep_after)).fetchone()
+    if highest is None:
+        return 0
+    db.execute("INSERT INTO captify_meta (key, value) VALUES ('feed_first_cursor', ?) "
+               "ON CONFLICT (key) DO UPDATE SET value = CAST(max(CAST(value AS INTEGER), "
+               "CAST(excluded.value AS INTEGER)) AS TEXT)", (str(highest),))
+    return int(db.execute(f"DELETE FROM captify_feed WHERE {doomed}",
                           (before, keep_after, keep_after)).rowcount)
+
+
+def first_cursor(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM captify_meta WHERE key = 'feed_first_cursor'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def last_cursor(db: sqlite3.Connection) -> int:
