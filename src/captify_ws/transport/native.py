@@ -50,6 +50,7 @@ from captify_ws.errors import CloseCode, Reject, http_status_for, log_with_id
 from captify_ws.handlers.base import Handler
 from captify_ws.lifecycle import ConnectionState
 from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
+from captify_ws.transport.lingering import LingeringTransport
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
@@ -93,6 +94,12 @@ class _BoundedReads(WSProtocol):  # type: ignore[misc]
     def get_buffer(self, size_hint: int) -> memoryview:
         buffer: memoryview = super().get_buffer(size_hint)
         return buffer[:READ_CHUNK] if len(buffer) > READ_CHUNK else buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        super().buffer_updated(nbytes)
+        ws = self.transport
+        if ws.is_close_frame_sent and not ws.is_disconnected and self.listener is not None:
+            self.listener.closed_by_picows(ws)
 
 
 def close_code_allowed(code: int) -> bool:
@@ -220,6 +227,20 @@ class _Listener(WSListener):
             self._request, self._handler, self._subpath, transport, limits=self._limits,
             listener=self)
         self._server.open_connection(self.conn)
+
+    def closed_by_picows(self, transport: WSTransport) -> None:
+        """A close frame is sent: by the connection (nothing to do), or by picows' parser,
+        which refused a frame (1009 from its header, 1002) and would close the socket 10 ms
+        later, unread bytes and all (a reset, the close frame lost): the connection closes with
+        that code, and the socket lingers (``transport/lingering.py``)."""
+        conn = self._owner
+        if conn is None or conn.closed_by_server or conn.peer_closed:
+            return
+        handshake = transport.close_handshake
+        sent = handshake.sent if handshake is not None else None
+        conn.close(_code(sent.code) if sent is not None else CloseCode.PROTOCOL_ERROR,
+                   sent.reason if sent is not None else "")
+        transport.disconnect()
 
     def mute(self) -> None:
         """Drop every frame from now on (the connection was aborted)."""
@@ -426,7 +447,8 @@ class NativeServer:
             _picows_logger, True, settings.http_head_timeout_s, False, 20.0, 20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE, False, settings.max_message_size, None, 2048)
         transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        protocol.connection_made(
+            LingeringTransport(transport, protocol, self.server.connection_limits.close_timeout_s))
         view = memoryview(received)
         while view:
             buffer = protocol.get_buffer(len(view))
