@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from prosemirror.model import Node
@@ -63,10 +63,10 @@ async def editor_shows(repl: ProviderRepl, name: str, expected: dict[str, Any],
         await asyncio.sleep(0.02)
 
 
-def text(value: str, *marks: str) -> dict[str, Any]:
+def text(value: str, *marks: str | dict[str, Any]) -> dict[str, Any]:
     node: dict[str, Any] = {"type": "text", "text": value}
     if marks:
-        node["marks"] = [{"type": mark} for mark in marks]
+        node["marks"] = [{"type": mark} if isinstance(mark, str) else mark for mark in marks]
     return node
 
 
@@ -110,14 +110,21 @@ async def test_bullet_list_of_a_tiptap_editor_stays_a_list() -> None:
         await editor_shows(repl, "tt", expected)
 
 
+LINK: Final = {"type": "link", "attrs": {"href": "https://example.com/a", "target": None}}
+
+
 def _random_inline(rand: random.Random) -> list[dict[str, Any]]:
     marks = ["bold", "italic", "strike", "code", "underline"]
     out = []
+    mark_sets: list[list[str | dict[str, Any]]] = [
+        [], [rand.choice(marks)], ["bold", "italic"], ["italic", "underline"], [LINK, "bold"]]
     for _ in range(rand.randint(1, 3)):
-        node = text(rand.choice(["ab", "é", "👷x", "中文", "go "]),
-                    *rand.choice([[], [rand.choice(marks)]]))
-        if out and out[-1].get("marks") == node.get("marks"):
-            out[-1]["text"] += node["text"]  # as an editor holds it: equal marks, one node
+        if out and rand.random() < 0.2:
+            out.append({"type": "hardBreak"})
+        node = text(rand.choice(["ab", "é", "👷x", "中文", "go "]), *rand.choice(mark_sets))
+        last = out[-1] if out else {}
+        if last.get("type") == "text" and last.get("marks") == node.get("marks"):
+            last["text"] += node["text"]  # as an editor holds it: equal marks, one node
         else:
             out.append(node)
     return out
@@ -171,12 +178,13 @@ def _text_positions(doc: Node) -> list[int]:
 
 async def test_random_tiptap_documents_keep_their_structure_under_server_steps() -> None:
     """Generated: documents of every StarterKit node and mark (nested lists, quotes, code
-    blocks, headings) written by a Tiptap 3 editor; random text insertions through
-    ``POST …/steps`` are applied and the editor's document equals the server's after each."""
+    blocks, headings, hard breaks, marks together, links with attributes) written by a Tiptap
+    3 editor; random text insertions through ``POST …/steps`` are applied and the editor's
+    document equals the server's after each."""
     rand = random.Random("tiptap-kinds")
     async with running_server(**TIPTAP) as srv, providers() as repl, \
             httpx.AsyncClient(timeout=10) as http:
-        for number in range(4):
+        for number in range(6):
             name = f"gen{number}"
             initial = Node.from_json(SCHEMA, {"type": "doc", "content": [
                 _random_block(rand) for _ in range(rand.randint(2, 4))]})
