@@ -50,6 +50,8 @@ class CloseCode:
     BAD_REQUEST: Final = 4400
     UNAUTHORIZED: Final = 4401
     FORBIDDEN: Final = 4403
+    #: a channel command naming something that does not exist (an agent run, an agent session)
+    NOT_FOUND: Final = 4404
     AUTH_TIMEOUT: Final = 4408
     RATE_LIMITED: Final = 4429
     #: Hocuspocus ``ResetConnection``: a malformed frame, or pre-authentication limits exceeded
@@ -142,10 +144,11 @@ class ChannelError(CaptifyError):
     """A channel request (subscribe, publish, a handler's command) that cannot be served.
 
     ``code`` says why, with the close codes' meanings: 4400 malformed or unknown (a channel
-    class this endpoint does not serve, a malformed ``since``), 4403 forbidden, 4429 a bound
-    reached (subscribe rate, channels per connection), 1009 a payload past its size bound.
-    On the channel protocol it becomes ``{"type":"error","id":…,"code":…,"message":…}`` and the
-    connection stays open; over HTTP it maps to 400, 403, 429 or 413.
+    class this endpoint does not serve, a malformed ``since``), 4403 forbidden, 4404 no such
+    agent run or agent session, 4429 a bound reached (subscribe rate, channels per
+    connection), 1009 a payload past its size bound. On the channel protocol it becomes
+    ``{"type":"error","id":…,"code":…,"message":…}`` and the connection stays open; over HTTP
+    it maps to 400, 403, 404, 429 or 413.
     """
 
     def __init__(self, code: int, message: str) -> None:

@@ -19,7 +19,8 @@
 =====================================================  =========================================
 
 Positions are characters (code points). A session idle for ``agent_producer_ttl_s`` (no
-request in flight) is ended by the server: a dead producer leaves no ghost. A session lives on
+request in flight) is ended by the server: a dead producer leaves no ghost; calls naming an
+unknown, ended or expired session answer 404. A session lives on
 the instance that started it: another instance sharing the store answers its calls ``421
 {error, session_id, instance, instance_alive}`` (session affinity; README). Bodies are bounded:
 a JSON body by :data:`MAX_JSON_BODY`, an NDJSON stream by ``max_document_size``, the text by

@@ -6,7 +6,8 @@
                                                        read and published as they arrive →
                                                        ``{status, accepted, errors: [...],
                                                        offset, epoch}``
-``POST /api/v1/agent/runs/{run_id}/cancel``            ``{"by"?}`` → ``{status}``
+``POST /api/v1/agent/runs/{run_id}/cancel``            ``{"by"?}`` → ``{status}``; 404 for a
+                                                       run never started (or expired)
 ``GET /api/v1/agent/runs/{run_id}``                    the compacted run (the snapshot a late
                                                        subscriber gets) with ``offset, epoch``
 ``GET /api/v1/agent/sessions?document_id=``           ``{agents: [{session_id, document_id,

@@ -50,8 +50,9 @@ logger = logging.getLogger("captify_ws.channels")
 
 #: Publications in one batch request.
 MAX_BATCH = 100
-_STATUS = {CloseCode.BAD_REQUEST: 400, CloseCode.FORBIDDEN: 403, CloseCode.MESSAGE_TOO_BIG: 413,
-           CloseCode.RATE_LIMITED: 429, CloseCode.OVERLOADED: 503}
+_STATUS = {CloseCode.BAD_REQUEST: 400, CloseCode.FORBIDDEN: 403, CloseCode.NOT_FOUND: 404,
+           CloseCode.MESSAGE_TOO_BIG: 413, CloseCode.RATE_LIMITED: 429,
+           CloseCode.OVERLOADED: 503}
 _CLIENT_FILES = {"channels.js": "text/javascript; charset=utf-8",
                  "channels.d.ts": "text/plain; charset=utf-8"}
 

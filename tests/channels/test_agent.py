@@ -238,7 +238,7 @@ async def test_bad_events_are_refused_with_a_clear_error(event: str, data: Any, 
 
 async def test_cancel_needs_access_and_a_known_run() -> None:
     """A cancel from a reader (no write access) or a stranger is 4403, a writer's of an
-    unknown run 4400; the owner may; the refused ones disturb nothing."""
+    unknown run 4404; the owner may; the refused ones disturb nothing."""
     async with agent_server(auth="jwt", jwt_secret=SECRET, authorizer="jwt-claims") as srv:
         runs = agent_runs(srv.server)
         await runs.publish("owned", "run.started", {"owner": "alice"})
@@ -259,7 +259,7 @@ async def test_cancel_needs_access_and_a_known_run() -> None:
                            f"{token('carol', docs={'agent:*': 'write'})}") as carol:
                 await carol.send({"type": "cancel", "id": 3, "channel": "agent:nope"})
                 error = await carol.expect("error")
-                assert error["code"] == 4400 and "unknown run" in error["message"]
+                assert error["code"] == 4404 and "unknown run" in error["message"]
             assert await runs.status("owned") == "running"
             await alice.send({"type": "cancel", "id": 4, "channel": "agent:owned"})
             assert (await alice.expect("reply"))["data"] == {"status": "cancelled"}

@@ -88,7 +88,7 @@ async def test_a_cancel_reaches_an_http_producer_through_its_stream_and_a_poll()
         again = await http.post(f"{srv.http}/api/v1/agent/runs/h2/cancel", headers=AUTH)
         assert again.json() == {"status": "cancelled"}
         unknown = await http.post(f"{srv.http}/api/v1/agent/runs/nope/cancel", headers=AUTH)
-        assert unknown.status_code == 400 and "unknown run" in unknown.json()["error"]
+        assert unknown.status_code == 404 and "unknown run" in unknown.json()["error"]
 
 
 async def test_kill_9_of_an_http_producer_fails_the_run_after_the_ttl() -> None:

@@ -164,7 +164,7 @@ async def test_the_same_over_http_for_other_languages() -> None:
             assert bad.status_code == 400 and text in bad.json()["error"], bad.text
         assert (await http.delete(f"{base}/{sid}")).json() == {"ended": True}
         gone = await http.post(f"{base}/{sid}/insert", json={"anchor": 0, "text": "x"})
-        assert gone.status_code == 400 and "unknown agent session" in gone.json()["error"]
+        assert gone.status_code == 404 and "unknown agent session" in gone.json()["error"]
         assert (await repl.call("snapshot", name="p"))["text"] == "Hello world"
 
 

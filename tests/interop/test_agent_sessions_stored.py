@@ -131,14 +131,14 @@ async def test_two_instances_list_the_same_and_answer_421_for_the_other_ones() -
                 assert ended[0]["ended_at"] is not None
                 gone = await http.post(f"{b.http}{BASE}/{sid}/insert",
                                        json={"anchor": 0, "text": "x"})
-                assert gone.status_code == 400 and "unknown agent session" in gone.text
+                assert gone.status_code == 404 and "unknown agent session" in gone.text
                 # A killed with a session open: B stops pointing at A once A left the cluster
                 orphan = (await start(http, a, document_id="shared", name="Orphan"))
                 a.kill9()
                 deadline = time.monotonic() + 15
                 while True:
                     answer = await http.get(f"{b.http}{BASE}/{orphan['session_id']}/text")
-                    if answer.status_code == 400:
+                    if answer.status_code == 404:
                         break
                     assert answer.status_code == 421, answer.text
                     assert time.monotonic() < deadline, "B never saw A leave"

@@ -131,12 +131,12 @@ class AgentSessions:
 
     @contextlib.asynccontextmanager
     async def use(self, session_id: str) -> AsyncIterator[AgentSession]:
-        """An open session, one request at a time; ``ChannelError(4400)`` if unknown or
+        """An open session, one request at a time; ``ChannelError(4404)`` if unknown or
         expired."""
         entry = self.open.get(session_id)
         if entry is None:
             await self._elsewhere(session_id)
-            raise ChannelError(CloseCode.BAD_REQUEST, f"unknown agent session {session_id!r} "
+            raise ChannelError(CloseCode.NOT_FOUND, f"unknown agent session {session_id!r} "
                                f"(ended, or idle for more than {self.ttl_s:g} s)")
         entry.in_flight += 1
         try:
@@ -155,7 +155,7 @@ class AgentSessions:
             return
         if self._gone(record.instance):
             await self._end_instance(record.instance)
-            raise ChannelError(CloseCode.BAD_REQUEST, f"unknown agent session {session_id!r} "
+            raise ChannelError(CloseCode.NOT_FOUND, f"unknown agent session {session_id!r} "
                                f"(its instance {record.instance} left the cluster)")
         cluster = self.server.cluster
         alive = cluster is not None and record.instance in cluster.instances

@@ -140,10 +140,10 @@ class AgentRuns:
     async def cancel(self, run_id: str, by: str | None) -> str:
         """Cancel a running run: ``run.cancelled {by}`` is stored and reaches its producer.
         Answers the run's final status (``cancelled``, or how it had ended already). Raises
-        ``ChannelError(4400)`` for a run never started."""
+        ``ChannelError(4404)`` for a run never started."""
         status = await self.status(run_id)
         if status == "pending":
-            raise ChannelError(CloseCode.BAD_REQUEST, f"unknown run {run_id!r} (never "
+            raise ChannelError(CloseCode.NOT_FOUND, f"unknown run {run_id!r} (never "
                                "started, or expired)")
         if status != "running":
             return status
