@@ -208,3 +208,55 @@ async def test_random_tiptap_documents_keep_their_structure_under_server_steps()
                 await editor_shows(repl, name, seen)
             assert [c.type.name for c in doc.content.content] == \
                 [c.type.name for c in initial.content.content]
+
+
+#: Tiptap content the built-in default schema (prosemirror-schema-basic with lists, snake_case
+#: names) cannot represent, with the node or mark the refusal must name.
+_NOT_IN_THE_DEFAULT_SCHEMA: list[tuple[dict[str, Any], str]] = [
+    ({"type": "bulletList", "content": [item(para(text("milk")))]}, "bulletList"),
+    ({"type": "orderedList", "attrs": {"start": 1, "type": None},
+      "content": [item(para(text("one")))]}, "orderedList"),
+    ({"type": "codeBlock", "attrs": {"language": None}, "content": [text("x = 1")]},
+     "codeBlock"),
+    ({"type": "horizontalRule"}, "horizontalRule"),
+    (para(text("a"), {"type": "hardBreak"}, text("b")), "hardBreak"),
+    (para(text("bold", "bold")), "bold"),
+    (para(text("slanted", "italic")), "italic"),
+    (para(text("gone", "strike")), "strike"),
+    (para(text("under", "underline")), "underline"),
+]
+
+
+async def test_content_the_schema_cannot_represent_is_refused_and_nothing_applied() -> None:
+    """Issue 12.8, the refusal: with ``--pm-fragment default`` and the default schema, a Tiptap
+    editor's content that schema lacks (each StarterKit node and mark in turn) makes
+    ``POST …/steps`` answer 422 ``schema_mismatch`` naming it; nothing is applied — the editor
+    keeps its document — and nothing is silently dropped."""
+    async with running_server(pm_fragment="default", api_key="k") as srv, \
+            providers() as repl, httpx.AsyncClient(timeout=10) as http:
+        for number, (block, name) in enumerate(_NOT_IN_THE_DEFAULT_SCHEMA):
+            doc_id = f"mismatch{number}"
+            initial = {"type": "doc", "content": [para(text("Todo")), block]}
+            await repl.call("open", name=doc_id, url=f"{srv.ws}/ws/fabric", doc=doc_id)
+            await repl.call("waitSynced", name=doc_id)
+            await repl.call("pmInit", name=doc_id, fragment="default", doc=initial,
+                            schema="tiptap")
+            await editor_shows(repl, doc_id, initial)
+            answer = await http.post(f"{srv.http}/api/v1/documents/{doc_id}/steps",
+                                     headers=AUTH, json={"steps": [insert(1, "X")],
+                                                         "changeId": f"c{number}"})
+            assert answer.status_code == 422, (name, answer.text)
+            body = answer.json()
+            assert "schema_mismatch" in answer.text and name in answer.text, (name, body)
+            await _keeps_showing(repl, doc_id, initial, seconds=0.5)
+
+
+async def _keeps_showing(repl: ProviderRepl, name: str, expected: dict[str, Any],
+                         seconds: float) -> None:
+    """Assert on every poll for ``seconds`` that the editor's document is still ``expected``
+    (a refused change must not arrive late)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen = (await repl.call("pmJSON", name=name, fragment="default", schema="tiptap"))["doc"]
+        assert seen == expected, (seen, expected)
+        await asyncio.sleep(0.05)
