@@ -13,9 +13,11 @@ import contextlib
 import struct
 
 import pytest
+from pycrdt import Doc, Text
 
+from captify_ws.protocol import ywebsocket
 from tests.attacks import client_frame, close_payload, sync_message
-from tests.helpers import running_server
+from tests.helpers import json_client, running_server
 
 UPGRADE = ("GET /ws/fabric/rfc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade"
            "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{version}{extra}\r\n")
@@ -179,6 +181,22 @@ async def test_too_many_fragments_closes_1009(transport: str) -> None:
             [client_frame(0x0, b"", fin=False)] * 20
         _, received = await _session(srv.port, frames)
         assert _close_code(received) == 1009
+
+
+async def test_message_too_big_changes_nothing_and_its_close_arrives(transport: str) -> None:
+    """A message over max_message_size (the native transport refuses it from its frame header)
+    is not applied, and a client still sending after it reads the 1009 close frame and then the
+    end of the stream, never a reset (RFC 6455 §7.1.1)."""
+    doc: Doc = Doc()
+    doc.get("text", type=Text).insert(0, "x" * 8000)
+    frames = [client_frame(0x2, ywebsocket.encode_sync_update(doc.get_update()))] + \
+        [client_frame(0x2, ywebsocket.encode_query_awareness())] * 200
+    async with running_server(transport, max_message_size=4096) as srv:
+        _, received = await _session(srv.port, frames, answer_close=False)
+        assert _close_code(received) == 1009
+        async with json_client(srv, "rfc", "check") as check:
+            await check.sync()
+            assert str(check.text) == ""
 
 
 @pytest.mark.parametrize("version", ["8", "7", "12", "14", ""])
