@@ -5,6 +5,7 @@ configured, redelivered on request."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import random
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pycrdt import Doc, Text
 from standardwebhooks import Webhook
 
 from captify_ws.history.webhooks import backoff, plan_events
@@ -349,3 +351,31 @@ async def test_connection_events_when_asked_for() -> None:
             await eventually(lambda: len(endpoint.verified()) >= 2, "the document events")
             assert {e["type"] for e in endpoint.verified()} == {"document.created",
                                                                 "document.changed"}
+
+
+async def test_a_hanging_endpoint_leaves_slots_to_a_healthy_one() -> None:
+    """Delivery slots are shared by every endpoint (32 per instance): one endpoint that hangs
+    with more due documents than that held every slot for its timeout and a healthy endpoint
+    got nothing meanwhile. Now a hanging endpoint holds at most webhook_endpoint_concurrency
+    attempts, and the healthy one receives all 40 documents' events long before the hanging
+    attempts time out (60 s)."""
+    async with receiver() as hanging, receiver() as healthy:
+        hanging.hang = True
+        settings = _settings(healthy, webhook_urls=(hanging.url, healthy.url),
+                             webhook_timeout_s=60.0, webhook_endpoint_concurrency=4)
+        async with running_server(**settings) as srv, \
+                httpx.AsyncClient(base_url=srv.http, headers=KEY, timeout=10) as http:
+            for index in range(40):
+                doc = Doc()
+                doc.get("text", type=Text).insert(0, f"doc {index}")
+                body = {"update": base64.b64encode(doc.get_update()).decode()}
+                answer = await http.post(f"/api/v1/documents/d{index:02}/updates", json=body)
+                assert answer.status_code == 200, answer.text
+
+            def documents() -> set[str]:
+                return {event["data"]["documentId"] for event in healthy.verified()}
+            await eventually(lambda: len(documents()) == 40, "the healthy endpoint served",
+                             timeout=20)
+            assert documents() == {f"d{index:02}" for index in range(40)}
+            await eventually(lambda: len(hanging.requests) == 4, "four hanging attempts")
+            assert len(hanging.requests) == 4  # never more than the per-endpoint bound

@@ -117,6 +117,9 @@ class Settings:
         "document.changed event", float)
     webhook_timeout_s: float = _setting(
         10.0, "webhooks: an attempt without an answer within this many seconds failed", float)
+    webhook_endpoint_concurrency: int = _setting(
+        8, "webhooks: the most deliveries in flight to one endpoint URL at once, per instance "
+        "(deliveries; all endpoints share 32): a hanging endpoint cannot hold every slot", int)
     webhook_retry_base_s: float = _setting(
         5.0, "webhooks: the first retry after this many seconds, doubling each time (with "
         "jitter)", float)
@@ -481,6 +484,8 @@ class Settings:
             raise ConfigError("webhook_debounce_s and webhook_retry_base_s cannot be negative; "
                               "webhook_timeout_s, webhook_retry_max_delay_s and "
                               "webhook_retry_for_s must be positive")
+        if self.webhook_endpoint_concurrency < 1:
+            raise ConfigError("webhook_endpoint_concurrency must be at least 1")
         for url in self.webhook_urls:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"webhook_urls: {url!r} is not an http:// or https:// URL")

@@ -314,3 +314,22 @@ async def test_a_claim_gives_the_due_head_of_every_endpoint_and_document(store: 
             next_at = now + rng.choice([0, 3]) if outcome == "pending" else now
             await store.finish_delivery(delivery.id, outcome, 1, next_at, 200, None, now)
             model[delivery.id].update(status=outcome, next_at=next_at, lease=0.0)
+
+
+async def test_a_claim_keeps_each_endpoint_within_its_bound(store: Any) -> None:
+    """claim_deliveries(per_endpoint=n, busy=…) gives an endpoint at most n minus what is
+    in flight there, even when its due deliveries are the oldest: the others still get
+    theirs in the same claim."""
+    from captify_ws.store.webhooks import NewDelivery
+
+    now = time.time()
+    await store.enqueue_deliveries(None, 0, [
+        NewDelivery(f"h{i}", "http://hang/hook", f"d{i}", "document.changed", "{}", now)
+        for i in range(10)])
+    await store.enqueue_deliveries(None, 0, [
+        NewDelivery(f"k{i}", "http://ok/hook", f"d{i}", "document.changed", "{}", now)
+        for i in range(3)])
+    claimed = await store.claim_deliveries(now, 30, 5, 3, {"http://hang/hook": 1})
+    assert [d.event_id for d in claimed] == ["h0", "h1", "k0", "k1", "k2"]
+    assert [d.event_id for d in await store.claim_deliveries(now, 30, 5, 3, {})] == \
+        ["h2", "h3", "h4"]

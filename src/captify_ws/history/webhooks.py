@@ -10,7 +10,9 @@ Two background tasks per instance:
   ``document.created``, ``document.changed``, ``document.deleted``, ``version.created``, and,
   when named in ``webhook_events``, ``connection.opened`` / ``connection.closed``.
 * **send** claims due deliveries (the oldest pending one per endpoint and document: at most one
-  in flight per document, in order) and POSTs them with ``webhook-id``, ``webhook-timestamp``
+  in flight per document, in order; at most :data:`CONCURRENCY` in all and
+  ``webhook_endpoint_concurrency`` per endpoint, so a hanging endpoint with many due documents
+  leaves slots to the others) and POSTs them with ``webhook-id``, ``webhook-timestamp``
   and ``webhook-signature`` (HMAC-SHA256 with the ``whsec_`` secret; the ``standardwebhooks``
   package). A 2xx answer delivers; anything else (an error status, no answer within
   ``webhook_timeout_s``, a refused connection) retries after an exponential backoff with jitter
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -122,6 +125,7 @@ class WebhookSender:
         self.events = frozenset(settings.webhook_events)
         self.debounce_s = settings.webhook_debounce_s
         self.timeout_s = settings.webhook_timeout_s
+        self.per_endpoint = settings.webhook_endpoint_concurrency
         self.retry_base_s = settings.webhook_retry_base_s
         self.retry_max_delay_s = settings.webhook_retry_max_delay_s
         self.retry_for_s = settings.webhook_retry_for_s
@@ -132,6 +136,8 @@ class WebhookSender:
         self._wake = asyncio.Event()
         #: connection events being stored, deliveries being sent
         self._side: set[asyncio.Task[Any]] = set()
+        #: endpoint URL → deliveries being sent there (at most ``per_endpoint``)
+        self._busy: dict[str, int] = {}
 
     @property
     def enabled(self) -> bool:
@@ -246,7 +252,8 @@ class WebhookSender:
             try:
                 room = CONCURRENCY - len(running)  # connection events count too: bounded
                 claimed = await self.store.claim_deliveries(
-                    time.time(), self.timeout_s + LEASE_MARGIN_S, room) if room > 0 else []
+                    time.time(), self.timeout_s + LEASE_MARGIN_S, room, self.per_endpoint,
+                    self._busy) if room > 0 else []
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -254,9 +261,10 @@ class WebhookSender:
                 claimed = []
             for delivery in claimed:
                 task = asyncio.get_running_loop().create_task(self._send(delivery))
+                self._busy[delivery.endpoint] = self._busy.get(delivery.endpoint, 0) + 1
                 running.add(task)
                 task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _: self._wake.set())
+                task.add_done_callback(functools.partial(self._sent, delivery.endpoint))
             if claimed:
                 continue
             self._wake.clear()
@@ -265,6 +273,12 @@ class WebhookSender:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.05, min(self.retry_base_s, 1.0))):
                     await self._wake.wait()
+
+    def _sent(self, endpoint: str, _task: asyncio.Task[None]) -> None:
+        left = self._busy.pop(endpoint, 1) - 1
+        if left > 0:
+            self._busy[endpoint] = left
+        self._wake.set()
 
     def _headers(self, delivery: Delivery) -> dict[str, str]:
         now = datetime.now(UTC)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from captify_ws.store.webhooks import Delivery, DeliveryStatus, NewDelivery
+from captify_ws.store.webhooks import (
+    MAX_PER_ENDPOINT,
+    Delivery,
+    DeliveryStatus,
+    NewDelivery,
+    pick_within,
+)
 
 
 class MemoryWebhooks:
@@ -34,15 +40,17 @@ class MemoryWebhooks:
                 "pending", 0, now, new.next_at, 0, None, None)
         return True
 
-    async def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[Delivery]:
+    async def claim_deliveries(self, now: float, lease_s: float, limit: int,
+                               per_endpoint: int = MAX_PER_ENDPOINT,
+                               busy: Mapping[str, int] | None = None) -> list[Delivery]:
         heads: dict[tuple[str, str], Delivery] = {}
         for number in sorted(self._deliveries):
             delivery = self._deliveries[number]
             if delivery.status == "pending":
                 heads.setdefault((delivery.endpoint, delivery.document_id), delivery)
-        due = sorted((d for d in heads.values()
-                      if d.next_at <= now and self._leases.get(d.id, 0.0) <= now),
-                     key=lambda d: d.id)[:limit]
+        due = pick_within(sorted((d for d in heads.values()
+                                  if d.next_at <= now and self._leases.get(d.id, 0.0) <= now),
+                                 key=lambda d: d.id), limit, per_endpoint, busy)
         for delivery in due:
             self._leases[delivery.id] = now + lease_s
         return due

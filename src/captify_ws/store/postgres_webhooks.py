@@ -7,10 +7,16 @@ The cursor's compare-and-set is one conditional UPDATE; claims lock the rows the
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from captify_ws.store.webhooks import Delivery, DeliveryStatus, NewDelivery
+from captify_ws.store.webhooks import (
+    MAX_PER_ENDPOINT,
+    Delivery,
+    DeliveryStatus,
+    NewDelivery,
+    pick_within,
+)
 
 _COLUMNS = ("id, event_id, endpoint, document_id, event, payload, status, attempts, "
             "created_at, next_at, last_status, last_error, delivered_at")
@@ -57,18 +63,27 @@ class PostgresWebhooks:
         result: bool = await self._in_transaction(work, write=True)
         return result
 
-    async def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[Delivery]:
+    async def claim_deliveries(self, now: float, lease_s: float, limit: int,
+                               per_endpoint: int = MAX_PER_ENDPOINT,
+                               busy: Mapping[str, int] | None = None) -> list[Delivery]:
         async def work(conn: Any) -> list[Delivery]:
+            # Ranked per endpoint, so one endpoint's many due deliveries cannot fill the
+            # page; then leased only if nobody leased them meanwhile (the UPDATE re-checks
+            # each row under its lock: two instances never both get one).
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM captify_webhook_deliveries d WHERE status = 'pending' "
-                "AND next_at <= $1 AND lease_until <= $1 AND NOT EXISTS (SELECT 1 FROM "
-                "captify_webhook_deliveries e WHERE e.status = 'pending' AND "
-                "e.endpoint = d.endpoint AND e.document_id = d.document_id AND e.id < d.id) "
-                "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
-            await conn.execute("UPDATE captify_webhook_deliveries SET lease_until = $1 "
-                               "WHERE id = ANY($2::bigint[])", now + lease_s,
-                               [row["id"] for row in rows])
-            return [_delivery(row) for row in rows]
+                f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, row_number() OVER (PARTITION BY "
+                "endpoint ORDER BY id) AS rank FROM captify_webhook_deliveries d WHERE "
+                "status = 'pending' AND next_at <= $1 AND lease_until <= $1 AND NOT EXISTS "
+                "(SELECT 1 FROM captify_webhook_deliveries e WHERE e.status = 'pending' AND "
+                "e.endpoint = d.endpoint AND e.document_id = d.document_id AND e.id < d.id)) "
+                "t WHERE rank <= $2 ORDER BY id LIMIT $3", now, per_endpoint,
+                limit + sum((busy or {}).values()))
+            picked = pick_within([_delivery(row) for row in rows], limit, per_endpoint, busy)
+            leased = {row["id"] for row in await conn.fetch(
+                "UPDATE captify_webhook_deliveries SET lease_until = $1 WHERE id = "
+                "ANY($2::bigint[]) AND status = 'pending' AND lease_until <= $3 RETURNING id",
+                now + lease_s, [delivery.id for delivery in picked], now)}
+            return [delivery for delivery in picked if delivery.id in leased]
         result: list[Delivery] = await self._in_transaction(work, write=True)
         return result
 

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from captify_ws.store.webhooks import Delivery, DeliveryStatus, NewDelivery
+from captify_ws.store.webhooks import (
+    MAX_PER_ENDPOINT,
+    Delivery,
+    DeliveryStatus,
+    NewDelivery,
+    pick_within,
+)
 
 T = TypeVar("T")
 
@@ -64,20 +70,26 @@ class SqliteWebhooks:
             return True
         return await self._run(self._write(work))
 
-    async def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[Delivery]:
+    async def claim_deliveries(self, now: float, lease_s: float, limit: int,
+                               per_endpoint: int = MAX_PER_ENDPOINT,
+                               busy: Mapping[str, int] | None = None) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
             # The heads (oldest pending per endpoint and document) from one pass over the
             # covering index, not a correlated NOT EXISTS per pending row: with 37,000
             # deliveries waiting for down receivers that took 350-700 ms per claim, all of it
             # holding the writer every document commit waits for (now 20-60 ms).
+            # Ranked per endpoint, so one endpoint's many due deliveries cannot fill the page.
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM captify_webhook_deliveries d WHERE id IN (SELECT "
-                "MIN(id) FROM captify_webhook_deliveries WHERE status = 'pending' GROUP BY "
-                "endpoint, document_id) AND next_at <= ? AND lease_until <= ? "
-                "ORDER BY id LIMIT ?", (now, now, limit)).fetchall()
+                f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, row_number() OVER (PARTITION BY "
+                "endpoint ORDER BY id) AS rank FROM captify_webhook_deliveries d WHERE id IN "
+                "(SELECT MIN(id) FROM captify_webhook_deliveries WHERE status = 'pending' "
+                "GROUP BY endpoint, document_id) AND next_at <= ? AND lease_until <= ?) "
+                "WHERE rank <= ? ORDER BY id LIMIT ?",
+                (now, now, per_endpoint, limit + sum((busy or {}).values()))).fetchall()
+            picked = pick_within([_delivery(row) for row in rows], limit, per_endpoint, busy)
             db.executemany("UPDATE captify_webhook_deliveries SET lease_until = ? WHERE id = ?",
-                           [(now + lease_s, row[0]) for row in rows])
-            return [_delivery(row) for row in rows]
+                           [(now + lease_s, delivery.id) for delivery in picked])
+            return picked
         return await self._run(self._write(work))
 
     async def finish_delivery(self, delivery_id: int, status: DeliveryStatus, attempts: int,

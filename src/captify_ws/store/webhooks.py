@@ -11,7 +11,7 @@ document, in order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -61,6 +61,27 @@ class Delivery:
                 "deliveredAt": self.delivered_at}
 
 
+#: ``claim_deliveries``'s default per-endpoint bound (no bound)
+MAX_PER_ENDPOINT = 2**31
+
+
+def pick_within(candidates: Iterable[Delivery], limit: int, per_endpoint: int,
+                busy: Mapping[str, int] | None) -> list[Delivery]:
+    """The first ``limit`` of ``candidates`` (oldest first) keeping each endpoint within
+    ``per_endpoint`` minus what is ``busy`` there. A store that reads candidates ranked per
+    endpoint needs the first ``limit + sum(busy)``: at most ``busy[e]`` of endpoint ``e``'s
+    first ``per_endpoint`` are passed over."""
+    taken: dict[str, int] = dict(busy or {})
+    out: list[Delivery] = []
+    for delivery in candidates:
+        if len(out) >= limit:
+            break
+        if taken.get(delivery.endpoint, 0) < per_endpoint:
+            taken[delivery.endpoint] = taken.get(delivery.endpoint, 0) + 1
+            out.append(delivery)
+    return out
+
+
 @runtime_checkable
 class WebhookStore(Protocol):
     """The webhook outbox of a store (``memory``, ``sqlite``, ``postgres``)."""
@@ -76,9 +97,14 @@ class WebhookStore(Protocol):
         longer ``expected_cursor``. With ``expected_cursor=None`` the cursor is left alone."""
         ...
 
-    async def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[Delivery]:
+    async def claim_deliveries(self, now: float, lease_s: float, limit: int,
+                               per_endpoint: int = MAX_PER_ENDPOINT,
+                               busy: Mapping[str, int] | None = None) -> list[Delivery]:
         """Pending deliveries due at ``now`` whose lease ran out, each the oldest pending one
-        of its endpoint and document; leased for ``lease_s`` seconds. Oldest first."""
+        of its endpoint and document; leased for ``lease_s`` seconds. Oldest first, at most
+        ``limit``, and at most ``per_endpoint`` minus ``busy[endpoint]`` (the caller's
+        deliveries in flight there) of one endpoint: a hanging endpoint cannot take every
+        slot (``pick_within``)."""
         ...
 
     async def finish_delivery(self, delivery_id: int, status: DeliveryStatus, attempts: int,
