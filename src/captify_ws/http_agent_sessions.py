@@ -42,7 +42,8 @@ from captify_ws.agents.registry import SessionElsewhere
 from captify_ws.agents.session import AgentSession, StaleContext
 from captify_ws.api import agent_sessions
 from captify_ws.errors import ChannelError, CloseCode, QuotaExceeded
-from captify_ws.http_channels import CheckKey, Endpoint, _error
+from captify_ws.http_channels import _error
+from captify_ws.http_common import CheckKey, Endpoint, guard
 
 if TYPE_CHECKING:
     from captify_ws.agents.registry import AgentSessions
@@ -105,6 +106,22 @@ def _line(line: bytes) -> dict[str, Any]:
     return item
 
 
+def _answer(exc: Exception) -> Response:
+    """409 stale context, 413 quota, 421 a session on another instance, 499 the client gone;
+    the channel answers otherwise (``ChannelError``, ``BrokerError``, ``StoreError``)."""
+    if isinstance(exc, StaleContext):
+        return JSONResponse({"error": str(exc)}, status_code=409)
+    if isinstance(exc, QuotaExceeded):
+        return JSONResponse({"error": str(exc), **exc.data}, status_code=413)
+    if isinstance(exc, SessionElsewhere):
+        return JSONResponse({"error": str(exc), "session_id": exc.record.session_id,
+                             "instance": exc.record.instance,
+                             "instance_alive": exc.alive}, status_code=421)
+    if isinstance(exc, ClientDisconnect):
+        return Response(status_code=499)
+    return _error(exc)
+
+
 class AgentSessionRoutes:
     """The routes above, for one server; ``check_key`` answers a refusal or ``None``."""
 
@@ -128,25 +145,7 @@ class AgentSessionRoutes:
         ]
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            refused = self._check_key(request)
-            if refused is not None:
-                return refused
-            try:
-                return await endpoint(request)
-            except StaleContext as exc:
-                return JSONResponse({"error": str(exc)}, status_code=409)
-            except QuotaExceeded as exc:
-                return JSONResponse({"error": str(exc), **exc.data}, status_code=413)
-            except SessionElsewhere as exc:
-                return JSONResponse({"error": str(exc), "session_id": exc.record.session_id,
-                                     "instance": exc.record.instance,
-                                     "instance_alive": exc.alive}, status_code=421)
-            except ClientDisconnect:
-                return Response(status_code=499)
-            except Exception as exc:  # ChannelError, BrokerError, StoreError
-                return _error(exc)
-        return guarded
+        return guard(self._check_key, endpoint, _answer)
 
     @staticmethod
     async def _json(request: Request) -> dict[str, Any]:

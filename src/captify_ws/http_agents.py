@@ -45,7 +45,8 @@ from starlette.routing import Route
 from captify_ws.agents.events import channel_of
 from captify_ws.api import agent_runs, agent_sessions
 from captify_ws.errors import ChannelError, CloseCode, RunEnded
-from captify_ws.http_channels import CheckKey, Endpoint, _error
+from captify_ws.http_channels import _error
+from captify_ws.http_common import CheckKey, Endpoint, guard
 
 if TYPE_CHECKING:
     from captify_ws.agents.runs import AgentRuns
@@ -53,6 +54,14 @@ if TYPE_CHECKING:
 
 #: Line errors listed in one answer (the count goes on).
 MAX_LISTED_ERRORS = 20
+
+
+def _answer(exc: Exception) -> Response:
+    """409 for a run that ended meanwhile; the channel answers otherwise (``ChannelError``,
+    ``BrokerError``, ``StoreError``: ``http_channels``)."""
+    if isinstance(exc, RunEnded):
+        return JSONResponse({"error": exc.message, "status": exc.status}, status_code=409)
+    return _error(exc)
 
 
 class AgentRoutes:
@@ -73,18 +82,7 @@ class AgentRoutes:
         ]
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            refused = self._check_key(request)
-            if refused is not None:
-                return refused
-            try:
-                return await endpoint(request)
-            except RunEnded as exc:
-                return JSONResponse({"error": exc.message, "status": exc.status},
-                                    status_code=409)
-            except Exception as exc:  # ChannelError, BrokerError, StoreError
-                return _error(exc)
-        return guarded
+        return guard(self._check_key, endpoint, _answer)
 
     @property
     def runs(self) -> AgentRuns:

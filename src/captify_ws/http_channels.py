@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from captify_ws.errors import (
     StoreError,
     log_with_id,
 )
+from captify_ws.http_common import CheckKey, Endpoint, guard, int_param, optional_int
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
@@ -55,9 +55,6 @@ _STATUS = {CloseCode.BAD_REQUEST: 400, CloseCode.FORBIDDEN: 403, CloseCode.NOT_F
            CloseCode.OVERLOADED: 503}
 _CLIENT_FILES = {"channels.js": "text/javascript; charset=utf-8",
                  "channels.d.ts": "text/plain; charset=utf-8"}
-
-CheckKey = Callable[[Request], "Response | None"]
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -73,22 +70,8 @@ def _error(exc: Exception) -> JSONResponse:
                          "errorId": error_id}, status_code=503)
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    value = _optional_int(request, name, low, high)
-    return default if value is None else value
-
-
-def _optional_int(request: Request, name: str, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ChannelError(CloseCode.BAD_REQUEST, f"'{name}' must be an integer") from None
-    if not low <= value <= high:
-        raise ChannelError(CloseCode.BAD_REQUEST, f"'{name}' must be from {low} to {high}")
-    return value
+def _bad_query(message: str) -> ChannelError:
+    return ChannelError(CloseCode.BAD_REQUEST, message)
 
 
 class ChannelRoutes:
@@ -114,15 +97,7 @@ class ChannelRoutes:
         ]
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            refused = self._check_key(request)
-            if refused is not None:
-                return refused
-            try:
-                return await endpoint(request)
-            except (ChannelError, BrokerError, StoreError) as exc:
-                return _error(exc)
-        return guarded
+        return guard(self._check_key, endpoint, _error, (ChannelError, BrokerError, StoreError))
 
     @staticmethod
     async def _body(request: Request) -> Any:
@@ -174,8 +149,8 @@ class ChannelRoutes:
     async def _history(self, request: Request) -> Response:
         hub = self.server.channel_services.hub
         cap = hub.limits.recovery_max_publications
-        since = _int_param(request, "since", 0, 0, (1 << 53) - 1)
-        limit = _int_param(request, "limit", min(100, cap), 1, max(1, cap))
+        since = int_param(request, "since", 0, 0, (1 << 53) - 1, _bad_query)
+        limit = int_param(request, "limit", min(100, cap), 1, max(1, cap), _bad_query)
         read = await hub.read(request.path_params["channel"], since, limit, partial=True)
         body = ('{"offset":' + str(read.position.offset) + ',"epoch":'
                 + json.dumps(read.position.epoch) + ',"first_offset":' + str(read.first_offset)
@@ -197,8 +172,8 @@ class ChannelRoutes:
         user_id = request.query_params.get("user_id")
         if not user_id:
             raise ChannelError(CloseCode.BAD_REQUEST, "'user_id' is required")
-        before = _optional_int(request, "before", 1, 1 << 62)
-        limit = _int_param(request, "limit", 20, 1, 500)
+        before = optional_int(request, "before", 1, 1 << 62, _bad_query)
+        limit = int_param(request, "limit", 20, 1, 500, _bad_query)
         return JSONResponse(await mailbox(self.server).page(user_id, before, limit))
 
     async def _online(self, request: Request) -> Response:

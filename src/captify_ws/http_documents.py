@@ -25,6 +25,7 @@ from captify_ws.errors import (
     StoreError,
     log_with_id,
 )
+from captify_ws.http_common import CheckKey, Endpoint, guard
 from captify_ws.protocol import envelope, names
 from captify_ws.server import Server
 from captify_ws.transport.asgi import raw_path
@@ -65,34 +66,34 @@ def bad_name(exc: BadRequest) -> Response:
 class DocumentRoutes:
     """The routes of the documents API, for :class:`~captify_ws.app.CaptifyApp`."""
 
-    def __init__(self, server: Server, check_api_key: Callable[[Request], Response | None],
+    def __init__(self, server: Server, check_api_key: CheckKey,
                  json_body: Callable[[bytes], Any]) -> None:
         self.server = server
         self._check_api_key = check_api_key
         self._json_body = json_body
 
+    def _gated(self, endpoint: Endpoint) -> Endpoint:
+        return guard(self._check_api_key, endpoint)
+
     def routes(self) -> list[Route]:
         """The documents API, in the order the app mounts it (the first three before the
         stateless routes of the same prefix)."""
         return [
-            Route("/api/v1/documents/{document_id:path}/steps", self._post_steps,
+            Route("/api/v1/documents/{document_id:path}/steps", self._gated(self._post_steps),
                   methods=["POST"]),
-            Route("/api/v1/documents/{document_id:path}/updates", self._post_update,
+            Route("/api/v1/documents/{document_id:path}/updates", self._gated(self._post_update),
                   methods=["POST"]),
-            Route("/api/v1/documents/{document_id:path}/revoke", self._post_revoke,
+            Route("/api/v1/documents/{document_id:path}/revoke", self._gated(self._post_revoke),
                   methods=["POST"]),
-            Route("/api/v1/documents", self._list_documents, methods=["GET"]),
-            Route("/api/v1/documents/{document_id:path}", self._get_document,
+            Route("/api/v1/documents", self._gated(self._list_documents), methods=["GET"]),
+            Route("/api/v1/documents/{document_id:path}", self._gated(self._get_document),
                   methods=["GET"]),
-            Route("/api/v1/documents/{document_id:path}", self._delete_document,
+            Route("/api/v1/documents/{document_id:path}", self._gated(self._delete_document),
                   methods=["DELETE"]),
-            Route("/api/v1/connections", self._get_connections, methods=["GET"]),
+            Route("/api/v1/connections", self._gated(self._get_connections), methods=["GET"]),
         ]
 
     async def _post_steps(self, request: Request) -> Response:
-        refused = self._check_api_key(request)
-        if refused is not None:
-            return refused
         try:
             document_id = document_name(request, "/steps")
         except BadRequest as exc:
@@ -132,9 +133,6 @@ class DocumentRoutes:
                              "yjs": result.yjs})
 
     async def _post_update(self, request: Request) -> Response:
-        refused = self._check_api_key(request)
-        if refused is not None:
-            return refused
         try:
             document_id = document_name(request, "/updates")
         except BadRequest as exc:
@@ -163,9 +161,6 @@ class DocumentRoutes:
         return JSONResponse({"documentId": document_id, "stored": True})
 
     async def _post_revoke(self, request: Request) -> Response:
-        refused = self._check_api_key(request)
-        if refused is not None:
-            return refused
         try:
             body: Any = self._json_body(await request.body())
         except ProtocolError:
@@ -183,15 +178,9 @@ class DocumentRoutes:
                              "to": body.get("to", "none"), "connections": changed})
 
     async def _list_documents(self, request: Request) -> Response:
-        refused = self._check_api_key(request)
-        if refused is not None:
-            return refused
         return JSONResponse({"documents": await self.server.list_documents()})
 
     async def _get_document(self, request: Request) -> Response:
-        refused = self._check_api_key(request)
-        if refused is not None:
-            return refused
         try:
             document_id = document_name(request)
         except BadRequest as exc:
@@ -204,9 +193,6 @@ class DocumentRoutes:
         return JSONResponse({"documentId": document_id, "update": envelope.b64(state)})
 
     async def _delete_document(self, request: Request) -> Response:
-        refused = self._check_api_key(request)
-        if refused is not None:
-            return refused
         try:
             document_id = document_name(request)
         except BadRequest as exc:
@@ -215,9 +201,6 @@ class DocumentRoutes:
         return JSONResponse({"deleted": deleted}, status_code=200 if deleted else 404)
 
     async def _get_connections(self, request: Request) -> Response:
-        refused = self._check_api_key(request)
-        if refused is not None:
-            return refused
         document_id = request.query_params.get("documentId")
         handler = request.query_params.get("handler")
         if (document_id is None) == (handler is None):

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from captify_ws.errors import BadRequest, InvalidMessage
+from captify_ws.http_common import guard
 from captify_ws.protocol.cluster import decode_stateless
 
 if TYPE_CHECKING:
@@ -29,9 +30,6 @@ def stateless_routes(app: CaptifyApp) -> list[Route]:
             Response:
         from captify_ws.http_documents import bad_name, document_name
 
-        refused = app._check_api_key(request)
-        if refused is not None:
-            return refused
         try:
             body: Any = await request.json()
         except ValueError:
@@ -72,8 +70,8 @@ def stateless_routes(app: CaptifyApp) -> list[Route]:
         return JSONResponse({"documentId": document_id, "asked": asked})
 
     return [
-        Route("/api/v1/documents/{document_id:path}/stateless", post_stateless,
-              methods=["POST"]),
-        Route("/api/v1/documents/{document_id:path}/token-request", post_token_request,
-              methods=["POST"]),
+        Route("/api/v1/documents/{document_id:path}/stateless",
+              guard(app._check_api_key, post_stateless), methods=["POST"]),
+        Route("/api/v1/documents/{document_id:path}/token-request",
+              guard(app._check_api_key, post_token_request), methods=["POST"]),
     ]

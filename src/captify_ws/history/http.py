@@ -47,7 +47,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -55,6 +55,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from captify_ws.errors import BadRequest, HistoryError, ProtocolError, StoreError, log_with_id
+from captify_ws.http_common import CheckKey, Endpoint, guard, int_param, optional_int
 from captify_ws.protocol import envelope
 from captify_ws.store.history import MAX_ID, MAX_PAGE, MAX_VERSION, HistoryStore
 
@@ -63,31 +64,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("captify_ws.history")
 
-CheckKey = Callable[[Request], "Response | None"]
 #: the document name of an ``/api/v1/documents/<name><suffix>`` request (``app.py``)
 DocumentName = Callable[[Request, str], str]
 #: the longest version name or ``who`` label a request may give
 MAX_LABEL = 200
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    """A query parameter as an integer from ``low`` to ``high``; raises ``HistoryError``."""
-    value = optional_int(request, name, low, high)
-    return default if value is None else value
-
-
-def optional_int(request: Request, name: str, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HistoryError(400, f"'{name}' must be an integer") from None
-    if not low <= value <= high:
-        raise HistoryError(400, f"'{name}' must be from {low} to {high}")
-    return value
+def _bad_query(message: str) -> HistoryError:
+    return HistoryError(400, message)
 
 
 def history_store(server: Server) -> HistoryStore:
@@ -96,6 +80,17 @@ def history_store(server: Server) -> HistoryStore:
     if not isinstance(store, HistoryStore):
         raise HistoryError(501, f"the store {store.url} keeps no history")
     return store
+
+
+def _answer(exc: Exception) -> Response:
+    """The answer to a ``HistoryError``, or 503 to a ``StoreError`` (logged with an id)."""
+    if isinstance(exc, HistoryError):
+        return JSONResponse({"error": exc.message, "code": exc.code, **exc.extra},
+                            status_code=exc.status)
+    error_id = log_with_id(logger, "history request failed", exc, level=logging.WARNING,
+                           traceback=False)
+    return JSONResponse({"error": "store unavailable, try again", "code": 503,
+                         "errorId": error_id}, status_code=503)
 
 
 class HistoryRoutes:
@@ -156,25 +151,11 @@ class HistoryRoutes:
         return out
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            refused = self._check_key(request)
-            if refused is not None:
-                return refused
-            try:
-                return await endpoint(request)
-            except HistoryError as exc:
-                return JSONResponse({"error": exc.message, "code": exc.code, **exc.extra},
-                                    status_code=exc.status)
-            except StoreError as exc:
-                error_id = log_with_id(logger, "history request failed", exc,
-                                       level=logging.WARNING, traceback=False)
-                return JSONResponse({"error": "store unavailable, try again", "code": 503,
-                                     "errorId": error_id}, status_code=503)
-        return guarded
+        return guard(self._check_key, endpoint, _answer, (HistoryError, StoreError))
 
     async def _changes(self, request: Request) -> Response:
-        since = int_param(request, "since", 0, 0, MAX_ID)
-        limit = int_param(request, "limit", 100, 1, MAX_PAGE)
+        since = int_param(request, "since", 0, 0, MAX_ID, _bad_query)
+        limit = int_param(request, "limit", 100, 1, MAX_PAGE, _bad_query)
         store = history_store(self.server)
         entries = await store.read_feed(since, limit)
         first = await store.first_cursor()  # read after: entries pruned meanwhile count
@@ -193,8 +174,8 @@ class HistoryRoutes:
 
     async def _list(self, request: Request) -> Response:
         document_id = self._name(request, "/versions")
-        before = optional_int(request, "before", 1, MAX_VERSION)
-        limit = int_param(request, "limit", 50, 1, MAX_PAGE)
+        before = optional_int(request, "before", 1, MAX_VERSION, _bad_query)
+        limit = int_param(request, "limit", 50, 1, MAX_PAGE, _bad_query)
         infos = await self.server.history.list_versions(document_id, before, limit)
         more = len(infos) == limit and infos[-1].number > 1
         return JSONResponse({"versions": [info.as_json() for info in infos],
@@ -225,8 +206,8 @@ class HistoryRoutes:
 
     async def _diff(self, request: Request) -> Response:
         document_id = self._name(request, "/diff")
-        a = optional_int(request, "from", 1, MAX_VERSION)
-        b = optional_int(request, "to", 1, MAX_VERSION)
+        a = optional_int(request, "from", 1, MAX_VERSION, _bad_query)
+        b = optional_int(request, "to", 1, MAX_VERSION, _bad_query)
         if a is None or b is None:
             raise HistoryError(400, "give the versions to compare: ?from=<n>&to=<n>")
         return JSONResponse(await self.server.history.diff(document_id, a, b))
@@ -246,8 +227,8 @@ class HistoryRoutes:
         status = request.query_params.get("status") or None
         if status not in (None, "pending", "delivered", "failed"):
             raise HistoryError(400, "'status' must be pending, delivered or failed")
-        before = optional_int(request, "before", 1, MAX_ID)
-        limit = int_param(request, "limit", 50, 1, MAX_PAGE)
+        before = optional_int(request, "before", 1, MAX_ID, _bad_query)
+        limit = int_param(request, "limit", 50, 1, MAX_PAGE, _bad_query)
         found = await webhooks.store.list_deliveries(status, before,  # type: ignore[arg-type]
                                                      limit)
         return JSONResponse({"deliveries": [d.as_json() for d in found],
