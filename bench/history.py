@@ -26,7 +26,7 @@ from typing import Any
 from pycrdt import Doc, Text
 
 from captify_ws.config import Settings
-from captify_ws.rooms.document import SERVER_ORIGIN
+from captify_ws.rooms.member import SERVER_ORIGIN
 from captify_ws.server import Server
 
 UPDATES = 10_000

@@ -24,7 +24,8 @@ from captify_ws import (
     StatelessEvent,
 )
 from captify_ws.hooks import MAX_QUEUED, HookRunner, load_hook
-from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.rooms.document import DocumentRoom
+from captify_ws.rooms.member import Origin
 from tests.helpers import hocuspocus_providers, json_client, running_server
 from tests.outside import lifecycle_hooks
 from tests.outside.lifecycle_hooks import Recorder

@@ -19,7 +19,8 @@ from websockets.exceptions import ConnectionClosed
 
 from captify_ws.errors import ProtocolError
 from captify_ws.protocol import envelope, ywebsocket
-from captify_ws.rooms.document import STORE_ORIGIN, DocumentRoom
+from captify_ws.rooms.document import DocumentRoom
+from captify_ws.rooms.member import STORE_ORIGIN
 from tests.helpers import JsonClient, running_server
 
 

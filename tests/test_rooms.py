@@ -10,7 +10,8 @@ from pycrdt import Doc, Text
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
 from captify_ws.protocol import ywebsocket
-from captify_ws.rooms.document import DocumentRoom, Member, Origin
+from captify_ws.rooms.document import DocumentRoom
+from captify_ws.rooms.member import Member, Origin
 
 pytestmark = pytest.mark.unit
 

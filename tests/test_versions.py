@@ -254,7 +254,7 @@ async def test_retention_keeps_the_newest_automatic_versions(tmp_path: Path,
 async def test_diff_says_who_typed_what() -> None:
     """Two writers (labelled like principals) type into one text; the diff's insertedBy gives
     each one's text, and a store round trip keeps the Yjs clients of each version."""
-    from captify_ws.rooms.document import Origin
+    from captify_ws.rooms.member import Origin
 
     async with running_server(api_key="k", version_idle_s=60) as srv:
         server = srv.server
@@ -284,7 +284,7 @@ async def test_diff_says_who_typed_what() -> None:
 async def test_named_versions_attribute_text_with_automatic_versions_off() -> None:
     """With version_idle_s=0 no automatic version is taken, and a named version still names
     who typed what."""
-    from captify_ws.rooms.document import Origin
+    from captify_ws.rooms.member import Origin
 
     async with running_server(version_idle_s=0) as srv:
         history = srv.server.history

@@ -37,7 +37,8 @@ from captify_ws.broker.base import Broker
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import cluster as wire
 from captify_ws.protocol.ywebsocket import EMPTY_UPDATE, AwarenessEntry, _StrictDecoder
-from captify_ws.rooms.document import DocumentRoom, Member, Origin
+from captify_ws.rooms.document import DocumentRoom
+from captify_ws.rooms.member import Member, Origin
 from captify_ws.rooms.presence import Change
 from captify_ws.rooms.steps import Accepted
 

@@ -19,8 +19,9 @@ from captify_ws.config import Settings
 from captify_ws.errors import CaptifyError, CloseCode, StaleVersion
 from captify_ws.protocol import envelope
 from captify_ws.protocol.cluster import ExternalSteps
-from captify_ws.rooms.document import SERVER_ORIGIN, DocumentRoom
+from captify_ws.rooms.document import DocumentRoom
 from captify_ws.rooms.manager import RoomManager
+from captify_ws.rooms.member import SERVER_ORIGIN
 from captify_ws.rooms.pm_yjs import fragment_to_node, update_fragment
 from captify_ws.rooms.steps import (
     Accepted,

@@ -61,7 +61,8 @@ from captify_ws.imports import import_attribute
 if TYPE_CHECKING:
     from captify_ws.auth import Principal
     from captify_ws.connection import Connection
-    from captify_ws.rooms.document import DocumentRoom, Origin
+    from captify_ws.rooms.document import DocumentRoom
+    from captify_ws.rooms.member import Origin
     from captify_ws.stateless import StatelessEvent
 
 logger = logging.getLogger("captify_ws.hooks")
@@ -158,7 +159,7 @@ class _PendingChange:
 
 
 def change_origin(origin: Origin) -> ChangeOrigin:
-    """The hook's view of a room's :class:`~captify_ws.rooms.document.Origin`."""
+    """The hook's view of a room's :class:`~captify_ws.rooms.member.Origin`."""
     if origin.kind == "member" and origin.member is not None:
         member = origin.member
         principal = member.principal or member.connection.principal

@@ -29,8 +29,8 @@ from captify_ws.protocol.hocuspocus import FrameEncoder
 
 if TYPE_CHECKING:
     from captify_ws.config import Settings
-    from captify_ws.rooms.document import Member
     from captify_ws.rooms.manager import RoomManager
+    from captify_ws.rooms.member import Member
 
 logger = logging.getLogger("captify_ws.stateless")
 

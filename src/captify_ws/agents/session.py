@@ -46,7 +46,8 @@ from pycrdt import Assoc, Doc, StickyIndex, Text
 from captify_ws.errors import CaptifyError
 from captify_ws.protocol import statevector
 from captify_ws.protocol.ywebsocket import AwarenessEntry
-from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.rooms.document import DocumentRoom
+from captify_ws.rooms.member import Origin
 from captify_ws.rooms.units import pycrdt_length
 
 if TYPE_CHECKING:

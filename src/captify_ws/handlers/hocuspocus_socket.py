@@ -13,7 +13,7 @@ from captify_ws.auth import Access, Principal
 from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
 from captify_ws.errors import CloseCode, ProtocolError
 from captify_ws.protocol import hocuspocus as hp
-from captify_ws.rooms.document import Member, Origin
+from captify_ws.rooms.member import Member, Origin
 
 #: Pre-authentication bounds of one socket (Hocuspocus 4.3's defaults, GHSA-xwhh-v746-pj9m).
 PREAUTH_MAX_BYTES: Final = 5 << 20

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from captify_ws.errors import HistoryError
 from captify_ws.history import content
-from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.rooms.document import DocumentRoom
 from captify_ws.rooms.manager import who_label
+from captify_ws.rooms.member import Origin
 from captify_ws.store.history import MAX_PAGE, MAX_VERSION, HistoryStore, Version, VersionInfo
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from captify_ws.connection import Connection, PreparedFrame
 
 if TYPE_CHECKING:
-    from captify_ws.rooms.document import Member
+    from captify_ws.rooms.member import Member
 
 M = TypeVar("M")
 

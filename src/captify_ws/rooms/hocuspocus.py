@@ -27,7 +27,7 @@ from captify_ws.protocol.ywebsocket import AwarenessEntry, _StrictDecoder
 from captify_ws.rooms import fanout
 
 if TYPE_CHECKING:
-    from captify_ws.rooms.document import Member
+    from captify_ws.rooms.member import Member
 
 
 #: Sync answers kept per address until the document changes (distinct state vectors; a

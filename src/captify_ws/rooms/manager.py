@@ -21,7 +21,8 @@ from captify_ws.config import Settings
 from captify_ws.errors import CloseCode, Reject
 from captify_ws.metrics import Stats
 from captify_ws.rooms.creation import CreationLimiter
-from captify_ws.rooms.document import DocumentRoom, Origin
+from captify_ws.rooms.document import DocumentRoom
+from captify_ws.rooms.member import Origin
 from captify_ws.rooms.steps import StepAuthority, default_schema
 from captify_ws.store.base import DocumentStore
 from captify_ws.store.writer import StoreWriter
