@@ -38,7 +38,7 @@ from captify_ws.store.base import DocumentStore
 
 if TYPE_CHECKING:
     from captify_ws.channels.services import ChannelServices
-    from captify_ws.cluster import ClusterBridge
+    from captify_ws.cluster.bridge import ClusterBridge
     from captify_ws.history.webhooks import WebhookSender
 
 logger = logging.getLogger("captify_ws.server")

@@ -36,7 +36,7 @@ from captify_ws.store import DocumentStore
 from captify_ws.store.writer import StoreWriter
 
 if TYPE_CHECKING:
-    from captify_ws.cluster import ClusterBridge
+    from captify_ws.cluster.bridge import ClusterBridge
     from captify_ws.history.versions import DocumentHistory
 
 logger = logging.getLogger("captify_ws.server")

@@ -31,7 +31,7 @@ from captify_ws.auth import (
 from captify_ws.authorizers import build_authorizer
 from captify_ws.broker import Broker, broker_from_url
 from captify_ws.channels.services import ChannelServices, build_channel_services
-from captify_ws.cluster import ClusterBridge
+from captify_ws.cluster.bridge import ClusterBridge
 from captify_ws.config import Settings
 from captify_ws.connection import Connection, UpgradeRequest
 from captify_ws.documents import DocumentService

@@ -30,55 +30,23 @@ import contextlib
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from captify_ws.broker.base import Broker
+from captify_ws.cluster.host import ClusterHost
+from captify_ws.cluster.peers import InstanceInfo, RemoteOwner, is_local, owner_key
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import cluster as wire
 from captify_ws.protocol.ywebsocket import EMPTY_UPDATE, AwarenessEntry, _StrictDecoder
 from captify_ws.rooms.document import DocumentRoom
-from captify_ws.rooms.member import Member, Origin
+from captify_ws.rooms.member import Origin
 from captify_ws.rooms.presence import Change
 from captify_ws.rooms.steps import Accepted
 
 if TYPE_CHECKING:
-    from captify_ws.config import Settings
-    from captify_ws.connection import Connection
-    from captify_ws.protocol.cluster import ExternalSteps
-    from captify_ws.rooms.manager import RoomManager
-    from captify_ws.stateless import StatelessHub
+    pass
 
 logger = logging.getLogger("captify_ws.cluster")
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteOwner:
-    """Stands for one connection of another instance as the owner of presence states
-    (compared by value: nothing is kept per remote connection)."""
-
-    instance: str
-    connection: str
-
-
-def owner_key(owner: object) -> str:
-    """The key of a local presence owner (a member) in cluster messages: its connection, and
-    the document's address on a socket that multiplexes documents (Hocuspocus)."""
-    if isinstance(owner, Member):
-        return f"{owner.connection.id}\0{owner.address or ''}"
-    return f"{id(owner):x}"
-
-
-def _is_local(owner: object) -> bool:
-    return not isinstance(owner, RemoteOwner)
-
-
-@dataclass
-class InstanceInfo:
-    last_seen: float
-    lag: float = 0.0
-    handlers: dict[str, int] = field(default_factory=dict)
-    documents: dict[str, int] = field(default_factory=dict)
 
 
 def _decode_state_vector(state_vector: bytes) -> dict[int, int]:
@@ -92,38 +60,6 @@ def covers(ours: bytes, theirs: bytes) -> bool:
     mine = _decode_state_vector(ours)
     return all(mine.get(client, 0) >= clock
                for client, clock in _decode_state_vector(theirs).items())
-
-
-class ClusterHost(Protocol):
-    """What the cluster bridge reads of, and calls back on, the server of its instance (the
-    ``Server`` is one; the bridge owns this interface and never imports the server)."""
-
-    @property
-    def instance_id(self) -> str: ...
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def rooms(self) -> RoomManager: ...
-
-    @property
-    def connections(self) -> dict[str, set[Connection]]: ...
-
-    @property
-    def stateless(self) -> StatelessHub: ...
-
-    async def deliver_external_steps(self, message: ExternalSteps) -> None:
-        """Steps a backend published on the broker (every instance receives them)."""
-        ...
-
-    def apply_remote_steps(self, room: DocumentRoom, accepted: Accepted) -> None:
-        """Steps another instance's authority accepted."""
-        ...
-
-    def on_cluster_control(self, body: dict[str, Any]) -> None:
-        """A control message from another instance (token request, revocation)."""
-        ...
 
 
 class ClusterBridge:
@@ -211,7 +147,7 @@ class ClusterBridge:
     def _local_presence(self, room: DocumentRoom, changes: list[Change]) -> None:
         local = [wire.RemoteAwareness(change.entry, change.json_client_id,
                                       owner_key(change.owner), change.released)
-                 for change in changes if _is_local(change.owner)]
+                 for change in changes if is_local(change.owner)]
         if local:
             self.broker.publish(self.channel(room.document_id), wire.encode(
                 wire.AWARENESS, self.instance, wire.encode_awareness(local)))
@@ -276,7 +212,7 @@ class ClusterBridge:
                     (item.entry, item.json_client_id, item.released))
             for key, entries in by_owner.items():
                 room.presence.apply_remote(entries, RemoteOwner(message.instance, key),
-                                           _is_local)
+                                           is_local)
         elif kind == wire.JSON_ALL:
             room.relay_json(message.body.decode(), None, publish=False)
         elif kind == wire.JSON_CLIENT:
@@ -295,7 +231,7 @@ class ClusterBridge:
                                           stateless.user_id, stateless.connection_id)
         elif kind == wire.PRESENCE_QUERY:
             states = [wire.RemoteAwareness(s.entry(), s.json_client_id, owner_key(s.owner))
-                      for s in room.presence.snapshot() if _is_local(s.owner)]
+                      for s in room.presence.snapshot() if is_local(s.owner)]
             if states:
                 self.broker.publish(self.channel(room.document_id), wire.encode(
                     wire.AWARENESS, self.instance, wire.encode_awareness(states)))
