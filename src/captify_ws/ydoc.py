@@ -7,7 +7,7 @@ of such a split and miscounts the item lengths, so what it encodes afterwards de
 different text in Yjs (docs/yjs-interop.md has the reproduction). :meth:`YDoc.apply` therefore
 looks at every update that could do this (the document holds a surrogate pair, or the update
 brings one): when it refers to a position inside a pair, the document is rebuilt from its own
-encoding with that item cut as Yjs cuts it (``protocol/yupdate.split_strings``), and the update
+encoding with that item cut as Yjs cuts it (``protocol/ysplit.split_strings``), and the update
 is applied with its own strings cut the same way. yrs then never splits a pair itself, so the
 document, and everything encoded from it (sync step 2, ``synced``, ``GET``, the store's
 snapshots, anti-entropy), decodes in Yjs to what the clients hold. An update that refers to
@@ -33,7 +33,7 @@ from typing import Any, Final, TypeVar
 from pycrdt import Doc, get_update, merge_updates
 
 from captify_ws.errors import InvalidMessage
-from captify_ws.protocol import yupdate
+from captify_ws.protocol import ysplit, yupdate
 
 logger = logging.getLogger("captify_ws.ydoc")
 
@@ -108,7 +108,7 @@ def cost_from_header(head: bytes, size: int) -> int | None:
 
 def read_state_vector(state_vector: bytes) -> dict[int, int]:
     """A Yjs state vector (``varuint(n) {varuint client, varuint clock}*``) as a dict."""
-    reader = yupdate._Reader(state_vector)
+    reader = yupdate.Reader(state_vector)
     result = {}
     for _ in range(reader.uint()):
         client = reader.uint()
@@ -343,8 +343,8 @@ class YDoc:
         """Cut the items at ``hits`` as Yjs does, in the document and in ``update``, then
         integrate the update."""
         encoded = self.doc.get_update()
-        cut_state, cuts = yupdate.split_strings(encoded, hits)
-        cut_update, _ = yupdate.split_strings(update, hits)
+        cut_state, cuts = ysplit.split_strings(encoded, hits)
+        cut_update, _ = ysplit.split_strings(update, hits)
         if cuts:
             # Rebuilt beside the current document: if the update is refused, nothing changed.
             rebuilt: Doc[Any] = Doc(client_id=self.doc.client_id)
@@ -381,7 +381,7 @@ class YDoc:
             inside = {client: {clock} for client, clock in clocks.items()
                       if clock in self._astral.get(client, ())}
             if inside:
-                cut, _ = yupdate.split_strings(self.doc.get_update(), inside)
+                cut, _ = ysplit.split_strings(self.doc.get_update(), inside)
                 return get_update(cut, state_vector)
         try:
             return self.doc.get_update(state_vector)

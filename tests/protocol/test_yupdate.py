@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, get_state
 
 from captify_ws.errors import InvalidMessage
-from captify_ws.protocol.yupdate import scan, split_strings
+from captify_ws.protocol.ysplit import split_strings
+from captify_ws.protocol.yupdate import scan
 from captify_ws.ydoc import YDoc, read_state_vector
 
 pytestmark = pytest.mark.unit

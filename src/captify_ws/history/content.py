@@ -106,7 +106,7 @@ def contents(state: bytes) -> dict[str, dict[str, Any]]:
 def first_client(update: bytes) -> int | None:
     """The Yjs client id of an update's first structs, read from its header (an update from
     one editor has only its own); ``None`` when there are none or the header is not one."""
-    reader = yupdate._Reader(update)
+    reader = yupdate.Reader(update)
     try:
         if reader.uint() < 1:
             return None

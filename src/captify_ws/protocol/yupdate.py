@@ -23,14 +23,14 @@ Why: Yjs splits a string item between the two halves of a surrogate pair when an
 to that position, replacing both halves with U+FFFD (``ContentString.splice``); yrs (under
 pycrdt) keeps the whole character on the left and gets the item lengths wrong, so what it
 encodes afterwards decodes differently in Yjs (docs/yjs-interop.md). :func:`scan` finds where an
-update can split items and where its strings hold surrogate pairs; :func:`split_strings` makes
-the splits Yjs would make, so that pycrdt never has to.
+update can split items and where its strings hold surrogate pairs;
+:func:`captify_ws.protocol.ysplit.split_strings` makes the splits Yjs would make, so that pycrdt
+never has to.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -39,9 +39,8 @@ from captify_ws.errors import InvalidMessage
 #: A UTF-8 lead byte of a 4-byte sequence: a character outside the BMP (a surrogate pair in
 #: UTF-16).
 _ASTRAL_BYTES: Final = re.compile(rb"[\xf0-\xf4]")
-_ASTRAL_CHARS: Final = re.compile("[\U00010000-\U0010ffff]")
-
-REPLACEMENT: Final = "\ufffd"
+#: A character outside the BMP: two UTF-16 code units (a surrogate pair).
+ASTRAL_CHARS: Final = re.compile("[\U00010000-\U0010ffff]")
 
 #: A point of one client's clock sequence: (client, clock).
 Point = tuple[int, int]
@@ -71,7 +70,7 @@ class UpdateScan:
     gaps: list[Point] = field(default_factory=list)
 
 
-class _Reader:
+class Reader:
     """A bounds-checked lib0 reader over one update."""
 
     __slots__ = ("data", "end", "pos")
@@ -155,7 +154,7 @@ class _Reader:
             raise self.fail(f"unknown value type {kind}")
 
 
-def _utf16_length(data: bytes, start: int, end: int) -> tuple[int, str | None]:
+def utf16_length(data: bytes, start: int, end: int) -> tuple[int, str | None]:
     """UTF-16 length of a UTF-8 string, and the string when it holds astral characters."""
     chunk = data[start:end]
     if chunk.isascii():
@@ -166,24 +165,24 @@ def _utf16_length(data: bytes, start: int, end: int) -> tuple[int, str | None]:
         raise InvalidMessage("not a valid Yjs update (a string is not UTF-8)") from None
     if _ASTRAL_BYTES.search(chunk) is None:
         return len(text), None
-    return len(text) + len(_ASTRAL_CHARS.findall(text)), text
+    return len(text) + len(ASTRAL_CHARS.findall(text)), text
 
 
-def _low_surrogates(text: str) -> list[int]:
+def low_surrogates(text: str) -> list[int]:
     """UTF-16 offsets of the low surrogates of ``text``."""
     # Each earlier astral character adds one code unit to the offset of the ones after it.
     return [match.start() + earlier + 1
-            for earlier, match in enumerate(_ASTRAL_CHARS.finditer(text))]
+            for earlier, match in enumerate(ASTRAL_CHARS.finditer(text))]
 
 
-def _content(reader: _Reader, info: int, client: int, clock: int, scan: UpdateScan) -> int:
+def read_content(reader: Reader, info: int, client: int, clock: int, scan: UpdateScan) -> int:
     """Read an item's content; returns its length in clocks."""
     kind = info & 0x1F
     if kind == 4:
         start, end = reader.string()
-        length, astral = _utf16_length(reader.data, start, end)
+        length, astral = utf16_length(reader.data, start, end)
         if astral is not None:
-            scan.astral.extend((client, clock + offset) for offset in _low_surrogates(astral))
+            scan.astral.extend((client, clock + offset) for offset in low_surrogates(astral))
         return length
     if kind == 1:
         return reader.uint()
@@ -236,7 +235,7 @@ def scan(update: bytes) -> UpdateScan:
 
     Raises :class:`~captify_ws.errors.InvalidMessage` if it is not a v1 update. Written for
     the hot path (about 3 µs for a keystroke's update): string items, the common case, are
-    read inline; other contents through :class:`_Reader`.
+    read inline; other contents through :class:`Reader`.
     """
     data = update
     end = len(data)
@@ -291,14 +290,14 @@ def scan(update: bytes) -> UpdateScan:
                     pos += size
                     if pos > end:
                         raise IndexError
-                    length, astral = _utf16_length(data, start, pos)
+                    length, astral = utf16_length(data, start, pos)
                     if astral is not None:
                         out.astral.extend((client, clock + offset)
-                                          for offset in _low_surrogates(astral))
+                                          for offset in low_surrogates(astral))
                 else:
-                    reader = _Reader(data)
+                    reader = Reader(data)
                     reader.pos = pos
-                    length = _content(reader, info, client, clock, out)
+                    length = read_content(reader, info, client, clock, out)
                     pos = reader.pos
                 clock += length
                 out.structs += 1
@@ -318,119 +317,3 @@ def scan(update: bytes) -> UpdateScan:
     if pos != end:
         raise InvalidMessage("not a valid Yjs update (trailing bytes)")
     return out
-
-
-def _write_uint(out: bytearray, value: int) -> None:
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-
-
-def _write_string(out: bytearray, text: str) -> None:
-    data = text.encode("utf-8")
-    _write_uint(out, len(data))
-    out += data
-
-
-def _units(text: str) -> int:
-    return len(text) + len(_ASTRAL_CHARS.findall(text))
-
-
-def _cut(text: str, cuts: list[int]) -> list[str]:
-    """``text`` cut at the UTF-16 offsets of low surrogates, each cut pair's halves replaced by
-    U+FFFD, as Yjs's ``ContentString.splice`` does."""
-    units = text.encode("utf-16-le")
-    pieces = []
-    start = 0
-    prefix = ""
-    for cut in cuts:
-        pieces.append(prefix + units[2 * start:2 * (cut - 1)].decode("utf-16-le") + REPLACEMENT)
-        prefix = REPLACEMENT
-        start = cut + 1
-    pieces.append(prefix + units[2 * start:].decode("utf-16-le"))
-    return pieces
-
-
-def split_strings(update: bytes, points: Mapping[int, Iterable[int]]) -> tuple[bytes, int]:
-    """The same update with every string item cut at ``points`` that fall inside one of its
-    surrogate pairs, the halves replaced by U+FFFD — what Yjs holds after such a split.
-
-    The right part of a cut is a new item whose origin is the last unit of the left part and
-    whose right origin is the item's (Yjs ``splitItem``); delete set and other structs are
-    copied byte for byte. Returns the update and the number of cuts made (0: unchanged bytes).
-    """
-    wanted = {client: set(clocks) for client, clocks in points.items() if clocks}
-    reader = _Reader(update)
-    uint = reader.uint
-    out = bytearray()
-    cuts_made = 0
-    clients = uint()
-    _write_uint(out, clients)
-    for _ in range(clients):
-        count = uint()
-        client = uint()
-        clock = first = uint()
-        cuts_here = wanted.get(client, set())
-        structs = bytearray()
-        written = 0
-        for _ in range(count):
-            begin = reader.pos
-            info = update[reader.pos]
-            reader.pos += 1
-            kind = info & 0x1F
-            if kind in (0, 10):
-                clock += uint()
-                structs += update[begin:reader.pos]
-                written += 1
-                continue
-            right: bytes = b""
-            if info & 0x80:
-                uint()
-                uint()
-            if info & 0x40:
-                right_start = reader.pos
-                uint()
-                uint()
-                right = update[right_start:reader.pos]
-            if not info & 0xC0:
-                if uint() == 1:
-                    reader.string()
-                else:
-                    uint()
-                    uint()
-                if info & 0x20:
-                    reader.string()
-            header_end = reader.pos
-            if kind == 4:
-                start, end = reader.string()
-                length, astral = _utf16_length(update, start, end)
-                inside = [offset for offset in _low_surrogates(astral)
-                          if clock + offset in cuts_here] if astral else []
-                if inside:
-                    pieces = _cut(astral or "", inside)
-                    structs += update[begin:header_end]
-                    _write_string(structs, pieces[0])
-                    position = clock + _units(pieces[0])
-                    for piece in pieces[1:]:
-                        structs.append(0x84 | (info & 0x40))
-                        _write_uint(structs, client)
-                        _write_uint(structs, position - 1)
-                        structs += right
-                        _write_string(structs, piece)
-                        position += _units(piece)
-                    written += len(pieces)
-                    cuts_made += len(pieces) - 1
-                    clock += length
-                    continue
-                clock += length
-            else:
-                clock += _content(reader, info, client, clock, UpdateScan())
-            structs += update[begin:reader.pos]
-            written += 1
-        _write_uint(out, written)
-        _write_uint(out, client)
-        _write_uint(out, first)
-        out += structs
-    out += update[reader.pos:]
-    return bytes(out), cuts_made
