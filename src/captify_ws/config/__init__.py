@@ -5,382 +5,372 @@ environment variables and the README table come from one list. No other module r
 environment (STYLE.md, habit 12).
 
 Precedence, lowest first: the default, the environment variable, the command-line flag.
+How a field is declared is in :mod:`captify_ws.config.fields`; the rules a set of settings must
+satisfy are in :mod:`captify_ws.config.checks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from captify_ws.config import checks
+from captify_ws.config.fields import ENV_PREFIX, setting
 from captify_ws.errors import ConfigError
 from captify_ws.values import parse_bool as _parse_bool
 from captify_ws.values import parse_list as _parse_list
 from captify_ws.values import parse_size as _parse_size
 from captify_ws.values import parser_for
 
-ENV_PREFIX = "CAPTIFY_WS_"
-
-
-def _setting(default: Any, help: str, parse: Callable[[str], Any] = str, *,
-             metavar: str | None = None, secret: bool = False, shown: str | None = None,
-             toggle: bool = False) -> Any:
-    """A field of :class:`Settings`: ``help`` for ``--help`` and the README, ``parse`` for the
-    text of its flag and variable, ``shown`` for a default that needs words (``--help`` shows
-    ``default <shown>``), ``toggle`` for an on/off flag pair (``--demo`` / ``--no-demo``)."""
-    return field(default=default, metadata={
-        "help": help, "parse": parse, "metavar": metavar, "secret": secret, "shown": shown,
-        "toggle": toggle,
-    })
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything captify-ws can be told. Build with :meth:`Settings.load` or construct directly."""
 
-    host: str = _setting("127.0.0.1", "address to bind (loopback by default, like uvicorn)")
-    port: int = _setting(3000, "TCP port for HTTP and WebSockets (0 picks a free port)", int)
-    transport: str = _setting(
+    host: str = setting("127.0.0.1", "address to bind (loopback by default, like uvicorn)")
+    port: int = setting(3000, "TCP port for HTTP and WebSockets (0 picks a free port)", int)
+    transport: str = setting(
         "native",
         "'native' (picows WebSockets + uvicorn's HTTP parser on one port, the fast path) or "
         "'asgi' (the whole app under uvicorn's ASGI server)", metavar="native|asgi")
-    handlers: tuple[str, ...] = _setting(
+    handlers: tuple[str, ...] = setting(
         (), "extra handlers to register, comma-separated 'module:attribute' import paths",
         _parse_list, metavar="MOD:ATTR,...")
-    http_app: str | None = _setting(
+    http_app: str | None = setting(
         None, "an ASGI app ('module:attribute') that receives every request that is not a "
         "captify-ws route, served on the same port", metavar="MOD:ATTR")
-    app_dir: str = _setting(
+    app_dir: str = setting(
         ".", "folder put first on the import path for the 'module:attribute' settings "
         "(--handlers, --http-app, --auth …), like uvicorn's --app-dir", metavar="DIR",
         shown="the current folder")
-    demo: bool | None = _setting(
+    demo: bool | None = setting(
         None, "serve the collaborative editor demo at /demo", _parse_bool, toggle=True,
         shown="on when bound to loopback, off otherwise")
-    api_key: str | None = _setting(
+    api_key: str | None = setting(
         None, "bearer key for the HTTP API under /api/v1 (the API is off without one)",
         secret=True, metavar="KEY")
-    metrics_token: str | None = _setting(
+    metrics_token: str | None = setting(
         None, "bearer token GET /metrics requires (Prometheus: authorization credentials); "
         "without one /metrics is public (keep it on a private network)", secret=True,
         metavar="TOKEN", shown="none (public)")
-    admin_auth: str | None = _setting(
+    admin_auth: str | None = setting(
         None, "the admin dashboard's own check, 'module:function' taking the request and raising "
         "captify_ws.Reject to refuse", metavar="MOD:ATTR", shown="the API key")
-    admin_session_s: float = _setting(
+    admin_session_s: float = setting(
         8 * 3600.0, "how long an admin login lasts: the dashboard's session cookie and its "
         "signature expire after this many seconds", float)
-    log_format: str = _setting("text", "'text' (readable) or 'json' (one object per line)",
+    log_format: str = setting("text", "'text' (readable) or 'json' (one object per line)",
                                metavar="text|json")
-    shutdown_timeout_s: float = _setting(
+    shutdown_timeout_s: float = setting(
         10.0, "on SIGTERM/SIGINT: seconds to close clients (1012), write what is pending and "
         "leave the broker before exiting", float)
-    store: str = _setting(
+    store: str = setting(
         "sqlite:///./data/captify-ws.db",
         "document store URL: 'sqlite:///path.db' (the embedded default), "
         "'postgresql://user:password@host:5432/db' (shared by instances), 'memory' (tests; "
         "lost on exit) or your own store as 'module:attribute'", metavar="URL")
-    store_commit_interval_ms: int = _setting(
+    store_commit_interval_ms: int = setting(
         100, "edits from WebSocket clients are committed at most this often, in one transaction "
         "(group commit); API writes commit at once", int)
-    version_idle_s: float = _setting(
+    version_idle_s: float = setting(
         30.0, "history: an edited document gets an automatic version once it has been idle "
         "this many seconds (0: no automatic versions)", float)
-    version_max_interval_s: float = _setting(
+    version_max_interval_s: float = setting(
         600.0, "history: while editing goes on, an automatic version at least every this many "
         "seconds", float)
-    version_keep: int = _setting(
+    version_keep: int = setting(
         100, "history: automatic versions kept per document, newest first (0: no count "
         "limit; named and restore versions are always kept)", int)
-    version_max_age_s: float = _setting(
+    version_max_age_s: float = setting(
         30 * 86400.0, "history: automatic versions older than this many seconds are deleted "
         "(0: no age limit)", float)
-    history_log_keep_s: float = _setting(
+    history_log_keep_s: float = setting(
         30 * 86400.0, "history: change feed entries, finished webhook deliveries and ended "
         "agent session records are deleted this many seconds after they happened (0: kept "
         "for ever)", float)
-    webhook_urls: tuple[str, ...] = _setting(
+    webhook_urls: tuple[str, ...] = setting(
         (), "webhooks: endpoint URLs that receive document and version events, "
         "comma-separated (none: no webhooks)", _parse_list, metavar="URL,...")
-    webhook_secret: str | None = _setting(
+    webhook_secret: str | None = setting(
         None, "webhooks: the Standard Webhooks signing secret, 'whsec_' and base64",
         secret=True, metavar="whsec_…")
-    webhook_events: tuple[str, ...] = _setting(
+    webhook_events: tuple[str, ...] = setting(
         ("document.created", "document.changed", "document.deleted", "version.created"),
         "webhooks: the events sent, comma-separated; connection.opened and "
         "connection.closed are opt-in", _parse_list, metavar="EVENT,...",
         shown="document.created,document.changed,document.deleted,version.created")
-    webhook_debounce_s: float = _setting(
+    webhook_debounce_s: float = setting(
         2.0, "webhooks: a document's changes within this many seconds make one "
         "document.changed event", float)
-    webhook_timeout_s: float = _setting(
+    webhook_timeout_s: float = setting(
         10.0, "webhooks: an attempt without an answer within this many seconds failed", float)
-    webhook_endpoint_concurrency: int = _setting(
+    webhook_endpoint_concurrency: int = setting(
         8, "webhooks: the most deliveries in flight to one endpoint URL at once, per instance "
         "(deliveries; all endpoints share 32): a hanging endpoint cannot hold every slot", int)
-    webhook_retry_base_s: float = _setting(
+    webhook_retry_base_s: float = setting(
         5.0, "webhooks: the first retry after this many seconds, doubling each time (with "
         "jitter)", float)
-    webhook_retry_max_delay_s: float = _setting(
+    webhook_retry_max_delay_s: float = setting(
         3600.0, "webhooks: the longest wait between two attempts, seconds", float)
-    webhook_retry_for_s: float = _setting(
+    webhook_retry_for_s: float = setting(
         86400.0, "webhooks: an event not delivered this many seconds after it happened is "
         "given up (failed, listed, redeliverable)", float)
-    broker: str = _setting(
+    broker: str = setting(
         "memory", "how instances reach each other: 'memory' (this process only), "
         "'redis://host:6379/0', or your own broker as 'module:attribute'", metavar="URL")
-    broker_prefix: str = _setting(
+    broker_prefix: str = setting(
         "captify", "prefix of every broker channel (several deployments can share a Redis)",
         metavar="PREFIX")
-    cluster_heartbeat_s: float = _setting(
+    cluster_heartbeat_s: float = setting(
         2.0, "instances announce themselves and their connection counts this often; one silent "
         "for 3 heartbeats is dropped (its connections and presence disappear)", float)
-    anti_entropy_s: float = _setting(
+    anti_entropy_s: float = setting(
         10.0, "instances compare the state vectors of their documents this often (and after "
         "every broker reconnect) and send each other what is missing", float)
-    workers: int = _setting(
+    workers: int = setting(
         1, "processes serving the same port (needs a shared broker and store)", int)
-    reuse_port: bool = _setting(
+    reuse_port: bool = setting(
         False, "let several processes listen on the same port (SO_REUSEPORT; --workers sets it "
         "for its processes)", _parse_bool)
-    auth: str = _setting(
+    auth: str = setting(
         "", "authenticator: 'none' (everyone anonymous; development), 'session-proxy', 'jwt', or "
         "'module:function'", metavar="KIND",
         shown="none on a loopback bind; required on any other address")
-    auth_session_url: str | None = _setting(
+    auth_session_url: str | None = setting(
         None, "session-proxy: the product's session endpoint, e.g. "
         "http://127.0.0.1:8000/api/auth/session", metavar="URL")
-    auth_user_path: str = _setting(
+    auth_user_path: str = setting(
         "user.id", "session-proxy: where the user id is in the endpoint's JSON answer "
         "(dotted path; NextAuth: user.email or user.id)", metavar="PATH")
-    auth_cache_s: float = _setting(
+    auth_cache_s: float = setting(
         10.0, "seconds an answer of the session or access endpoint is reused", float)
-    auth_timeout_s: float = _setting(
+    auth_timeout_s: float = setting(
         5.0, "an authenticator that does not answer within this many seconds refuses the "
         "connection with 4408", float)
-    jwt_secret: str | None = _setting(
+    jwt_secret: str | None = setting(
         None, "jwt: the HS256 secret", secret=True, metavar="SECRET")
-    jwt_public_key: str | None = _setting(
+    jwt_public_key: str | None = setting(
         None, "jwt: the RS256/ES256 public key, PEM text or @/path/to/key.pem", metavar="PEM")
-    jwt_algorithms: tuple[str, ...] = _setting(
+    jwt_algorithms: tuple[str, ...] = setting(
         ("HS256",), "jwt: accepted algorithms, comma-separated (HS256, RS256, ES256, …)",
         _parse_list, metavar="ALG,...")
-    jwt_audience: str | None = _setting(None, "jwt: required 'aud'", metavar="AUD")
-    jwt_issuer: str | None = _setting(None, "jwt: required 'iss'", metavar="ISS")
-    jwt_cookie: str = _setting("captify_token", "jwt: the cookie that may carry the token",
+    jwt_audience: str | None = setting(None, "jwt: required 'aud'", metavar="AUD")
+    jwt_issuer: str | None = setting(None, "jwt: required 'iss'", metavar="ISS")
+    jwt_cookie: str = setting("captify_token", "jwt: the cookie that may carry the token",
                                metavar="NAME")
-    jwt_leeway_s: float = _setting(30.0, "jwt: clock skew allowed for exp/nbf, seconds", float)
-    jwt_docs_claim: str = _setting(
+    jwt_leeway_s: float = setting(30.0, "jwt: clock skew allowed for exp/nbf, seconds", float)
+    jwt_docs_claim: str = setting(
         "docs", "jwt-claims authorizer: the claim naming documents or patterns", metavar="CLAIM")
-    authorizer: str = _setting(
+    authorizer: str = setting(
         "allow", "per-document access: 'allow' (every authenticated user may write), "
         "'jwt-claims', 'access-proxy', or 'module:function'", metavar="KIND")
-    auth_access_url: str | None = _setting(
+    auth_access_url: str | None = setting(
         None, "access-proxy: the product's endpoint answering "
         "{\"access\":\"write\"|\"read\"|\"none\"}", metavar="URL")
-    revocation_ttl_s: float = _setting(
+    revocation_ttl_s: float = setting(
         3600.0, "a revocation keeps that user out of (or read-only on) the document this long, "
         "on every instance, whatever the authorizer says", float)
-    allowed_origins: tuple[str, ...] = _setting(
+    allowed_origins: tuple[str, ...] = setting(
         (), "browser origins allowed to open WebSockets, comma-separated "
         "(https://app.example.com, https://*.example.com)", _parse_list,
         metavar="ORIGIN,...", shown="any origin")
-    trusted_proxies: tuple[str, ...] = _setting(
+    trusted_proxies: tuple[str, ...] = setting(
         ("127.0.0.1", "::1"), "peers whose X-Forwarded-For names the real client address",
         _parse_list, metavar="IP,...")
-    max_connections: int = _setting(
+    max_connections: int = setting(
         20000, "connections this instance accepts; more are closed with 1013", int)
-    max_connections_per_user: int = _setting(
+    max_connections_per_user: int = setting(
         100, "connections per authenticated user on this instance; more → 4429", int)
-    max_connections_per_ip: int = _setting(
+    max_connections_per_ip: int = setting(
         500, "connections per client address on this instance (loopback exempt); more → 4429",
         int)
-    message_rate: float = _setting(
+    message_rate: float = setting(
         1000.0, "messages per second a connection may send on average; faster → 4429", float)
-    message_burst: int = _setting(
+    message_burst: int = setting(
         20000, "messages a connection may send in a burst above message_rate", int)
-    max_awareness_size: int = _setting(
+    max_awareness_size: int = setting(
         16 << 10, "largest presence state, bytes; larger → close 1009 (y-websocket) or an "
         "error (JSON)", _parse_size, metavar="SIZE")
-    document_create_rate: float = _setting(
+    document_create_rate: float = setting(
         600.0, "new documents (not yet in the store) one user — or one client address, for "
         "anonymous connections — may open per minute, in bursts of as many; more → close "
         "4429 (0: no limit)", float)
-    max_presence_states: int = _setting(
+    max_presence_states: int = setting(
         4, "presence states (awareness client ids) one connection may control in a document "
         "(a provider has one); more → close 1009", int)
-    max_presence_bytes: int = _setting(
+    max_presence_bytes: int = setting(
         64 << 10, "bytes of presence states one connection may hold in a document; more → "
         "close 1009", _parse_size, metavar="SIZE")
-    max_document_size: int = _setting(
+    max_document_size: int = setting(
         256 << 20, "quota: bytes of updates a document may hold; updates beyond it are "
         "refused", _parse_size, metavar="SIZE")
-    pm_schema: str | None = _setting(
+    pm_schema: str | None = setting(
         None, "the ProseMirror schema of the step authority: 'tiptap' (Tiptap 3 StarterKit's, "
         "built in) or 'module:attribute' naming a prosemirror.model.Schema",
         metavar="tiptap|MOD:ATTR",
         shown="prosemirror-schema-basic with the list nodes")
-    pm_fragment: str = _setting(
+    pm_fragment: str = setting(
         "prosemirror", "the Y.XmlFragment that y-prosemirror editors share (Tiptap: 'default'); "
         "server-originated steps are applied to it too", metavar="NAME")
-    max_message_size: int = _setting(
+    max_message_size: int = setting(
         16 << 20, "largest accepted WebSocket message (16m, 512k …); larger → close 1009",
         _parse_size, metavar="SIZE")
-    max_message_frames: int = _setting(
+    max_message_frames: int = setting(
         1024, "most frames one fragmented WebSocket message may arrive in; more → close 1009",
         int)
-    message_cost_bytes: int = _setting(
+    message_cost_bytes: int = setting(
         16 << 10, "every this many bytes of a message count as one more message against "
         "message_rate (the rate limits work, not only messages)", _parse_size, metavar="SIZE")
-    max_json_values: int = _setting(
+    max_json_values: int = setting(
         100_000, "most values (array items and object members) one JSON message may hold; more "
         "are refused before parsing (send updates as base64, not as arrays or objects of bytes)",
         int)
-    send_budget: int = _setting(
+    send_budget: int = setting(
         8 << 20, "bytes that may wait to be sent to one connection (its queue and its socket "
         "buffer, beyond one message larger than this by itself); more → close 1013 as too slow",
         _parse_size, metavar="SIZE")
-    max_outbound_bytes: int = _setting(
+    max_outbound_bytes: int = setting(
         1 << 30, "bytes that may wait to be sent to all connections together; past it the "
         "connections stalled longest are closed (1013) and dropped", _parse_size,
         metavar="SIZE")
-    send_timeout_s: float = _setting(
+    send_timeout_s: float = setting(
         30.0, "a connection whose output makes no progress for this long is closed with 1013 "
         "(its peer does not read)", float)
-    close_timeout_s: float = _setting(
+    close_timeout_s: float = setting(
         5.0, "after the server's close frame, the peer has this long to answer with its own "
         "before the TCP connection is aborted (RFC 6455 §7.1.1)", float)
-    http_max_head_bytes: int = _setting(
+    http_max_head_bytes: int = setting(
         16 << 10, "largest request head (request line and headers), for every request of a "
         "connection; larger → 431", _parse_size, metavar="SIZE")
-    http_head_timeout_s: float = _setting(
+    http_head_timeout_s: float = setting(
         10.0, "a request head must arrive within this many seconds of its first byte; "
         "else → 408", float)
-    http_body_timeout_s: float = _setting(
+    http_body_timeout_s: float = setting(
         60.0, "a request body must arrive within this many seconds of its head; else → 408",
         float)
-    http_keepalive_timeout_s: float = _setting(
+    http_keepalive_timeout_s: float = setting(
         5.0, "an idle keep-alive HTTP connection is closed after this many seconds", float)
-    http_max_connections: int = _setting(
+    http_max_connections: int = setting(
         10_000, "connections in the HTTP stage at once (before a WebSocket upgrade or between "
         "requests); more → 503", int)
-    awareness_flush_ms: int = _setting(
+    awareness_flush_ms: int = setting(
         50, "presence changes are batched per document and sent every this many ms", int)
-    awareness_renewal_s: float = _setting(
+    awareness_renewal_s: float = setting(
         10.0, "unchanged presence renewals are forwarded at most this often (seconds); must stay "
         "well under the 30 s after which Yjs clients drop a silent peer's presence", float)
-    yws_keepalive_s: float = _setting(
+    yws_keepalive_s: float = setting(
         15.0, "every y-websocket connection is sent an empty awareness update this often (0 "
         "disables), under the 30 s after which a WebsocketProvider drops a socket that "
         "received no message (an idle viewer without presence would reconnect)", float)
-    room_grace_s: float = _setting(
+    room_grace_s: float = setting(
         5.0, "seconds a document stays loaded after its last connection leaves", float)
-    ping_interval_s: float = _setting(
+    ping_interval_s: float = setting(
         20.0, "keepalive: a connection silent for this many seconds is pinged, and closed if "
         "still silent one interval later (0 disables); keeps proxies from cutting idle "
         "collaborators and reaps dead peers", float)
-    channels_per_connection_max: int = _setting(
+    channels_per_connection_max: int = setting(
         128, "channels one connection may subscribe at once; more → an error (4429) for that "
         "subscribe", int)
-    channel_subscribe_rate_per_s: float = _setting(
+    channel_subscribe_rate_per_s: float = setting(
         10.0, "subscribes per second a connection may make on average; faster → an error "
         "(4429) for that subscribe", float)
-    channel_subscribe_burst: int = _setting(
+    channel_subscribe_burst: int = setting(
         100, "subscribes a connection may make at once above channel_subscribe_rate_per_s", int)
-    channel_request_max_bytes: int = _setting(
+    channel_request_max_bytes: int = setting(
         64 << 10, "largest request on a channel endpoint (subscribe, a command); larger → an "
         "error (1009)", _parse_size, metavar="SIZE")
-    channel_name_max_bytes: int = _setting(
+    channel_name_max_bytes: int = setting(
         256, "longest channel name ('class:name'), UTF-8 bytes", int)
-    channel_publication_max_bytes: int = _setting(
+    channel_publication_max_bytes: int = setting(
         64 << 10, "largest published 'data' and largest 'state_patch', JSON bytes; larger → "
         "refused (1009, HTTP 413)", _parse_size, metavar="SIZE")
-    channel_state_max_keys: int = _setting(
+    channel_state_max_keys: int = setting(
         1000, "keys a channel's state may hold; a patch adding more is refused (1009)", int)
-    channel_recovery_max_publications: int = _setting(
+    channel_recovery_max_publications: int = setting(
         1000, "a subscriber that missed more publications than this gets the state instead "
         "(recovered:false, reason too_far)", int)
-    channel_recovery_max_bytes: int = _setting(
+    channel_recovery_max_bytes: int = setting(
         4 << 20, "a recovery that would replay more bytes than this sends the state instead "
         "(reason too_far)", _parse_size, metavar="SIZE")
-    channel_idempotency_window_s: float = _setting(
+    channel_idempotency_window_s: float = setting(
         300.0, "a publication repeated with the same idempotency key within this many seconds "
         "answers the first one's position and is not delivered again", float)
-    channel_meta_ttl_s: float = _setting(
+    channel_meta_ttl_s: float = setting(
         30 * 86400.0, "a channel's position and state are kept this many seconds after its "
         "last publication (at least as long as its history)", float)
-    channel_position_check_s: float = _setting(
+    channel_position_check_s: float = setting(
         10.0, "with Redis: every instance compares the positions of its channels this often, "
         "to find a lost last publication", float)
-    channel_ingest: bool = _setting(
+    channel_ingest: bool = setting(
         True, "with Redis: consume the durable ingest stream '<broker-prefix>:ingest'",
         _parse_bool)
-    channel_ingest_claim_idle_s: float = _setting(
+    channel_ingest_claim_idle_s: float = setting(
         30.0, "ingest entries an instance read but did not acknowledge within this many "
         "seconds (it died) are taken over by another", float)
-    workflow_history_size: int = _setting(
+    workflow_history_size: int = setting(
         1000, "publications kept per workflow:… channel for recovery", int)
-    workflow_history_ttl_s: float = _setting(
+    workflow_history_ttl_s: float = setting(
         86400.0, "a workflow channel's history is dropped this many seconds after its last "
         "publication (its state stays, in the store too)", float)
-    notifications_history_size: int = _setting(
+    notifications_history_size: int = setting(
         500, "publications kept per user's notifications channel for recovery (the mailbox "
         "itself is in the store)", int)
-    notifications_history_ttl_s: float = _setting(
+    notifications_history_ttl_s: float = setting(
         86400.0, "a notifications channel's history is dropped this many seconds after its "
         "last publication", float)
-    notifications_latest_count: int = _setting(
+    notifications_latest_count: int = setting(
         20, "newest notifications in the state a (re)connecting tab gets; older pages over "
         "HTTP", int)
-    notifications_payload_max_bytes: int = _setting(
+    notifications_payload_max_bytes: int = setting(
         16 << 10, "largest notification payload, JSON bytes; larger → refused (HTTP 413)",
         _parse_size, metavar="SIZE")
-    agent_history_size: int = _setting(
+    agent_history_size: int = setting(
         50_000, "publications kept per agent:… run (the whole run, for its snapshot)", int)
-    agent_history_ttl_s: float = _setting(
+    agent_history_ttl_s: float = setting(
         3600.0, "an agent run's stream is dropped this many seconds after its last "
         "publication (its final snapshot stays in the store)", float)
-    agent_recovery_max_publications: int = _setting(
+    agent_recovery_max_publications: int = setting(
         100, "most publications a reconnecting tab of an agent run gets replayed; past it, "
         "one compacted snapshot (text per message, tool calls, status)", int)
-    agent_coalesce_ms: float = _setting(
+    agent_coalesce_ms: float = setting(
         50.0, "agent_run(): tokens of one message are published together at most this many "
         "milliseconds after the first of them", float)
-    agent_coalesce_tokens: int = _setting(
+    agent_coalesce_tokens: int = setting(
         32, "agent_run(): … or as soon as this many tokens wait", int)
-    agent_delta_max_chars: int = _setting(
+    agent_delta_max_chars: int = setting(
         16384, "largest token delta of one publication, characters; larger → refused (1009)",
         int)
-    agent_producer_ttl_s: float = _setting(
+    agent_producer_ttl_s: float = setting(
         30.0, "an agent run whose producer published nothing (no heartbeat either) for this "
         "many seconds ends as run.failed (the producer died)", float)
-    online_ttl_s: float = _setting(
+    online_ttl_s: float = setting(
         60.0, "with Redis: an instance's per-user connection counts (is_online) stop counting "
         "this many seconds after it last refreshed them (it died)", float)
-    hocuspocus_max_documents: int = _setting(
+    hocuspocus_max_documents: int = setting(
         128, "/ws/hocuspocus: documents one socket may open at once; more are refused with "
         "PermissionDenied", int)
-    hocuspocus_keepalive_s: float = _setting(
+    hocuspocus_keepalive_s: float = setting(
         15.0, "/ws/hocuspocus: every socket is sent a keepalive frame this often (Ping to v4 "
         "providers), well under the 30 s after which a provider drops a silent socket", float)
-    hocuspocus_auth_deadline_s: float = _setting(
+    hocuspocus_auth_deadline_s: float = setting(
         60.0, "/ws/hocuspocus: a socket that has not authenticated any document this long "
         "after opening is closed with 4408", float)
-    stateless_hooks: tuple[str, ...] = _setting(
+    stateless_hooks: tuple[str, ...] = setting(
         (), "functions called with every stateless message of a Hocuspocus provider, "
         "comma-separated 'module:attribute'", _parse_list, metavar="MOD:ATTR,...")
-    hooks: tuple[str, ...] = _setting(
+    hooks: tuple[str, ...] = setting(
         (), "hooks for the life of documents and connections (on_load, on_change, on_store, "
         "on_unload, on_authenticate, on_connect, on_disconnect, on_stateless), "
         "comma-separated 'module:attribute', run in this order", _parse_list,
         metavar="MOD:ATTR,...")
-    hook_change_debounce_ms: int = _setting(
+    hook_change_debounce_ms: int = setting(
         1000, "on_change hooks hear of a document's changes once they pause this long", int)
-    hook_change_max_wait_ms: int = _setting(
+    hook_change_max_wait_ms: int = setting(
         10000, "… or this long after the first change, whichever comes first", int)
-    log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
+    log_level: str = setting("info", "debug, info, warning or error", metavar="LEVEL")
 
     @classmethod
     def options(cls) -> list[dataclasses.Field[Any]]:
@@ -428,114 +418,9 @@ class Settings:
         return "--" + name.replace("_", "-")
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first setting that cannot work."""
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port {self.port} is out of range 0-65535")
-        if self.transport not in ("native", "asgi"):
-            raise ConfigError(f"transport must be 'native' or 'asgi', not {self.transport!r}")
-        if self.max_message_size < 1024:
-            raise ConfigError("max_message_size must be at least 1024 bytes")
-        if self.send_budget < 64 * 1024:
-            raise ConfigError("send_budget must be at least 64 KiB")
-        if self.max_outbound_bytes and self.max_outbound_bytes < self.send_budget:
-            raise ConfigError("max_outbound_bytes must be 0 (no bound) or at least send_budget")
-        if self.max_message_frames < 1 or self.max_json_values < 1:
-            raise ConfigError("max_message_frames and max_json_values must be at least 1")
-        if self.message_cost_bytes < 1024:
-            raise ConfigError("message_cost_bytes must be at least 1024 bytes")
-        if min(self.send_timeout_s, self.close_timeout_s, self.http_head_timeout_s,
-               self.http_body_timeout_s, self.http_keepalive_timeout_s) <= 0:
-            raise ConfigError("send_timeout_s, close_timeout_s and the http_*_timeout_s "
-                              "settings must be positive")
-        if self.http_max_head_bytes < 1024 or self.http_max_connections < 1:
-            raise ConfigError("http_max_head_bytes must be at least 1024 and "
-                              "http_max_connections at least 1")
-        if self.max_presence_states < 1 or self.max_presence_bytes < self.max_awareness_size:
-            raise ConfigError("max_presence_states must be at least 1 and max_presence_bytes "
-                              "at least max_awareness_size")
-        if not 0 <= self.yws_keepalive_s <= 25:
-            raise ConfigError("yws_keepalive_s must be between 0 (off) and 25 seconds")
-        if not 1 <= self.awareness_flush_ms <= 1000:
-            raise ConfigError("awareness_flush_ms must be between 1 and 1000")
-        if not 0.05 <= self.awareness_renewal_s <= 20:
-            raise ConfigError("awareness_renewal_s must be between 0.05 and 20 seconds")
-        if not 0 <= self.store_commit_interval_ms <= 1000:
-            raise ConfigError("store_commit_interval_ms must be between 0 and 1000")
-        if self.cluster_heartbeat_s <= 0 or self.anti_entropy_s <= 0:
-            raise ConfigError("cluster_heartbeat_s and anti_entropy_s must be positive")
-        if self.workers < 1:
-            raise ConfigError("workers must be at least 1")
-        if self.workers > 1 and (self.broker == "memory" or self.store == "memory"):
-            raise ConfigError(
-                f"--workers {self.workers} needs a shared broker and a shared store: the "
-                "processes must reach each other and the same documents, so set --broker "
-                "redis://… and --store postgresql://… (or an SQLite file on this machine)")
-        if self.room_grace_s < 0:
-            raise ConfigError("room_grace_s cannot be negative")
-        if min(self.version_idle_s, self.version_keep, self.version_max_age_s) < 0 or \
-                self.version_max_interval_s <= 0:
-            raise ConfigError("version_idle_s, version_keep and version_max_age_s cannot be "
-                              "negative; version_max_interval_s must be positive")
-        if self.history_log_keep_s < 0:
-            raise ConfigError("history_log_keep_s cannot be negative")
-        if min(self.webhook_debounce_s, self.webhook_retry_base_s) < 0 or min(
-                self.webhook_timeout_s, self.webhook_retry_max_delay_s,
-                self.webhook_retry_for_s) <= 0:
-            raise ConfigError("webhook_debounce_s and webhook_retry_base_s cannot be negative; "
-                              "webhook_timeout_s, webhook_retry_max_delay_s and "
-                              "webhook_retry_for_s must be positive")
-        if self.webhook_endpoint_concurrency < 1:
-            raise ConfigError("webhook_endpoint_concurrency must be at least 1")
-        for url in self.webhook_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"webhook_urls: {url!r} is not an http:// or https:// URL")
-        known = {"document.created", "document.changed", "document.deleted",
-                 "version.created", "connection.opened", "connection.closed"}
-        for event in self.webhook_events:
-            if event not in known:
-                raise ConfigError(f"webhook_events: unknown event {event!r} (known: "
-                                  f"{', '.join(sorted(known))})")
-        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
-            raise ConfigError("webhook_secret must start with 'whsec_' (Standard Webhooks)")
-        if self.auth == "" and not self.loopback:
-            raise ConfigError(
-                f"binding {self.host} (not loopback) needs an authenticator: --auth "
-                "session-proxy, --auth jwt, --auth module:function, or --auth none to let "
-                "anyone in (development only)")
-        if self.message_rate <= 0 or self.message_burst < 1:
-            raise ConfigError("message_rate must be positive and message_burst at least 1")
-        self._validate_channels()
-        if self.hocuspocus_max_documents < 1 or self.hocuspocus_keepalive_s <= 0 or \
-                self.hocuspocus_auth_deadline_s <= 0:
-            raise ConfigError("hocuspocus_max_documents must be at least 1, "
-                              "hocuspocus_keepalive_s and hocuspocus_auth_deadline_s positive")
-        if not 0 < self.hook_change_debounce_ms <= self.hook_change_max_wait_ms:
-            raise ConfigError("hook_change_debounce_ms must be positive and at most "
-                              "hook_change_max_wait_ms")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
-            raise ConfigError(f"log_level must be debug, info, warning or error, "
-                              f"not {self.log_level!r}")
-
-    def _validate_channels(self) -> None:
-        positive = ("channels_per_connection_max", "channel_subscribe_rate_per_s",
-                    "channel_subscribe_burst", "channel_request_max_bytes",
-                    "channel_name_max_bytes", "channel_publication_max_bytes",
-                    "channel_state_max_keys", "channel_recovery_max_bytes",
-                    "channel_idempotency_window_s", "channel_meta_ttl_s",
-                    "channel_position_check_s", "channel_ingest_claim_idle_s",
-                    "workflow_history_size", "workflow_history_ttl_s",
-                    "notifications_history_size", "notifications_history_ttl_s",
-                    "notifications_latest_count", "notifications_payload_max_bytes",
-                    "online_ttl_s", "agent_history_size", "agent_history_ttl_s",
-                    "agent_recovery_max_publications", "agent_coalesce_ms",
-                    "agent_coalesce_tokens", "agent_delta_max_chars", "agent_producer_ttl_s")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.channel_recovery_max_publications < 0:
-            raise ConfigError("channel_recovery_max_publications cannot be negative")
+        """Raise :class:`ConfigError` naming the first setting that cannot work (the rules:
+        :func:`captify_ws.config.checks.validate`)."""
+        checks.validate(self)
 
     @property
     def loopback(self) -> bool:
