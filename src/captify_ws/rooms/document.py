@@ -12,7 +12,6 @@ with 1013 by its connection (see ``connection.py``) and resynchronises when it r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
@@ -24,10 +23,10 @@ from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import InvalidMessage, QuotaExceeded
 from captify_ws.metrics import Stats
 from captify_ws.protocol import envelope, ywebsocket
-from captify_ws.rooms import fanout
+from captify_ws.rooms import fanout, presence_wire
 from captify_ws.rooms.hocuspocus import HocuspocusMembers
 from captify_ws.rooms.member import Member, Origin, Wire
-from captify_ws.rooms.presence import Change, Presence, PresenceState, chunked
+from captify_ws.rooms.presence import Change, Presence
 from captify_ws.rooms.steps import StepAuthority
 from captify_ws.ydoc import YDoc
 
@@ -382,32 +381,13 @@ class DocumentRoom:
 
     def presence_frames_for(self, wire: Wire) -> list[PreparedFrame]:
         """The current presence of everyone, as a joiner on ``wire`` receives it."""
-        states = self.presence.snapshot()
-        if not states:
-            return []
-        if wire == "yws":
-            return [PreparedFrame.binary(ywebsocket.encode_awareness(group))
-                    for group in self.awareness_groups(s.entry() for s in states)]
-        return [PreparedFrame.text(self._json_presence(state.entry(), state)) for state in states]
+        return presence_wire.frames_for(self.presence.snapshot(), wire, self.document_id,
+                                        self.max_frame)
 
     def awareness_groups(self, entries: Iterable[ywebsocket.AwarenessEntry]
                          ) -> Iterator[list[ywebsocket.AwarenessEntry]]:
-        """Entries in groups that each fit one frame under the message limit (a document's
-        presence can be larger than one message may be: issue 13.7)."""
-        # Room for the frame's header and a Hocuspocus document name (names.MAX_NAME_CHARS).
-        return chunked(entries, max(512, self.max_frame - 8192))
-
-    def _json_presence(self, entry: ywebsocket.AwarenessEntry,
-                       state: PresenceState | None, json_client_id: str | None = None) -> str:
-        """A presence entry as the JSON protocol's ``awareness`` message (``data`` null = gone)."""
-        value: Any = None
-        if state is not None:
-            json_client_id = state.json_client_id
-            if state.value is None:
-                state.value = json.loads(state.state)
-            value = state.value
-        client_id = json_client_id if json_client_id is not None else str(entry.client_id)
-        return envelope.encode_message("awareness", self.document_id, value, client_id=client_id)
+        """Entries in groups that each fit one frame under the message limit (issue 13.7)."""
+        return presence_wire.awareness_groups(entries, self.max_frame)
 
     def _broadcast_presence(self, changes: list[Change]) -> None:
         self.flush_pending()
@@ -428,9 +408,10 @@ class DocumentRoom:
         if self._json:
             told = [change for change in changes if not change.renewal]
             if told:
-                fanout.to_all_but_senders(self._json, [PreparedFrame.text(self._json_presence(
-                    change.entry, change.state, change.json_client_id)) for change in told],
-                    [change.owner for change in told])
+                frames = [PreparedFrame.text(presence_wire.json_presence(
+                    self.document_id, change.entry, change.state, change.json_client_id))
+                    for change in told]
+                fanout.to_all_but_senders(self._json, frames, [change.owner for change in told])
 
     def close(self) -> None:
         """The room is unloading. The references back to it (the step authority's quota check,
