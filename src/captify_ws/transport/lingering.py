@@ -66,6 +66,9 @@ class LingeringTransport:
         raw = self._raw
         if self._drain is not None or raw.is_closing():
             return
+        if self._protocol is None:  # released: the connection is gone
+            raw.close()
+            return
         handshake = self._protocol.transport.close_handshake
         if handshake is None or handshake.sent is None or handshake.recv is not None:
             raw.close()
@@ -76,6 +79,11 @@ class LingeringTransport:
         if raw.can_write_eof():
             raw.write_eof()  # sent once the close frame has left
         raw.resume_reading()
+
+
+    def release(self) -> None:
+        """The connection is gone: drop the protocol, so that nothing keeps it alive."""
+        self._protocol = None
 
 
 class _Drain(asyncio.Protocol):
@@ -96,4 +104,6 @@ class _Drain(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
-        self._protocol.connection_lost(exc)
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connection_lost(exc)

@@ -366,6 +366,13 @@ class _Listener(WSListener):
             elif handshake.recv is not None:
                 code = _code(handshake.recv.code)
         conn.lost(code)
+        # Break the cycles (listener <-> connection, protocol <-> transport) so that the
+        # protocol's read buffer (as large as the largest frame received) is freed now, not at
+        # the next full garbage collection, which an idle server may not run for minutes.
+        self._owner = self.conn = None
+        underlying = transport.underlying_transport
+        if isinstance(underlying, LingeringTransport):
+            underlying.release()
 
     def pause_writing(self) -> None:
         if self._owner is not None:
