@@ -26,7 +26,7 @@ from pycrdt import Doc
 from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import InvalidMessage, QuotaExceeded
 from captify_ws.metrics import Stats
-from captify_ws.protocol import ywebsocket
+from captify_ws.protocol import ycost, ywebsocket
 from captify_ws.rooms import presence_wire
 from captify_ws.rooms.hocuspocus import HocuspocusMembers
 from captify_ws.rooms.json_wire import JsonMembers
@@ -200,7 +200,7 @@ class DocumentRoom:
         """
         cost = 0
         if self.max_size and origin.kind != "broker":
-            cost = self.ydoc.cost_of(update)
+            cost = ycost.cost_of(update)
             self.admit(cost)
         if origin.kind not in ("member", "broker"):
             self.flush_pending()
