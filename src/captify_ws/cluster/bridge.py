@@ -214,19 +214,17 @@ class ClusterBridge:
                 room.presence.apply_remote(entries, RemoteOwner(message.instance, key),
                                            is_local)
         elif kind == wire.JSON_ALL:
-            room.relay_json(message.body.decode(), None, publish=False)
+            room.relay_json(wire.decode_text(message.body), None, publish=False)
         elif kind == wire.JSON_CLIENT:
             client_id, text = wire.decode_to_client(message.body)
             room.send_to_client(client_id, text, publish=False)
         elif kind == wire.STATE_VECTOR:
             self._answer_vector(room, message.body)
         elif kind == wire.STEPS:
-            body = wire.decode_json(message.body)
-            self.server.apply_remote_steps(room, Accepted(
-                int(body["version"]), list(body["steps"]), list(body["clientIDs"]),
-                body.get("changeId")))
+            self.server.apply_remote_steps(room, Accepted(*wire.decode_steps(message.body)))
         elif kind == wire.STATELESS:
-            stateless = wire.decode_stateless(room.document_id, wire.decode_json(message.body))
+            stateless = wire.decode_stateless(room.document_id,
+                                              wire.decode_object(message.body))
             self.server.stateless.deliver(room.document_id, stateless.payload,
                                           stateless.user_id, stateless.connection_id)
         elif kind == wire.PRESENCE_QUERY:
@@ -239,24 +237,23 @@ class ClusterBridge:
     def _on_cluster(self, message: wire.ClusterMessage) -> None:
         kind = message.kind
         if kind == wire.HEARTBEAT:
-            body = wire.decode_json(message.body)
+            handlers, documents, sent_at = wire.decode_heartbeat(message.body)
             info = self.instances.get(message.instance)
             if info is None:
                 logger.info("instance %s joined the cluster", message.instance)
                 info = self.instances[message.instance] = InstanceInfo(time.monotonic())
             info.last_seen = time.monotonic()
-            sent_at = body.get("sentAt")
-            if isinstance(sent_at, (int, float)):
+            if sent_at is not None:
                 info.lag = max(0.0, time.time() - sent_at)
-            info.handlers = dict(body.get("handlers", {}))
-            info.documents = dict(body.get("documents", {}))
+            info.handlers = handlers
+            info.documents = documents
         elif kind == wire.DIGEST:
             for document_id, vector in wire.decode_digest(message.body):
                 room = self.server.rooms.get(document_id)
                 if room is not None and not room.closed:
                     self._answer_vector(room, vector)
         elif kind == wire.CONTROL:
-            body = wire.decode_json(message.body)
+            body = wire.decode_object(message.body)
             if body.get("type") == "leaving":
                 self._instance_gone(message.instance)
             else:

@@ -125,9 +125,18 @@ def encode_to_client(client_id: str, text: str) -> bytes:
 
 
 def decode_to_client(body: bytes) -> tuple[str, str]:
+    """(clientID, JSON text); raises :class:`InvalidMessage` when truncated or not UTF-8."""
     decoder = _StrictDecoder(body)
     client_id = decoder.read_string()
-    return client_id, bytes(body[decoder.i0:]).decode()
+    return client_id, decode_text(bytes(body[decoder.i0:]))
+
+
+def decode_text(body: bytes) -> str:
+    """A body that is text (``J``); raises :class:`InvalidMessage` when it is not UTF-8."""
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        raise InvalidMessage("cluster message text is not valid UTF-8") from None
 
 
 def encode_digest(vectors: Iterable[tuple[str, bytes]]) -> bytes:
@@ -151,10 +160,49 @@ def encode_json(value: Any) -> bytes:
 
 
 def decode_json(body: bytes) -> Any:
+    """Raises :class:`InvalidMessage` when ``body`` is not JSON (or nests too deep)."""
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidMessage("cluster message body is not JSON") from None
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body (``H``, ``X``, ``S``); raises :class:`InvalidMessage` otherwise."""
+    value = decode_json(body)
+    if not isinstance(value, dict):
+        raise InvalidMessage("cluster message body is not a JSON object")
+    return value
+
+
+def decode_heartbeat(body: bytes) -> tuple[dict[str, int], dict[str, int], float | None]:
+    """An ``H`` body: (connections per handler, connections per document, sent at in
+    ``time.time()`` seconds or ``None``); counts that are not integers are left out.
+    Raises :class:`InvalidMessage` when the body is not a JSON object."""
+    value = decode_object(body)
+    sent_at = value.get("sentAt")
+    return (_counts(value.get("handlers")), _counts(value.get("documents")),
+            float(sent_at) if isinstance(sent_at, (int, float)) and
+            not isinstance(sent_at, bool) else None)
+
+
+def _counts(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        return {}
+    return {key: count for key, count in value.items()
+            if isinstance(count, int) and not isinstance(count, bool)}
+
+
+def decode_steps(body: bytes) -> tuple[int, list[Any], list[Any], Any]:
+    """A ``P`` body: (version, steps, clientIDs, changeId); raises :class:`InvalidMessage`
+    when a field is missing or of the wrong type."""
+    value = decode_object(body)
+    version, steps, client_ids = value.get("version"), value.get("steps"), value.get("clientIDs")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise InvalidMessage("steps: 'version' must be a non-negative integer")
+    if not isinstance(steps, list) or not isinstance(client_ids, list):
+        raise InvalidMessage("steps: 'steps' and 'clientIDs' must be lists")
+    return version, steps, client_ids, value.get("changeId")
 
 
 @dataclass(frozen=True, slots=True)
