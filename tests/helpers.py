@@ -28,7 +28,7 @@ from captify_ws.cli import _QuietUvicorn
 from captify_ws.config import Settings
 from captify_ws.server import Server
 from captify_ws.transport.asgi import uvicorn_config
-from captify_ws.transport.native import NativeServer
+from captify_ws.transport.native_server import NativeServer
 from captify_ws.types import ASGIApp
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from captify_ws.transport.native import _BoundedReads
+from captify_ws.transport.native import BoundedReads
 from tests.attacks import client_frame, close_payload, read_frame, upgrade
 from tests.helpers import running_server
 from tests.polling import eventually
@@ -26,7 +26,7 @@ BIG = 2 << 20  # a frame this large grows the read buffer past 2 MiB
 
 
 def _protocols() -> int:
-    return sum(1 for item in gc.get_objects() if isinstance(item, _BoundedReads))
+    return sum(1 for item in gc.get_objects() if isinstance(item, BoundedReads))
 
 
 @contextlib.contextmanager

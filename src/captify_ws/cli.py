@@ -125,7 +125,7 @@ def _bind_error(settings: Settings, exc: OSError) -> str | None:
 async def _serve(settings: Settings, sock: socket.socket) -> int:
     from captify_ws.app import AppLifespan, create_app
     from captify_ws.server import Server
-    from captify_ws.transport.native import NativeServer
+    from captify_ws.transport.native_server import NativeServer
 
     keep_large_blocks_returnable()
     http_app = import_attribute(settings.http_app, "http_app") if settings.http_app else None

@@ -15,12 +15,11 @@ structs the document does not hold yet (stored, relayed or diffed before them) i
 until they arrive, so that yrs never integrates pending structs on its own. Documents with no
 character outside the BMP take the plain path: a read of the update's structs (``scan``).
 
-**Cost.** :attr:`YDoc.cost` estimates, in bytes, the memory the document takes in this process:
-yrs keeps about 50–470 bytes per struct (measured: text runs ~50, formatted text ~200, map
-entries ~400, XML elements ~470) besides the content, and a room caches two encodings of the
-whole document for joiners. Each applied update adds ``BYTE_COST × len(update) + STRUCT_COST ×
-structs``; :meth:`YDoc.measure` recomputes it from the document itself (after edits are merged
-and deleted content collected), which the quota does before refusing anything.
+**Cost.** :attr:`YDoc.cost` estimates, in bytes, the memory the document takes in this process
+(the estimate: ``protocol/ycost.py``); :meth:`YDoc.measure` recomputes it from the document
+itself (after edits are merged and deleted content collected), which the quota does before
+refusing anything.
+
 """
 
 from __future__ import annotations
@@ -34,18 +33,11 @@ from pycrdt import Doc, get_update, merge_updates
 
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import ysplit, yupdate
+from captify_ws.protocol.ycost import ASTRAL_COST, BYTE_COST, STRUCT_COST
 
 logger = logging.getLogger("captify_ws.ydoc")
 
 T = TypeVar("T")
-
-#: Estimated bytes of memory per byte of Yjs update: the content in yrs, plus the full state
-#: and the sync-step-2 frame a room caches for fresh joiners.
-BYTE_COST: Final = 3
-#: Estimated bytes of memory per struct (item or GC range) in yrs; the largest measured.
-STRUCT_COST: Final = 480
-#: Bytes of bookkeeping per surrogate pair the document holds (a Python int in a set).
-ASTRAL_COST: Final = 64
 
 #: A 4-byte UTF-8 sequence: a character outside the BMP (two UTF-16 code units).
 _ASTRAL_SEQUENCE: Final = re.compile(rb"[\xf0-\xf4][\x80-\xbf]{3}")
@@ -77,33 +69,6 @@ def _checked(call: Callable[[], T]) -> T:
 def apply_checked(doc: Doc[Any], update: bytes) -> None:
     """``doc.apply_update``, raising :class:`InvalidMessage` for anything Yjs cannot apply."""
     _checked(lambda: doc.apply_update(update))
-
-
-def header_structs(update: bytes) -> int | None:
-    """The number of structs of an update with at most one client's structs, read from its
-    header without reading the structs; ``None`` for more clients (or a malformed header)."""
-    if len(update) < 2:
-        return None
-    if update[0] == 0:
-        return 0
-    if update[0] != 1:
-        return None
-    if update[1] < 0x80:
-        return update[1]
-    value = shift = 0
-    for byte in update[1:11]:
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value
-        shift += 7
-    return None
-
-
-def cost_from_header(head: bytes, size: int) -> int | None:
-    """The estimated memory cost (as :meth:`YDoc.cost_of`) of a one-client update of ``size``
-    bytes whose first bytes are ``head``; ``None`` when the header does not tell."""
-    structs = header_structs(head)
-    return None if structs is None else BYTE_COST * size + STRUCT_COST * structs
 
 
 def read_state_vector(state_vector: bytes) -> dict[int, int]:
@@ -144,15 +109,6 @@ class YDoc:
 
     # -- cost ------------------------------------------------------------------------------
 
-    @staticmethod
-    def cost_of(update: bytes) -> int:
-        """The estimated memory cost of integrating ``update`` (cheap for one client's update;
-        raises :class:`InvalidMessage` if it is not an update)."""
-        structs = header_structs(update)
-        if structs is None:
-            structs = yupdate.scan(update).structs
-        return BYTE_COST * len(update) + STRUCT_COST * structs
-
     def _charge(self, amount: int) -> None:
         self.cost += amount
         self.cost_since_measure += amount
@@ -175,7 +131,8 @@ class YDoc:
 
     def apply(self, update: bytes, cost: int | None = None) -> None:
         """Integrate one update as Yjs would; raises :class:`InvalidMessage` (nothing
-        changed) if Yjs cannot apply it. ``cost``: :meth:`cost_of` the update, if known.
+        changed) if Yjs cannot apply it. ``cost``: the update's
+        :func:`~captify_ws.protocol.ycost.cost_of`, if known.
 
         An update that refers to structs the document does not have yet is held here, whole,
         and integrated once they arrive (Yjs holds such structs as pending too): yrs would

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 
 from captify_ws.app import create_app
 from captify_ws.server import Server
-from captify_ws.transport.native import NativeServer
+from captify_ws.transport.native_server import NativeServer
 from tests.helpers import JsonClient, RunningServer, test_settings
 
 SECRET = "channel-test-secret-that-is-long-enough"

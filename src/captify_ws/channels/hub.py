@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from captify_ws.channels.backend import ChannelBackend
-from captify_ws.channels.feeds import Answer, Feeds, Listener
+from captify_ws.channels.feed import Answer, Listener
+from captify_ws.channels.feeds import Feeds
 from captify_ws.channels.recovery import NotRecovered, Recovered, decide
 from captify_ws.channels.state import encode_patch
 from captify_ws.channels.types import (

@@ -6,7 +6,9 @@ environment (STYLE.md, habit 12).
 
 Precedence, lowest first: the default, the environment variable, the command-line flag.
 How a field is declared is in :mod:`captify_ws.config.fields`; the rules a set of settings must
-satisfy are in :mod:`captify_ws.config.checks`.
+satisfy are in :mod:`captify_ws.config.checks`. The first fields are declared by idea in
+:mod:`captify_ws.config.serving` and :mod:`captify_ws.config.keeping` (a chain of frozen
+dataclasses, so that the order of the fields, and of ``--help``, stays the order written).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from captify_ws.config import checks
 from captify_ws.config.fields import ENV_PREFIX, setting
+from captify_ws.config.keeping import KeepingSettings
 from captify_ws.errors import ConfigError
 from captify_ws.values import parse_bool as _parse_bool
 from captify_ws.values import parse_list as _parse_list
@@ -27,97 +30,13 @@ from captify_ws.values import parser_for
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything captify-ws can be told. Build with :meth:`Settings.load` or construct directly."""
+class Settings(KeepingSettings):
+    """Everything captify-ws can be told. Build with :meth:`Settings.load` or construct directly.
 
-    host: str = setting("127.0.0.1", "address to bind (loopback by default, like uvicorn)")
-    port: int = setting(3000, "TCP port for HTTP and WebSockets (0 picks a free port)", int)
-    transport: str = setting(
-        "native",
-        "'native' (picows WebSockets + uvicorn's HTTP parser on one port, the fast path) or "
-        "'asgi' (the whole app under uvicorn's ASGI server)", metavar="native|asgi")
-    handlers: tuple[str, ...] = setting(
-        (), "extra handlers to register, comma-separated 'module:attribute' import paths",
-        _parse_list, metavar="MOD:ATTR,...")
-    http_app: str | None = setting(
-        None, "an ASGI app ('module:attribute') that receives every request that is not a "
-        "captify-ws route, served on the same port", metavar="MOD:ATTR")
-    app_dir: str = setting(
-        ".", "folder put first on the import path for the 'module:attribute' settings "
-        "(--handlers, --http-app, --auth …), like uvicorn's --app-dir", metavar="DIR",
-        shown="the current folder")
-    demo: bool | None = setting(
-        None, "serve the collaborative editor demo at /demo", _parse_bool, toggle=True,
-        shown="on when bound to loopback, off otherwise")
-    api_key: str | None = setting(
-        None, "bearer key for the HTTP API under /api/v1 (the API is off without one)",
-        secret=True, metavar="KEY")
-    metrics_token: str | None = setting(
-        None, "bearer token GET /metrics requires (Prometheus: authorization credentials); "
-        "without one /metrics is public (keep it on a private network)", secret=True,
-        metavar="TOKEN", shown="none (public)")
-    admin_auth: str | None = setting(
-        None, "the admin dashboard's own check, 'module:function' taking the request and raising "
-        "captify_ws.Reject to refuse", metavar="MOD:ATTR", shown="the API key")
-    admin_session_s: float = setting(
-        8 * 3600.0, "how long an admin login lasts: the dashboard's session cookie and its "
-        "signature expire after this many seconds", float)
-    log_format: str = setting("text", "'text' (readable) or 'json' (one object per line)",
-                               metavar="text|json")
-    shutdown_timeout_s: float = setting(
-        10.0, "on SIGTERM/SIGINT: seconds to close clients (1012), write what is pending and "
-        "leave the broker before exiting", float)
-    store: str = setting(
-        "sqlite:///./data/captify-ws.db",
-        "document store URL: 'sqlite:///path.db' (the embedded default), "
-        "'postgresql://user:password@host:5432/db' (shared by instances), 'memory' (tests; "
-        "lost on exit) or your own store as 'module:attribute'", metavar="URL")
-    store_commit_interval_ms: int = setting(
-        100, "edits from WebSocket clients are committed at most this often, in one transaction "
-        "(group commit); API writes commit at once", int)
-    version_idle_s: float = setting(
-        30.0, "history: an edited document gets an automatic version once it has been idle "
-        "this many seconds (0: no automatic versions)", float)
-    version_max_interval_s: float = setting(
-        600.0, "history: while editing goes on, an automatic version at least every this many "
-        "seconds", float)
-    version_keep: int = setting(
-        100, "history: automatic versions kept per document, newest first (0: no count "
-        "limit; named and restore versions are always kept)", int)
-    version_max_age_s: float = setting(
-        30 * 86400.0, "history: automatic versions older than this many seconds are deleted "
-        "(0: no age limit)", float)
-    history_log_keep_s: float = setting(
-        30 * 86400.0, "history: change feed entries, finished webhook deliveries and ended "
-        "agent session records are deleted this many seconds after they happened (0: kept "
-        "for ever)", float)
-    webhook_urls: tuple[str, ...] = setting(
-        (), "webhooks: endpoint URLs that receive document and version events, "
-        "comma-separated (none: no webhooks)", _parse_list, metavar="URL,...")
-    webhook_secret: str | None = setting(
-        None, "webhooks: the Standard Webhooks signing secret, 'whsec_' and base64",
-        secret=True, metavar="whsec_…")
-    webhook_events: tuple[str, ...] = setting(
-        ("document.created", "document.changed", "document.deleted", "version.created"),
-        "webhooks: the events sent, comma-separated; connection.opened and "
-        "connection.closed are opt-in", _parse_list, metavar="EVENT,...",
-        shown="document.created,document.changed,document.deleted,version.created")
-    webhook_debounce_s: float = setting(
-        2.0, "webhooks: a document's changes within this many seconds make one "
-        "document.changed event", float)
-    webhook_timeout_s: float = setting(
-        10.0, "webhooks: an attempt without an answer within this many seconds failed", float)
-    webhook_endpoint_concurrency: int = setting(
-        8, "webhooks: the most deliveries in flight to one endpoint URL at once, per instance "
-        "(deliveries; all endpoints share 32): a hanging endpoint cannot hold every slot", int)
-    webhook_retry_base_s: float = setting(
-        5.0, "webhooks: the first retry after this many seconds, doubling each time (with "
-        "jitter)", float)
-    webhook_retry_max_delay_s: float = setting(
-        3600.0, "webhooks: the longest wait between two attempts, seconds", float)
-    webhook_retry_for_s: float = setting(
-        86400.0, "webhooks: an event not delivered this many seconds after it happened is "
-        "given up (failed, listed, redeliverable)", float)
+    The fields are declared in the order ``--help`` and the README list them: how it serves
+    (:class:`~captify_ws.config.serving.ServingSettings`), what it keeps and whom it tells
+    (:class:`~captify_ws.config.keeping.KeepingSettings`), then the rest below."""
+
     broker: str = setting(
         "memory", "how instances reach each other: 'memory' (this process only), "
         "'redis://host:6379/0', or your own broker as 'module:attribute'", metavar="URL")
@@ -236,10 +155,6 @@ class Settings:
         1 << 30, "bytes that may wait to be sent to all connections together; past it the "
         "connections stalled longest are closed (1013) and dropped", _parse_size,
         metavar="SIZE")
-    max_inbound_bytes: int = setting(
-        256 << 20, "bytes of partly received messages (fragments, and frames part-way read) "
-        "that all connections together may make the server hold; past it the connections "
-        "holding the most are closed with 1009 (0: no bound)", _parse_size, metavar="SIZE")
     send_timeout_s: float = setting(
         30.0, "a connection whose output makes no progress for this long is closed with 1013 "
         "(its peer does not read)", float)

@@ -36,10 +36,10 @@ from captify_ws.errors import (
 )
 from captify_ws.handlers.base import HandlerContext
 from captify_ws.protocol import envelope, names, statevector, ywebsocket
+from captify_ws.protocol.ycost import cost_from_header
 from captify_ws.rooms.document import DocumentRoom
 from captify_ws.rooms.member import Member, Origin
 from captify_ws.rooms.steps import Accepted, Behind
-from captify_ws.ydoc import cost_from_header
 
 logger = logging.getLogger("captify_ws.fabric")
 

@@ -4,9 +4,13 @@ Every change is tagged with an :class:`Origin` (a member, the server API, the br
 so that listeners (persistence, the broker) can tell what to store and what to publish, and
 nothing is echoed back to where it came from (STYLE.md, habit 6).
 
-Broadcast encodes each message once per wire format and writes the same frame to every member
-in a plain loop. What it does not guarantee: delivery. A member that cannot keep up is closed
-with 1013 by its connection (see ``connection.py``) and resynchronises when it reconnects.
+The room speaks no wire format: its members are kept per format (``rooms/wire.py``:
+y-websocket, JSON, Hocuspocus), and its one broadcast loop (:meth:`DocumentRoom._applied`) hands
+each change to every format, which encodes it once and writes the same frame to every member of
+that format. Who gets what (origins) and what happens to an update Yjs refuses is decided here,
+once for every format. What broadcast does not guarantee: delivery. A member that cannot keep
+up is closed with 1013 by its connection (see ``connection.py``) and resynchronises when it
+reconnects.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from pycrdt import Doc
 from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import InvalidMessage, QuotaExceeded
 from captify_ws.metrics import Stats
-from captify_ws.protocol import envelope, ywebsocket
-from captify_ws.rooms import fanout, presence_wire
+from captify_ws.protocol import ycost, ywebsocket
+from captify_ws.rooms import presence_wire
 from captify_ws.rooms.hocuspocus import HocuspocusMembers
+from captify_ws.rooms.json_wire import JsonMembers
 from captify_ws.rooms.member import Member, Origin, Wire
 from captify_ws.rooms.presence import Change, Presence
 from captify_ws.rooms.steps import StepAuthority
+from captify_ws.rooms.wire import WireMembers
+from captify_ws.rooms.yws_wire import YwsMembers
 from captify_ws.ydoc import YDoc
 
 logger = logging.getLogger("captify_ws.rooms")
@@ -57,10 +64,14 @@ class DocumentRoom:
         self.max_size = max_size
         #: the Yjs document (pycrdt, integrating updates as Yjs does; see ``ydoc.py``)
         self.ydoc = YDoc()
-        self._yws: dict[Connection, Member] = {}
-        self._json: dict[Connection, Member] = {}
+        self._yws = YwsMembers()
+        self._json = JsonMembers(document_id)
         #: Hocuspocus members: several per connection (one per document it multiplexes)
         self.hocuspocus = HocuspocusMembers()
+        #: every wire format, in the order a broadcast reaches them
+        self._wires: tuple[WireMembers, ...] = (self._yws, self._json, self.hocuspocus)
+        self._by_wire: dict[str, WireMembers] = {
+            "yws": self._yws, "json": self._json, "hocuspocus": self.hocuspocus}
         self._full_state: bytes | None = None
         self._full_step2: PreparedFrame | None = None
         self._pending: list[Pending] = []
@@ -89,14 +100,9 @@ class DocumentRoom:
 
     # -- membership ------------------------------------------------------------------------
 
-    @property
-    def members(self) -> dict[Connection, Member]:
-        """Every member, y-websocket and JSON (a new dict: for counting, use ``len(room)``)."""
-        return {**self._yws, **self._json}
-
     def all_members(self) -> list[Member]:
         """Every member of every wire format."""
-        return [*self._yws.values(), *self._json.values(), *self.hocuspocus]
+        return [member for wire in self._wires for member in wire]
 
     def __len__(self) -> int:
         return len(self._yws) + len(self._json) + len(self.hocuspocus)
@@ -112,29 +118,26 @@ class DocumentRoom:
 
     def join(self, member: Member) -> None:
         member.room = self
-        if member.wire == "hocuspocus":
-            self.hocuspocus.join(member)
-        else:
-            (self._yws if member.wire == "yws" else self._json)[member.connection] = member
+        self._by_wire[member.wire].join(member)
 
     def remove(self, member: Member) -> None:
-        """A member of a socket that carries many documents leaves (Hocuspocus)."""
-        if self.hocuspocus.leave(member):
+        """``member`` leaves (on a socket that carries many documents, that one document)."""
+        if self._by_wire[member.wire].leave(member):
             self.presence.remove_owned_by(member)
             member.room = None
 
     def leave(self, connection: Connection) -> Member | None:
-        member = self._yws.pop(connection, None) or self._json.pop(connection, None)
-        if member is None:
-            return None
-        self.presence.remove_owned_by(member)
-        member.room = None
+        """The member of a socket that carries one document leaves; it, or ``None``."""
+        member = (self._yws.by_connection.get(connection)
+                  or self._json.by_connection.get(connection))
+        if member is not None:
+            self.remove(member)
         return member
 
     @property
     def idle(self) -> bool:
         """No members and nobody holding the room: it may unload."""
-        return not self._yws and not self._json and not self.hocuspocus and self.holds == 0
+        return self.holds == 0 and not any(self._wires)
 
     def add_update_listener(self, listener: UpdateListener) -> None:
         self._update_listeners.append(listener)
@@ -144,9 +147,7 @@ class DocumentRoom:
     def load_state(self, update: bytes) -> None:
         """Apply stored state while loading; nobody is told."""
         self.ydoc.apply(update)
-        self._full_state = None
-        self._full_step2 = None
-        self.hocuspocus.changed()
+        self._changed()
 
     # -- the quota -------------------------------------------------------------------------
 
@@ -199,7 +200,7 @@ class DocumentRoom:
         """
         cost = 0
         if self.max_size and origin.kind != "broker":
-            cost = self.ydoc.cost_of(update)
+            cost = ycost.cost_of(update)
             self.admit(cost)
         if origin.kind not in ("member", "broker"):
             self.flush_pending()
@@ -240,11 +241,8 @@ class DocumentRoom:
                 accepted.append(entry)
             except InvalidMessage as exc:
                 member = entry[1].member
-                if member is not None and member.wire == "json":
-                    member.connection.send_text(envelope.encode_error(self.document_id,
-                                                                      exc.message))
-                elif member is not None:
-                    member.close(exc.close_code, exc.message)
+                if member is not None:
+                    self._by_wire[member.wire].refuse(member, exc)
                 logger.warning("dropped an update for %r: %s", self.document_id, exc)
         return accepted
 
@@ -264,53 +262,32 @@ class DocumentRoom:
             self._applied(update, origin, None)
         return bool(updates)
 
+    def _changed(self) -> None:
+        """The document changed: every answer built for it before is stale."""
+        self._full_state = None
+        self._full_step2 = None
+        for wire in self._wires:
+            wire.changed()
+
     def _applied(self, update: bytes, origin: Origin, frame: bytes | None) -> None:
         """An update is in the document: tell the members and the listeners."""
-        self._full_state = None
-        self._full_step2 = None
-        self.hocuspocus.changed()
-        if update == ywebsocket.EMPTY_UPDATE:
-            return
-        started = perf_counter()
-        if self._yws:
-            prepared = PreparedFrame.binary(frame or ywebsocket.encode_sync_update(update),
-                                            yjs_update=update)
-            for connection in self._yws:
-                connection.send_frame(prepared)
-        if self._json:
-            sender = origin.member
-            client_id = sender.client_id if sender is not None else None
-            text = PreparedFrame.text(envelope.encode_update(self.document_id, update, client_id))
-            for connection, member in self._json.items():
-                if member is not sender:
-                    connection.send_frame(text)
-        if self.hocuspocus:
-            self.hocuspocus.broadcast_update(update, origin.member)
-        self.stats.broadcast("update", len(self), perf_counter() - started)
-        for listener in self._update_listeners:
-            listener(self, update, origin)
+        self._applied_batch([(update, origin, frame)])
 
     def _applied_batch(self, batch: list[Pending]) -> None:
-        """Several updates are in the document: each member gets its share of them in one
-        write (``rooms/fanout.py``), in order; then the listeners, update by update."""
-        self._full_state = None
-        self._full_step2 = None
+        """Updates are in the document — the one broadcast loop: every wire format with
+        members gets them (each member its share in one write, in order; see ``wire.py``),
+        then the listeners, update by update, told the origin."""
+        self._changed()
         batch = [entry for entry in batch if entry[0] != ywebsocket.EMPTY_UPDATE]
         if not batch:
             return
         started = perf_counter()
+        updates = [update for update, _, _ in batch]
         senders = [origin.member for _, origin, _ in batch]
-        if self._yws:
-            fanout.to_all(self._yws, [
-                PreparedFrame.binary(frame or ywebsocket.encode_sync_update(update),
-                                     yjs_update=update) for update, _, frame in batch])
-        if self._json:
-            fanout.to_all_but_senders(self._json, [
-                PreparedFrame.text(envelope.encode_update(
-                    self.document_id, update, sender.client_id if sender is not None else None))
-                for (update, _, _), sender in zip(batch, senders, strict=True)], senders)
-        if self.hocuspocus:
-            self.hocuspocus.broadcast_updates([update for update, _, _ in batch], senders)
+        frames = [frame for _, _, frame in batch]
+        for wire in self._wires:
+            if wire:
+                wire.send_updates(updates, senders, frames)
         elapsed = (perf_counter() - started) / len(batch)
         for update, origin, _ in batch:
             self.stats.broadcast("update", len(self), elapsed)
@@ -351,12 +328,7 @@ class DocumentRoom:
         """Send a JSON message to every JSON member except ``sender`` (and, with ``publish``,
         to the relay listeners: the other instances); returns how many got it here."""
         self.flush_pending()  # keep the order in which things arrived
-        prepared = PreparedFrame.text(text)
-        sent = 0
-        for connection, member in self._json.items():
-            if member is not sender:
-                connection.send_frame(prepared)
-                sent += 1
+        sent = self._json.relay(text, sender)
         if publish:
             for listener in self.relay_listeners:
                 listener(self, text, None)
@@ -366,12 +338,7 @@ class DocumentRoom:
         """Send a JSON message to the JSON members with this clientID (here, and with
         ``publish`` on the other instances); returns how many got it here."""
         self.flush_pending()
-        prepared = PreparedFrame.text(text)
-        sent = 0
-        for connection, member in self._json.items():
-            if member.client_id == client_id:
-                connection.send_frame(prepared)
-                sent += 1
+        sent = self._json.send_to_client(client_id, text)
         if publish:
             for listener in self.relay_listeners:
                 listener(self, text, client_id)
@@ -397,21 +364,9 @@ class DocumentRoom:
         if not changes:
             return
         self.stats.broadcast("awareness", len(self), 0.0)
-        if self._yws or self.hocuspocus:
-            for group in self.awareness_groups(change.entry for change in changes):
-                if self._yws:
-                    prepared = PreparedFrame.binary(ywebsocket.encode_awareness(group))
-                    for connection in self._yws:
-                        connection.send_frame(prepared)
-                if self.hocuspocus:
-                    self.hocuspocus.broadcast_awareness(group)
-        if self._json:
-            told = [change for change in changes if not change.renewal]
-            if told:
-                frames = [PreparedFrame.text(presence_wire.json_presence(
-                    self.document_id, change.entry, change.state, change.json_client_id))
-                    for change in told]
-                fanout.to_all_but_senders(self._json, frames, [change.owner for change in told])
+        for wire in self._wires:
+            if wire:
+                wire.send_presence(changes, self.max_frame)
 
     def close(self) -> None:
         """The room is unloading. The references back to it (the step authority's quota check,

@@ -1,4 +1,5 @@
-"""The Hocuspocus members of one room, grouped by the address their frames carry.
+"""The Hocuspocus members of one room, grouped by the address their frames carry
+(:class:`~captify_ws.rooms.wire.WireMembers`).
 
 Every Hocuspocus frame starts with its document's address. Providers use the document name
 (the same for all of them), so a broadcast is encoded once per address — in practice once — and
@@ -23,11 +24,12 @@ from captify_ws.connection import PreparedFrame
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol.hocuspocus import FrameEncoder
 from captify_ws.protocol.statevector import EMPTY as EMPTY_STATE_VECTOR
-from captify_ws.protocol.ywebsocket import AwarenessEntry, _StrictDecoder
-from captify_ws.rooms import fanout
+from captify_ws.protocol.ywebsocket import _StrictDecoder
+from captify_ws.rooms import fanout, presence_wire
 
 if TYPE_CHECKING:
     from captify_ws.rooms.member import Member
+    from captify_ws.rooms.presence import Change
 
 
 #: Sync answers kept per address until the document changes (distinct state vectors; a
@@ -114,9 +116,18 @@ class HocuspocusMembers:
                 group.answers[state_vector] = step2
         return step1, step2
 
-    def broadcast_update(self, update: bytes, sender: Member | None) -> None:
-        """A Yjs update to every member; its sender (if one of ours) gets ``SyncStatus 1``:
-        Hocuspocus acknowledges each client Step2 and Update once it is applied."""
+    def send_updates(self, updates: Sequence[bytes], senders: Sequence[Member | None],
+                     frames: Sequence[bytes | None]) -> None:
+        """Updates to every member, in order, each member's share in one write; a sender (if
+        one of ours) gets ``SyncStatus 1`` in place of its own update: Hocuspocus acknowledges
+        each client Step2 and Update once it is applied."""
+        if len(updates) > 1:
+            for group in self._by_address.values():
+                batch = [PreparedFrame.binary(group.encoder.sync_update(update))
+                         for update in updates]
+                fanout.acknowledged(group.members, batch, senders, group.ack)
+            return
+        update, sender = updates[0], senders[0]
         for group in self._by_address.values():
             frame: PreparedFrame | None = None
             for member in group.members:
@@ -127,22 +138,18 @@ class HocuspocusMembers:
                     frame = PreparedFrame.binary(group.encoder.sync_update(update))
                 member.connection.send_frame(frame)
 
-    def broadcast_updates(self, updates: Sequence[bytes],
-                          senders: Sequence[Member | None]) -> None:
-        """Several updates, in order, each member's share in one write; a sender gets its
-        ``SyncStatus`` in place of its own update."""
-        for group in self._by_address.values():
-            frames = [PreparedFrame.binary(group.encoder.sync_update(update))
-                      for update in updates]
-            fanout.acknowledged(group.members, frames, senders, group.ack)
-
-    def broadcast_awareness(self, entries: Sequence[AwarenessEntry]) -> None:
+    def send_presence(self, changes: Sequence[Change], max_frame: int) -> None:
         """Presence changes to every member, their owners included (a provider alone in a
         document hears its own renewals, which keeps its socket from looking dead)."""
-        for group in self._by_address.values():
-            frame = PreparedFrame.binary(group.encoder.awareness(entries))
-            for member in group.members:
-                member.connection.send_frame(frame)
+        for entries in presence_wire.awareness_groups((c.entry for c in changes), max_frame):
+            for group in self._by_address.values():
+                frame = PreparedFrame.binary(group.encoder.awareness(entries))
+                for member in group.members:
+                    member.connection.send_frame(frame)
+
+    def refuse(self, member: Member, error: InvalidMessage) -> None:
+        """One document of the socket is closed with the error's code (Hocuspocus ``Close``)."""
+        member.close(error.close_code, error.message)
 
     def broadcast_stateless(self, payload: str,
                             where: Callable[[Member], bool] | None = None) -> int:

@@ -1,65 +1,35 @@
-"""The native transport: WebSockets on picows, HTTP on uvicorn's parser, one port for both.
+"""The native transport's WebSocket connections: picows frames in, prepared bytes out.
 
-A connection starts at :class:`~captify_ws.transport.http.FrontDoor`, which reads the request head
-(bounded in bytes and time) and hands the socket over without copying it anywhere else:
-
-* a WebSocket upgrade for a captify-ws path (a registered handler, or anything under ``/ws/``)
-  goes to a picows ``WSProtocol`` (Cython framing, the fastest Python WebSocket measured here);
-* every other request goes to uvicorn's httptools protocol with the HTTP stage's limits on every
-  request (``transport/http.py``), running the ASGI app: ``/healthz``, the HTTP API and the
-  user's own ``http_app`` (and its WebSockets too).
+The socket is handed here by :class:`~captify_ws.transport.native_server.NativeServer` after the
+upgrade (a picows ``WSProtocol``: Cython framing, the fastest Python WebSocket measured here).
 
 Broadcast frames are written to the socket's asyncio transport as prepared bytes: server frames
 are unmasked, so every member gets the very same ``bytes`` object (``PreparedFrame.wire``).
 
-picows parses frames; what RFC 6455 asks beyond that is checked here (:class:`_Listener`):
+picows parses frames; what RFC 6455 asks beyond that is checked here (:class:`Listener`):
 reserved bits without an extension, close codes that may not be sent (1002, never echoed),
-fragments (frames and bytes per message, 1009; UTF-8 checked as it arrives, 1007),
-``Sec-WebSocket-Version`` other than 13 (426). Pings are answered here, not by picows, so that
-they count against the rate limit and a peer that does not read gets no pile of pongs.
+fragments (frames and bytes per message, 1009; UTF-8 checked as it arrives, 1007). Pings are
+answered here, not by picows, so that they count against the rate limit and a peer that does not
+read gets no pile of pongs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
-import logging
-import socket
 from collections.abc import Sequence
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
-import uvicorn
-from picows import (
-    WSAutoPingStrategy,
-    WSCloseCode,
-    WSFrame,
-    WSListener,
-    WSMsgType,
-    WSTransport,
-    WSUpgradeRequest,
-    WSUpgradeResponse,
-    WSUpgradeResponseWithListener,
-)
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
-from uvicorn.server import ServerState
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject, http_status_for, log_with_id
+from captify_ws.errors import CloseCode
 from captify_ws.handlers.base import Handler
 from captify_ws.lifecycle import ConnectionState
-from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
 from captify_ws.transport.lingering import LingeringTransport
 
 if TYPE_CHECKING:
     from captify_ws.server import Server
-    from captify_ws.types import ASGIApp
-
-logger = logging.getLogger("captify_ws.transport")
-# picows logs every accept at INFO and makes a child Logger per socket for a plain Logger; an
-# adapter avoids both (memory per idle connection matters).
-_picows_logger = logging.LoggerAdapter(logging.getLogger("captify_ws.picows"), {})
 
 #: RFC 6455 §7.4: codes a peer may send (1004-1006 and 1015 are reserved; 1012-1014 are
 #: IANA-registered). 3000-4999 are for libraries and applications.
@@ -88,7 +58,7 @@ READ_CHUNK: Final = 64 * 1024
 SCREEN_BYTES: Final = 256 * 1024
 
 
-class _BoundedReads(WSProtocol):  # type: ignore[misc]
+class BoundedReads(WSProtocol):  # type: ignore[misc]
     """picows' protocol, reading at most :data:`READ_CHUNK` bytes per callback."""
 
     def get_buffer(self, size_hint: int) -> memoryview:
@@ -96,17 +66,10 @@ class _BoundedReads(WSProtocol):  # type: ignore[misc]
         return buffer[:READ_CHUNK] if len(buffer) > READ_CHUNK else buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        listener = self.listener
-        if listener is not None:
-            listener.in_transit += nbytes
         super().buffer_updated(nbytes)
-        listener = self.listener  # set by the upgrade, in the call above
-        if listener is None:
-            return
         ws = self.transport
-        if ws.is_close_frame_sent and not ws.is_disconnected:
-            listener.closed_by_picows(ws)
-        listener.account(ws)
+        if ws.is_close_frame_sent and not ws.is_disconnected and self.listener is not None:
+            self.listener.closed_by_picows(ws)
 
 
 def close_code_allowed(code: int) -> bool:
@@ -128,7 +91,7 @@ class NativeConnection(Connection):
     __slots__ = ("_listener", "_raw", "_raw_write", "_ws", "peer_closed")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str,
-                 ws: WSTransport, *, limits: ConnectionLimits, listener: _Listener) -> None:
+                 ws: WSTransport, *, limits: ConnectionLimits, listener: Listener) -> None:
         super().__init__(request, handler, subpath, limits=limits)
         self._listener = listener
         self._ws = ws
@@ -203,13 +166,13 @@ class NativeConnection(Connection):
             self._ws.send_pong(payload)
 
 
-class _Listener(WSListener):
-    """picows callbacks → :class:`NativeConnection`; the RFC 6455 rules picows leaves to us,
-    and fragmented messages."""
+class Listener(WSListener):
+    """One upgraded socket: picows callbacks → :class:`NativeConnection`; the RFC 6455 rules
+    picows leaves to us, and fragmented messages."""
 
     __slots__ = ("_decoder", "_fragment_frames", "_fragment_size", "_fragment_type",
-                 "_fragments", "_handler", "_inbound", "_limits", "_owner", "_ping",
-                 "_refused", "_request", "_server", "_subpath", "conn", "in_transit")
+                 "_fragments", "_handler", "_limits", "_owner", "_ping", "_request", "_server",
+                 "_subpath", "conn")
 
     def __init__(self, server: Server, request: UpgradeRequest, handler: Handler,
                  subpath: str) -> None:
@@ -228,11 +191,6 @@ class _Listener(WSListener):
         self._fragment_frames = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         self._ping: bytes | None = None  # a ping to answer once the buffer is read
-        #: bytes read into picows' buffer and not yet dispatched as a frame: the start of a
-        #: frame (as large as max_message_size) still arriving
-        self.in_transit = 0
-        self._inbound = self._limits.inbound
-        self._refused = False  # refused by the inbound budget: nothing is counted any more
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.conn = self._owner = NativeConnection(
@@ -258,34 +216,7 @@ class _Listener(WSListener):
         """Drop every frame from now on (the connection was aborted)."""
         self.conn = None
 
-    def account(self, transport: WSTransport) -> None:
-        """After a read: what this connection holds of messages not received in full (a frame
-        part-way read, the fragments of a message) is reported to the server's inbound budget
-        (``inbound.py``), which may refuse it."""
-        if self._refused:
-            return
-        held = self.in_transit
-        if self._fragments is not None:
-            held += self._fragment_size
-        self._inbound.hold(self, held)
-
-    def refuse_inbound(self, reason: str) -> None:
-        """Refused by the inbound budget: close with 1009, drop the partial message, and read
-        no more into picows' buffer (the socket lingers, discarding, until the peer's end)."""
-        self._refused = True
-        self._fragments = None
-        self._decoder = None
-        conn = self._owner
-        if conn is None:
-            return
-        if not conn.closed_by_server:
-            conn.close(CloseCode.MESSAGE_TOO_BIG, reason)
-        if not conn._ws.is_disconnected:
-            conn._ws.disconnect()
-
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.last_in_buffer:
-            self.in_transit = frame.tail_size  # the start of the next frame, if any
         conn = self.conn
         if conn is None:
             return
@@ -394,8 +325,6 @@ class _Listener(WSListener):
             conn.deliver(b"".join(parts))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._inbound.forget(self)
-        self._refused = True
         conn = self._owner
         if conn is None:
             return
@@ -422,134 +351,3 @@ class _Listener(WSListener):
     def resume_writing(self) -> None:
         if self._owner is not None:
             self._owner._set_paused(False)
-
-
-def _request_from_picows(request: WSUpgradeRequest, transport: Any) -> UpgradeRequest:
-    target = request.path.decode("latin-1")
-    if not target.startswith("/"):
-        target = urlsplit(target).path or "/"
-        query = urlsplit(request.path.decode("latin-1")).query
-    else:
-        target, _, query = target.partition("?")
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
-    return UpgradeRequest(path=target, query_string=query, headers=request.headers, client=client)
-
-
-def _refusal(status: int, text: str, headers: dict[str, str] | None = None) -> Any:
-    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
-        status, (text + "\n").encode("utf-8", "replace"), extra_headers=headers), None)
-
-
-class NativeServer:
-    """Listens on one port; see the module docstring."""
-
-    def __init__(self, server: Server, app: ASGIApp) -> None:
-        self.server = server
-        settings = server.settings
-        self.http_stage = HttpStage.from_settings(settings)
-        self._http_protocol = bounded_http_protocol(self.http_stage)
-        self._config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, lifespan="off",
-            http=self._http_protocol, ws="websockets-sansio",
-            ws_max_size=settings.max_message_size, ws_per_message_deflate=False,
-            log_config=None, access_log=False, ws_ping_interval=settings.ping_interval_s or None,
-            ws_ping_timeout=settings.ping_interval_s or None, proxy_headers=False)
-        self._config.load()
-        self._http_state = ServerState()
-        self._listener: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._listener is not None
-        return int(self._listener.sockets[0].getsockname()[1])
-
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Listen on ``sock`` (bound already, as ``captify-ws serve`` does before starting
-        anything else), or bind the settings' host and port. Raises ``OSError`` if the address
-        is taken."""
-        loop = asyncio.get_running_loop()
-        settings = self.server.settings
-
-        def front_door() -> FrontDoor:
-            return FrontDoor(self.http_stage, self.serves_websocket, self.hand_to_websocket,
-                             self.hand_to_http)
-
-        if sock is not None:
-            self._listener = await loop.create_server(front_door, sock=sock, backlog=4096)
-            return
-        self._listener = await loop.create_server(
-            front_door, settings.host, settings.port, backlog=4096, reuse_address=True,
-            reuse_port=settings.reuse_port or None)
-
-    def serves_websocket(self, path: str) -> bool:
-        return path.startswith("/ws/") or self.server.route(path) is not None
-
-    def hand_to_websocket(self, transport: asyncio.Transport, received: bytes) -> None:
-        # picows' own auto-ping runs a task per connection; the server's keepalive sweep
-        # (Connection.keepalive) does the same for all connections with one timer. Pings from
-        # the peer are answered by _Listener (auto-pong off).
-        settings = self.server.settings
-        protocol = _BoundedReads(
-            None, None, False, lambda request: self._listener_for(request, transport),
-            _picows_logger, True, settings.http_head_timeout_s, False, 20.0, 20.0,
-            WSAutoPingStrategy.PING_WHEN_IDLE, False, settings.max_message_size, None, 2048)
-        transport.set_protocol(protocol)
-        protocol.connection_made(
-            LingeringTransport(transport, protocol, self.server.connection_limits.close_timeout_s))
-        view = memoryview(received)
-        while view:
-            buffer = protocol.get_buffer(len(view))
-            size = min(len(buffer), len(view))
-            buffer[:size] = view[:size]
-            protocol.buffer_updated(size)
-            view = view[size:]
-
-    def _listener_for(self, request: WSUpgradeRequest, transport: asyncio.Transport) -> Any:
-        try:
-            return self._accept(request, transport)
-        except Exception as exc:
-            error_id = log_with_id(logger, "upgrade failed", exc)
-            return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error, id {error_id}")
-
-    def _accept(self, request: WSUpgradeRequest, transport: asyncio.Transport) -> Any:
-        # RFC 6455 §4.2.2: another version → 426 naming the one we speak.
-        if request.headers.get("sec-websocket-version") != "13":
-            return _refusal(HTTPStatus.UPGRADE_REQUIRED, "only WebSocket version 13 is supported",
-                            {"Sec-WebSocket-Version": "13"})
-        upgrade = _request_from_picows(request, transport)
-        route = self.server.route(upgrade.path)
-        if route is None:
-            return _refusal(HTTPStatus.NOT_FOUND, f"no WebSocket handler for {upgrade.path}")
-        try:
-            self.server.admit(upgrade)
-        except Reject as exc:
-            return _refusal(HTTPStatus(http_status_for(exc)), exc.reason)
-        handler, subpath = route
-        listener = _Listener(self.server, upgrade, handler, subpath)
-        subprotocol = self.server.subprotocol_for(upgrade)
-        if subprotocol is None:
-            return listener
-        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(
-            extra_headers={"Sec-WebSocket-Protocol": subprotocol}), listener)
-
-    def hand_to_http(self, transport: asyncio.Transport, received: bytes) -> None:
-        protocol = self._http_protocol(config=self._config, server_state=self._http_state,
-                                       app_state={})
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        protocol.data_received(received)
-
-    async def stop(self) -> None:
-        """Stop accepting; HTTP connections finish their request and close."""
-        if self._listener is not None:
-            self._listener.close()
-        for connection in list(self._http_state.connections):
-            connection.shutdown()
-        for _ in range(50):
-            if not self._http_state.connections:
-                break
-            await asyncio.sleep(0.05)
-        if self._listener is not None:
-            await self._listener.wait_closed()
-            self._listener = None

@@ -1,0 +1,93 @@
+"""The JSON protocol's members of one room (:class:`~captify_ws.rooms.wire.WireMembers`).
+
+A JSON message names its sender (``clientID``) and is never echoed back to it. A sender whose
+update Yjs cannot integrate gets an ``error`` message and stays connected. Presence renewals
+(only the clock moved) are not sent: the JSON protocol carries states, not clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.protocol import envelope
+from captify_ws.rooms import fanout, presence_wire
+
+if TYPE_CHECKING:
+    from captify_ws.errors import InvalidMessage
+    from captify_ws.rooms.member import Member
+    from captify_ws.rooms.presence import Change
+
+
+class JsonMembers:
+    """A room's JSON members, one per connection."""
+
+    __slots__ = ("by_connection", "document_id")
+
+    def __init__(self, document_id: str) -> None:
+        self.document_id = document_id
+        self.by_connection: dict[Connection, Member] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_connection)
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(list(self.by_connection.values()))
+
+    def join(self, member: Member) -> None:
+        self.by_connection[member.connection] = member
+
+    def leave(self, member: Member) -> bool:
+        return self.by_connection.pop(member.connection, None) is not None
+
+    def changed(self) -> None:
+        """Nothing is kept per document here."""
+
+    def send_updates(self, updates: Sequence[bytes], senders: Sequence[Member | None],
+                     frames: Sequence[bytes | None]) -> None:
+        document_id = self.document_id
+        if len(updates) == 1:  # the usual case: one frame, a plain loop
+            sender = senders[0]
+            text = PreparedFrame.text(envelope.encode_update(
+                document_id, updates[0], sender.client_id if sender is not None else None))
+            for connection, member in self.by_connection.items():
+                if member is not sender:
+                    connection.send_frame(text)
+            return
+        fanout.to_all_but_senders(self.by_connection, [
+            PreparedFrame.text(envelope.encode_update(
+                document_id, update, sender.client_id if sender is not None else None))
+            for update, sender in zip(updates, senders, strict=True)], senders)
+
+    def send_presence(self, changes: Sequence[Change], max_frame: int) -> None:
+        told = [change for change in changes if not change.renewal]
+        if told:
+            frames = [PreparedFrame.text(presence_wire.json_presence(
+                self.document_id, change.entry, change.state, change.json_client_id))
+                for change in told]
+            fanout.to_all_but_senders(self.by_connection, frames,
+                                      [change.owner for change in told])
+
+    def refuse(self, member: Member, error: InvalidMessage) -> None:
+        member.connection.send_text(envelope.encode_error(self.document_id, error.message))
+
+    def relay(self, text: str, sender: Member | None) -> int:
+        """``text`` to every member except ``sender``; how many got it."""
+        prepared = PreparedFrame.text(text)
+        sent = 0
+        for connection, member in self.by_connection.items():
+            if member is not sender:
+                connection.send_frame(prepared)
+                sent += 1
+        return sent
+
+    def send_to_client(self, client_id: str, text: str) -> int:
+        """``text`` to the members with this clientID; how many got it."""
+        prepared = PreparedFrame.text(text)
+        sent = 0
+        for connection, member in self.by_connection.items():
+            if member.client_id == client_id:
+                connection.send_frame(prepared)
+                sent += 1
+        return sent

@@ -1,0 +1,57 @@
+"""What a room asks of the members of one wire format: :class:`WireMembers`.
+
+A :class:`~captify_ws.rooms.document.DocumentRoom` speaks no wire format. Its members are kept
+in one :class:`WireMembers` per format — y-websocket (``rooms/yws_wire.py``), the JSON protocol
+(``rooms/json_wire.py``), Hocuspocus framing (``rooms/hocuspocus.py``) — and the room's one
+broadcast loop hands each change to every format that has members. Each format encodes the
+change once (once per address for Hocuspocus) and writes the same
+:class:`~captify_ws.frames.PreparedFrame` to every member of that format.
+
+The policy stays in the room: what is relayed, to whom (origins: y-websocket members get their
+own update back as the acknowledgement, JSON members do not, a Hocuspocus sender gets
+``SyncStatus``), and that an update Yjs cannot integrate is never relayed. A format only says
+how its members hear it — including how a refused sender is told (:meth:`WireMembers.refuse`).
+
+What broadcast does not guarantee: delivery (see ``connection.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from captify_ws.errors import InvalidMessage
+    from captify_ws.rooms.member import Member
+    from captify_ws.rooms.presence import Change
+
+
+class WireMembers(Protocol):
+    """One room's members of one wire format, and how that format carries a change."""
+
+    def __len__(self) -> int:
+        """Members of this format (a Hocuspocus socket counts once per document)."""
+
+    def __iter__(self) -> Iterator[Member]:
+        """Every member (a copy: members may leave while the caller iterates)."""
+
+    def join(self, member: Member) -> None:
+        """Add ``member`` (its ``wire`` names this format)."""
+
+    def leave(self, member: Member) -> bool:
+        """Remove ``member``; whether it was one."""
+
+    def changed(self) -> None:
+        """The document changed: answers built for it before are stale."""
+
+    def send_updates(self, updates: Sequence[bytes], senders: Sequence[Member | None],
+                     frames: Sequence[bytes | None]) -> None:
+        """Updates applied in this order, each from ``senders[i]`` (``None``: not a member
+        here), ``frames[i]`` the y-websocket message it arrived in (relayed as it is) or
+        ``None``. Each member gets its share in one write."""
+
+    def send_presence(self, changes: Sequence[Change], max_frame: int) -> None:
+        """Presence changes (none silent), in frames of at most ``max_frame`` bytes."""
+
+    def refuse(self, member: Member, error: InvalidMessage) -> None:
+        """``member`` sent an update Yjs cannot integrate: tell it as this format does."""
