@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from captify_ws.errors import InvalidMessage
+from captify_ws.protocol.cluster import decode_external
 from tests.helpers import json_client, running_server
 
 UPGRADE = (b"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
@@ -123,3 +127,39 @@ async def test_other_requests_go_to_the_http_app(transport: str) -> None:
         assert (await http.get(f"{srv.http}/missing")).status_code == 404
         async with json_client(srv, "same-port", "a") as a:
             await a.sync()
+
+
+#: Steps publications that break the contract, each in one way (README "Scaling out").
+BAD_STEPS = [
+    ["not", "an", "object"],
+    {"changeId": "c"},
+    {"steps": {"0": {}}, "changeId": "c"},
+    {"steps": []},
+    {"steps": [], "changeId": "c", "clientID": 7},
+    {"steps": [], "changeId": "c", "version": "3"},
+    {"steps": [], "changeId": "c", "version": True},
+]
+
+
+async def test_a_bad_steps_publication_is_refused_alike_over_http_and_the_publish_channel(
+        transport: str) -> None:
+    """The steps contract has one validator: each bad publication gets 400 over HTTP with the
+    same reason the publish channel's decoder gives, and no client receives anything."""
+    auth = {"Authorization": "Bearer k"}
+    async with running_server(transport, api_key="k") as srv, httpx.AsyncClient() as http, \
+            json_client(srv, "d", "a") as client:
+        url = f"{srv.http}/api/v1/documents/d/steps"
+        for body in BAD_STEPS:
+            over_redis = ({"type": "steps", "documentId": "d", **body}
+                          if isinstance(body, dict) else body)
+            with pytest.raises(InvalidMessage) as refused:
+                decode_external(json.dumps(over_redis).encode())
+            response = await http.post(url, headers=auth, json=body)
+            assert response.status_code == 400, (body, response.text)
+            if isinstance(body, dict):
+                assert response.json() == {"error": refused.value.message}, body
+        step = {"stepType": "replace", "from": 1, "to": 1,
+                "slice": {"content": [{"type": "text", "text": "hi"}]}}
+        good = await http.post(url, headers=auth, json={"steps": [step], "changeId": "ok"})
+        assert good.status_code == 200, good.text
+        assert (await client.expect("steps"))["data"]["changeId"] == "ok"

@@ -27,6 +27,7 @@ from captify_ws.errors import (
 )
 from captify_ws.http_common import CheckKey, Endpoint, guard
 from captify_ws.protocol import envelope, names
+from captify_ws.protocol.cluster import decode_steps
 from captify_ws.server import Server
 from captify_ws.transport.asgi import raw_path
 from captify_ws.types import Scope
@@ -102,24 +103,17 @@ class DocumentRoutes:
             body: Any = self._json_body(await request.body())
         except ProtocolError as exc:
             return JSONResponse({"error": f"body must be JSON: {exc.message}"}, status_code=400)
-        if not isinstance(body, dict) or not isinstance(body.get("steps"), list):
-            return JSONResponse({"error": "body must be an object with a 'steps' list"},
-                                status_code=400)
-        if "changeId" not in body:
-            return JSONResponse({"error": "missing 'changeId'"}, status_code=400)
-        client_id = body.get("clientID")
-        if client_id is not None and not isinstance(client_id, str):
-            return JSONResponse({"error": "'clientID' must be a string"}, status_code=400)
-        version = body.get("version")
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-            return JSONResponse({"error": "'version' must be an integer"}, status_code=400)
-        if client_id is not None:
+        try:
+            steps = decode_steps(document_id, body)
+        except InvalidMessage as exc:
+            return JSONResponse({"error": exc.message}, status_code=400)
+        if steps.client_id is not None:
             delivered = await self.server.broadcast_steps_to_client(
-                document_id, client_id, body["steps"], body["changeId"])
+                document_id, steps.client_id, steps.steps, steps.change_id)
             return JSONResponse({"documentId": document_id, "delivered": delivered})
         try:
-            result = await self.server.broadcast_steps(document_id, body["steps"],
-                                                       body["changeId"], version)
+            result = await self.server.broadcast_steps(document_id, steps.steps,
+                                                       steps.change_id, steps.version)
         except StaleVersion as exc:
             return JSONResponse({"error": str(exc), "code": "version_behind",
                                  "documentId": document_id, "version": exc.current,
