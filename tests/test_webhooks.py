@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
-import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Text
 from standardwebhooks import Webhook
 
-from captify_ws.history.webhooks import backoff, plan_events
+from captify_ws.history.webhooks import plan_events
 from captify_ws.store.history import FeedEntry
 from tests.helpers import ServerProcess, json_client, running_server
 from tests.polling import eventually
@@ -314,17 +312,6 @@ def test_events_cover_the_feed_in_order(raw: list[tuple[int, str, str]]) -> None
     _check_complete_and_ordered(events, [{"documentId": e.document_id, "cursor": e.cursor,
                                           "kind": e.kind, "version": e.version}
                                          for e in entries])
-
-
-@pytest.mark.unit
-@given(st.integers(1, 60), st.floats(0.01, 10), st.floats(1, 7200), st.integers(0, 2**32))
-def test_backoff_doubles_with_jitter_up_to_the_cap(attempts: int, base: float, cap: float,
-                                                   seed: int) -> None:
-    """The delay is between half and all of base × 2^(attempts-1), never above the cap."""
-    delay = backoff(attempts, base, cap, random.Random(seed))
-    full = min(cap, base * 2 ** (attempts - 1))
-    assert full / 2 <= delay <= full
-    assert json.dumps(delay)
 
 
 async def test_connection_events_when_asked_for() -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from captify_ws.backoff import Backoff
 from captify_ws.channels.types import Published
 from captify_ws.errors import BrokerError, ChannelError
 
@@ -131,8 +132,7 @@ class ChannelClient:
         self.ws: ClientConnection | None = None
         self.connects = 0
         self.closed_with: int | None = None
-        self._min_delay = min_delay_s
-        self._max_delay = max_delay_s
+        self._backoff = Backoff(min_delay_s, max_delay_s)
         self._next_id = 1
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -220,14 +220,13 @@ class ChannelClient:
         return url
 
     async def _run(self) -> None:
-        delay = self._min_delay
         while not self._stopping:
             try:
                 async with connect(self._connect_url(), max_queue=None,
                                    additional_headers=self.headers) as ws:
                     self.ws = ws
                     self.connects += 1
-                    delay = self._min_delay
+                    self._backoff.reset()
                     for sub in self.subscriptions.values():
                         if sub.channel != self._implicit_channel:
                             await ws.send(json.dumps(self._subscribe_message(sub)))
@@ -245,8 +244,7 @@ class ChannelClient:
                 self._replies.clear()
             if self._stopping or self.closed_with in FATAL_CLOSE:
                 return
-            await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
-            delay = min(delay * 2, self._max_delay)
+            await self._backoff.wait()
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

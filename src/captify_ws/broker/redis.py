@@ -18,6 +18,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from captify_ws.backoff import Backoff
 from captify_ws.broker.base import MessageCallback
 from captify_ws.errors import BrokerError
 from captify_ws.store.postgres import mask_url
@@ -150,7 +151,7 @@ class RedisBroker:
         self._connected.clear()
 
     async def _publish(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -163,28 +164,26 @@ class RedisBroker:
                     pipe.publish(channel, data)
                 try:
                     await pipe.execute()
-                    delay = 0.1
+                    backoff.reset()
                 except (RedisError, OSError) as exc:
                     # At most once: what could not be published is dropped; anti-entropy
                     # after the reconnect repairs it.
                     self._failed(exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await backoff.wait()
 
     async def _read(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 if self.error is not None:
                     await self._reconnect()
-                    delay = 0.1
+                    backoff.reset()
                 message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, RuntimeError) as exc:
                 self._failed(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.wait()
                 continue
             if message is None or message.get("type") != "message":
                 continue

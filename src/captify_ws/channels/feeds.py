@@ -28,6 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from captify_ws.backoff import Backoff
 from captify_ws.channels.backend import ChannelBackend
 from captify_ws.channels.feed import Answer, Feed, Listener
 from captify_ws.channels.recovery import NotRecovered, decide
@@ -250,7 +251,7 @@ class Feeds:
         self._spawn(self._run(feed, work))
 
     async def _run(self, feed: Feed, work: str) -> None:
-        delay = 0.1
+        backoff = Backoff()
         try:
             while not feed.closed:
                 try:
@@ -259,8 +260,7 @@ class Feeds:
                 except CaptifyError as exc:  # the backend or the store is away: retry
                     logger.warning("channel %s: %s failed, retrying: %s", feed.channel, work,
                                    exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await backoff.wait()
                     work = "verify"
         finally:
             feed.busy = False

@@ -25,6 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from captify_ws.backoff import Backoff
 from captify_ws.channels import scripts
 from captify_ws.channels.backend import PublicationCallback
 from captify_ws.channels.memory import UNPUBLISHED_TTL_S, new_epoch
@@ -293,12 +294,12 @@ class RedisBackend:
                             frame.decode())
 
     async def _read_forever(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 if self.error is not None:
                     await self._reconnect()
-                    delay = 0.1
+                    backoff.reset()
                 message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
@@ -306,8 +307,7 @@ class RedisBackend:
                 if self.error is None:
                     logger.error("channel backend %s unreachable, retrying: %s", self.url, exc)
                 self.error = str(exc) or type(exc).__name__
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.wait()
                 continue
             if message is None:
                 continue

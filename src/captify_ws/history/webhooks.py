@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 from standardwebhooks import Webhook
 
+from captify_ws.backoff import delay_after
 from captify_ws.store.history import FeedEntry, HistoryStore
 from captify_ws.store.webhooks import Delivery, NewDelivery, WebhookStore
 
@@ -63,14 +64,6 @@ INGEST_BATCH: Final = 500
 LEASE_MARGIN_S: Final = 5.0
 #: the most bytes of an error kept in the delivery log
 MAX_ERROR: Final = 300
-
-
-def backoff(attempts: int, base_s: float, max_delay_s: float, rng: random.Random) -> float:
-    """Seconds before attempt ``attempts + 1``: ``base_s`` doubling per attempt up to
-    ``max_delay_s``, times a random factor from 0.5 to 1 (jitter, so that deliveries that
-    failed together do not all retry together)."""
-    full: float = min(max_delay_s, base_s * 2.0 ** max(0, attempts - 1))
-    return full * rng.uniform(0.5, 1.0)
 
 
 def plan_events(entries: list[FeedEntry], wanted: frozenset[str]) -> list[dict[str, Any]]:
@@ -331,7 +324,8 @@ class WebhookSender:
                 await self.store.finish_delivery(delivery.id, "failed", attempts, now, status,
                                                  error, now)
             else:
-                delay = backoff(attempts, self.retry_base_s, self.retry_max_delay_s, self._rng)
+                delay = delay_after(attempts, self.retry_base_s, self.retry_max_delay_s,
+                                    self._rng)
                 logger.info("webhook %s to %s: %s; retry %d in %.1f s", delivery.event_id,
                             delivery.endpoint, error, attempts, delay)
                 await self.store.finish_delivery(delivery.id, "pending", attempts, now + delay,

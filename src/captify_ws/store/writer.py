@@ -23,6 +23,7 @@ from typing import Final
 
 from pycrdt import merge_updates
 
+from captify_ws.backoff import Backoff
 from captify_ws.store.base import DocumentStore
 
 logger = logging.getLogger("captify_ws.store")
@@ -129,7 +130,7 @@ class StoreWriter:
                        len(self._queue))
 
     async def _run(self) -> None:
-        delay = 0.1
+        backoff = Backoff(max_s=self._retry_max_s)
         last_commit = 0.0
         while True:
             await self._wake.wait()
@@ -157,14 +158,13 @@ class StoreWriter:
                         logger.error("store write failed, retrying (%d updates waiting): %s",
                                      len(self._queue), exc)
                     self.error = str(exc) or type(exc).__name__
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._retry_max_s)
+                    await backoff.wait()
                     continue
                 last_commit = time.monotonic()
                 if self.error is not None:
                     logger.warning("store writes resumed")
                 self.error = None
-                delay = 0.1
+                backoff.reset()
                 del self._queue[:len(batch)]
                 self._committed = self._queue[0][2] - 1 if self._queue else self._enqueued
                 if self._on_commit is not None:
