@@ -33,8 +33,8 @@ event, then it is ``run.failed {"error":"producer_lost"}``. One body must arrive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 #: Line errors listed in one answer (the count goes on).
 MAX_LISTED_ERRORS = 20
+
+logger = logging.getLogger("captify_ws.agents")
 
 
 def _answer(exc: Exception) -> Response:
@@ -138,8 +140,10 @@ class AgentRoutes:
             while True:
                 await asyncio.sleep(max(0.0, last + period - time.monotonic()))
                 if time.monotonic() - last >= period and accepted:
-                    with contextlib.suppress(Exception):
+                    try:
                         await runs.publish(run_id, "run.heartbeat", {})
+                    except Exception as exc:  # the next line or heartbeat tries again
+                        logger.warning("agent run %s: heartbeat failed: %s", run_id, exc)
 
         async def publish_line(number: int, line: bytes) -> None:
             nonlocal accepted, error_count, last, position

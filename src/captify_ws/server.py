@@ -13,7 +13,6 @@ the documents and steps service (``documents.py``). ``Server`` is assembled from
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Iterable
@@ -214,8 +213,11 @@ class Server(AccessControl, DocumentService):
         for hook in (self.authenticator, self.authorizer):
             close = getattr(hook, "close", None)
             if close is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await close()
+                except Exception as exc:  # user code: stopping goes on
+                    log_with_id(logger, f"closing {type(hook).__name__} failed", exc,
+                                level=logging.WARNING)
         self.started = False
         self.stopping = False
         api.clear_current_server(self)

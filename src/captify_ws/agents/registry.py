@@ -209,8 +209,10 @@ class AgentSessions:
                 await self._sweeper
             self._sweeper = None
         for session_id in list(self.open):
-            with contextlib.suppress(Exception):
+            try:
                 await self.end(session_id)
+            except Exception as exc:  # the store is away: the session expires by its TTL
+                logger.warning("agent session %s not ended at stop: %s", session_id, exc)
 
     async def prune(self) -> int:
         """Delete the records of sessions ended more than ``history_log_keep_s`` ago (0: kept

@@ -22,6 +22,7 @@ from captify_ws.backoff import Backoff
 from captify_ws.broker.base import MessageCallback
 from captify_ws.errors import BrokerError
 from captify_ws.store.postgres import mask_url
+from captify_ws.tasks import close_broken, wait_ended
 
 logger = logging.getLogger("captify_ws.broker")
 
@@ -86,16 +87,12 @@ class RedisBroker:
                 await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await wait_ended(self._tasks, logger)
         self._tasks = []
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+            await close_broken(self._pubsub.aclose, logger, "the broker's Pub/Sub connection")
         if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
+            await close_broken(self._client.aclose, logger, "the broker's Redis client")
 
     def publish(self, channel: str, data: bytes) -> None:
         self._outbox.append((channel, data))
@@ -197,11 +194,9 @@ class RedisBroker:
     async def _reconnect(self) -> None:
         """A new Pub/Sub connection with every channel subscribed again."""
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+            await close_broken(self._pubsub.aclose, logger, "the broker's Pub/Sub connection")
             self._pubsub = None
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
+        await close_broken(self._client.aclose, logger, "the broker's Redis client")
         self._client = self._new_client()
         await asyncio.wait_for(self._client.ping(), 5)
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)

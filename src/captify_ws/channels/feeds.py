@@ -36,6 +36,7 @@ from captify_ws.channels.types import ChannelClass, ChannelSnapshot, StreamRead
 from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import BrokerError, CaptifyError, ChannelError, CloseCode
 from captify_ws.protocol import channels as wire
+from captify_ws.tasks import wait_ended
 
 logger = logging.getLogger("captify_ws.channels")
 
@@ -63,10 +64,10 @@ class Feeds:
         self._spawn(self._check_forever())
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await wait_ended(tasks, logger)
         for feed in self.feeds.values():
             feed.closed = True
         self.feeds.clear()
@@ -96,8 +97,10 @@ class Feeds:
 
     async def _unlisten(self, channel: str) -> None:
         if channel not in self.feeds:
-            with contextlib.suppress(BrokerError):
+            try:
                 await self.backend.unlisten(channel)
+            except BrokerError as exc:  # the backend is away: its reconnect listens afresh
+                logger.info("channel %s: unlisten failed: %s", channel, exc)
 
     async def join(self, conn: Connection, channel: str, klass: ChannelClass,
                    answer_now: Callable[[], Awaitable[Answer]]) -> Answer:

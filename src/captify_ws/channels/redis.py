@@ -41,6 +41,7 @@ from captify_ws.channels.types import (
 from captify_ws.channelstore.base import ChannelStore
 from captify_ws.errors import BrokerError, ChannelError, CloseCode
 from captify_ws.store.postgres import mask_url
+from captify_ws.tasks import close_broken, wait_ended
 
 logger = logging.getLogger("captify_ws.channels.redis")
 
@@ -119,14 +120,11 @@ class RedisBackend:
     async def stop(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+            await wait_ended([self._reader], logger)
             self._reader = None
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
+            await close_broken(self._pubsub.aclose, logger, "the channel Pub/Sub connection")
+        await close_broken(self.client.aclose, logger, "the channel backend's Redis client")
 
     async def check(self) -> None:
         if self.error is not None:
@@ -318,8 +316,7 @@ class RedisBackend:
 
     async def _reconnect(self) -> None:
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+            await close_broken(self._pubsub.aclose, logger, "the channel Pub/Sub connection")
             self._pubsub = None
         await asyncio.wait_for(self.client.ping(), 5)
         pubsub = self.client.pubsub()

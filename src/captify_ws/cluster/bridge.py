@@ -26,7 +26,6 @@ Backends in other languages ``PUBLISH <prefix>:publish`` a JSON message (README 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -42,6 +41,7 @@ from captify_ws.rooms.document import DocumentRoom
 from captify_ws.rooms.member import Origin
 from captify_ws.rooms.presence import Change
 from captify_ws.rooms.steps import Accepted
+from captify_ws.tasks import wait_ended
 
 if TYPE_CHECKING:
     pass
@@ -100,9 +100,7 @@ class ClusterBridge:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *self._pending]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await wait_ended([*self._tasks, *self._pending], logger)
         self._tasks = []
         # Tell the others at once that our clients are gone.
         self.broker.publish(self.cluster_channel, wire.encode(
@@ -293,7 +291,9 @@ class ClusterBridge:
         vector, deletes, digest = self._fingerprint(room)
         try:
             diff = room.encode_state(their_vector)
-        except InvalidMessage:
+        except InvalidMessage as exc:
+            logger.warning("cluster: a state vector for %r that cannot be read: %s",
+                           room.document_id, exc)
             return
         if diff != deletes or (digest != their_digest and deletes != EMPTY_UPDATE):
             self.broker.publish(self.channel(room.document_id),

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from pycrdt import Array, Doc, Map, Text, UndoManager, XmlElement, XmlFragment, XmlText
 
+from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import yupdate
 from captify_ws.rooms.pm_yjs import fragment_to_json
 from captify_ws.ydoc import read_state_vector
@@ -112,7 +113,7 @@ def first_client(update: bytes) -> int | None:
             return None
         reader.uint()  # how many structs
         return reader.uint()
-    except Exception:
+    except InvalidMessage:  # truncated: not a header
         return None
 
 

@@ -45,6 +45,7 @@ from standardwebhooks import Webhook
 from captify_ws.backoff import delay_after
 from captify_ws.store.history import FeedEntry, HistoryStore
 from captify_ws.store.webhooks import Delivery, NewDelivery, WebhookStore
+from captify_ws.tasks import wait_ended
 
 if TYPE_CHECKING:
     from captify_ws.connection import Connection
@@ -160,9 +161,7 @@ class WebhookSender:
         tasks = [*self._tasks, *self._side]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await wait_ended(tasks, logger)
         self._tasks = []
         if self._client is not None:
             await self._client.aclose()

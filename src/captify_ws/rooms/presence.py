@@ -188,6 +188,7 @@ class Presence:
                 try:
                     parse_awareness_state(entry.state)
                 except InvalidMessage:
+                    self._ignore("invalid")  # counted, as every ignored entry is
                     continue
             if newer:
                 self._accept(entry, owner, json_client_id, remote=True)

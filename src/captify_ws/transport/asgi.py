@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import uvicorn
 
 from captify_ws.connection import Connection, ConnectionLimits, PreparedFrame, UpgradeRequest
-from captify_ws.errors import CloseCode, Reject, http_status_for
+from captify_ws.errors import CloseCode, Reject, http_status_for, log_with_id
 from captify_ws.handlers.base import Handler
 from captify_ws.protocol import names
 from captify_ws.transport.http import HttpStage, bounded_http_protocol
@@ -136,8 +136,12 @@ class AsgiConnection(Connection):
         except (OSError, RuntimeError, asyncio.CancelledError):
             # The peer went away under us (ASGI servers raise on send after disconnect).
             return
-        except Exception:
-            return
+        except Exception as exc:
+            # Anything else is a failure of ours or of the ASGI server: said, and the
+            # connection ended now (left alone it would look like a client that stopped reading
+            # and be closed 1013 later, the error lost).
+            log_with_id(logger, f"sending on {self.id} failed", exc)
+            self.abort(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _send_together(self, access: TransportAccess) -> None:
         """Every frame waiting, in one write of the prepared bytes (under uvicorn with
