@@ -27,7 +27,7 @@ from captify_ws.errors import (
 )
 from captify_ws.http_common import CheckKey, Endpoint, guard
 from captify_ws.protocol import envelope, names
-from captify_ws.protocol.cluster import decode_steps
+from captify_ws.protocol.cluster import decode_steps_publication
 from captify_ws.server import Server
 from captify_ws.transport.asgi import raw_path
 from captify_ws.types import Scope
@@ -104,7 +104,7 @@ class DocumentRoutes:
         except ProtocolError as exc:
             return JSONResponse({"error": f"body must be JSON: {exc.message}"}, status_code=400)
         try:
-            steps = decode_steps(document_id, body)
+            steps = decode_steps_publication(document_id, body)
         except InvalidMessage as exc:
             return JSONResponse({"error": exc.message}, status_code=400)
         if steps.client_id is not None:

@@ -249,10 +249,10 @@ def decode_external(data: bytes) -> ExternalSteps | ExternalStateless:
         raise InvalidMessage(f"'documentId': {exc.message}") from None
     if message["type"] == "stateless":
         return decode_stateless(document_id, message)
-    return decode_steps(document_id, message)
+    return decode_steps_publication(document_id, message)
 
 
-def decode_steps(document_id: str, message: Any) -> ExternalSteps:
+def decode_steps_publication(document_id: str, message: Any) -> ExternalSteps:
     """The fields of a steps publication — the one validator of that contract, for the publish
     channel and ``POST /api/v1/documents/{id}/steps`` alike: ``steps`` a list, ``changeId``
     present, ``clientID`` a string and ``version`` an integer when given. Raises
