@@ -20,10 +20,13 @@ from tests.helpers import ServerProcess
 
 #: The server's bounds for these runs (shorter timeouts than the defaults, to keep tests fast).
 OUTBOUND_MB = 128
+#: Partly received messages of all connections (three messages of the 16 MiB limit).
+INBOUND_MB = 48
 #: The document quota (13.6): room for the attacks' 10 MB document (~30 MB estimated).
 QUOTA_MB = 32
 SERVER_ARGS = ["--max-document-size", f"{QUOTA_MB}m", "--max-outbound-bytes",
-               f"{OUTBOUND_MB}m", "--send-timeout-s", "5", "--close-timeout-s", "2",
+               f"{OUTBOUND_MB}m", "--max-inbound-bytes", f"{INBOUND_MB}m", "--send-timeout-s",
+               "5", "--close-timeout-s", "2",
                "--http-head-timeout-s", "2", "--http-body-timeout-s", "2", "--log-level",
                "warning"]
 
@@ -65,6 +68,16 @@ RSS_AFTER_GROWTH_MB = 40
 HONEST_P99_MS = 200
 HEALTHZ_P99_MS = 300
 HEALTHZ_WORST_MS = 1000
+#: All attacks together hold at once what each budget allows, and the documents they play
+#: on: bytes waiting to be sent (``--max-outbound-bytes``), partly received messages
+#: (``--max-inbound-bytes``; before that bound, 44 connections of fragment-bytes each part-way
+#: through a 16 MiB message took the run to +257 MB on the quiet CI machine), and
+#: DOCUMENTS_MB: the 10 MB document loaded and synced (+55 MB RSS measured: its Yjs document,
+#: the cached full state, the store's copy), the 4 MB one (+20 MB), and one document at the
+#: 32 MB quota (quota-steps fills one after another; the quota counts its estimated memory).
+#: Measured with these bounds, 2026-12-01, load average 2: +201 and +216 MB.
+DOCUMENTS_MB = 110
+ALL_RSS_PEAK_GROWTH_MB = OUTBOUND_MB + INBOUND_MB + DOCUMENTS_MB
 #: The same for all attacks together (see above).
 ALL_HONEST_P99_MS = 700
 ALL_HEALTHZ_P99_MS = 700
@@ -89,10 +102,11 @@ def _serve(tmp_path: Path, extra: list[str] | None = None) -> ServerProcess:
 
 def _check(figures: Figures, honest_p99_ms: float = HONEST_P99_MS,
            healthz_p99_ms: float = HEALTHZ_P99_MS,
-           healthz_worst_ms: float = HEALTHZ_WORST_MS) -> None:
+           healthz_worst_ms: float = HEALTHZ_WORST_MS,
+           rss_peak_growth_mb: float = RSS_PEAK_GROWTH_MB) -> None:
     honest: dict[str, Any] = figures.honest
     assert "error" not in honest, honest
-    assert figures.rss_peak_mb - figures.rss_start_mb < RSS_PEAK_GROWTH_MB, figures.line()
+    assert figures.rss_peak_mb - figures.rss_start_mb < rss_peak_growth_mb, figures.line()
     assert figures.rss_after_mb - figures.rss_start_mb < RSS_AFTER_GROWTH_MB, figures.line()
     assert honest["seen"] == honest["edits"] and honest["equal"], figures.line()
     assert honest["within2s"] == honest["edits"], figures.line()
@@ -132,7 +146,7 @@ async def test_each_kind_is_bounded(kind: str, tmp_path: Path) -> None:
 
 
 async def test_all_attacks_together_for_60_s(tmp_path: Path) -> None:
-    """Every attack at once for 60 s beside the honest pair: RSS under OUTBOUND_MB + 120 MB
+    """Every attack at once for 60 s beside the honest pair: RSS under ALL_RSS_PEAK_GROWTH_MB
     of growth and back within 40 MB after, the pair converges with p99 < ALL_HONEST_P99_MS,
     /healthz answers within ALL_HEALTHZ_P99_MS at p99 (and never fails)."""
     server = _serve(tmp_path)
@@ -143,4 +157,5 @@ async def test_all_attacks_together_for_60_s(tmp_path: Path) -> None:
     finally:
         server.stop()
     print(figures.line())
-    _check(figures, ALL_HONEST_P99_MS, ALL_HEALTHZ_P99_MS, ALL_HEALTHZ_WORST_MS)
+    _check(figures, ALL_HONEST_P99_MS, ALL_HEALTHZ_P99_MS, ALL_HEALTHZ_WORST_MS,
+           ALL_RSS_PEAK_GROWTH_MB)

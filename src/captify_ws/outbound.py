@@ -2,6 +2,8 @@
 
 * :class:`ConnectionLimits` — one frozen object per server with each connection's bounds (send
   budget, message rate and cost, inbox, send and close timeouts) and the server's counters.
+* :class:`~captify_ws.inbound.InboundBudget` (``inbound.py``) — the bytes of partly received
+  messages held for *all* connections, the inbound side of the same idea.
 * :class:`OutboundBudget` — the bytes waiting to be sent to *all* connections (queues and
   transport buffers; a frame broadcast to many counts once, as it is one object in memory), and
   the connections whose output is stalled, oldest stall first. Past
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
+from captify_ws.inbound import InboundBudget
 from captify_ws.metrics import Stats
 
 if TYPE_CHECKING:
@@ -139,6 +142,7 @@ class ConnectionLimits:
     close_timeout_s: float = 5.0
     stats: Stats = field(default_factory=Stats)
     outbound: OutboundBudget = field(default_factory=OutboundBudget)
+    inbound: InboundBudget = field(default_factory=InboundBudget)
 
 
 def connection_limits(settings: Settings, stats: Stats) -> ConnectionLimits:
@@ -149,4 +153,5 @@ def connection_limits(settings: Settings, stats: Stats) -> ConnectionLimits:
         max_message_size=settings.max_message_size,
         max_message_frames=settings.max_message_frames, inbox_bytes=settings.max_message_size,
         close_timeout_s=settings.close_timeout_s, stats=stats,
-        outbound=OutboundBudget(settings.max_outbound_bytes, settings.send_timeout_s))
+        outbound=OutboundBudget(settings.max_outbound_bytes, settings.send_timeout_s),
+        inbound=InboundBudget(settings.max_inbound_bytes))

@@ -53,6 +53,17 @@ class ServerCollector(Collector):
         for name, conns in server.connections.items():
             connections.add_metric([name], len(conns))
         yield connections
+        limits = server.connection_limits
+        yield GaugeMetricFamily("captify_inbound_bytes",
+                                "Bytes of partly received messages held for all connections "
+                                "(bounded by max_inbound_bytes)", value=limits.inbound.total)
+        yield CounterMetricFamily("captify_inbound_refusals_total",
+                                  "Connections closed (1009) because partly received messages "
+                                  "of all connections passed max_inbound_bytes",
+                                  value=limits.inbound.refusals)
+        yield GaugeMetricFamily("captify_outbound_bytes",
+                                "Bytes waiting to be sent to all connections (bounded by "
+                                "max_outbound_bytes)", value=limits.outbound.total)
         yield GaugeMetricFamily("captify_rooms_loaded", "Documents loaded in this instance",
                                 value=len(server.rooms))
         yield _counter("captify_messages_received_total",

@@ -155,6 +155,10 @@ class Settings(KeepingSettings):
         1 << 30, "bytes that may wait to be sent to all connections together; past it the "
         "connections stalled longest are closed (1013) and dropped", _parse_size,
         metavar="SIZE")
+    max_inbound_bytes: int = setting(
+        256 << 20, "bytes of partly received messages (fragments, and frames part-way read) "
+        "that all connections together may make the server hold; past it the connections "
+        "holding the most are closed with 1009 (0: no bound)", _parse_size, metavar="SIZE")
     send_timeout_s: float = setting(
         30.0, "a connection whose output makes no progress for this long is closed with 1013 "
         "(its peer does not read)", float)

@@ -23,6 +23,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("send_budget must be at least 64 KiB")
     if settings.max_outbound_bytes and settings.max_outbound_bytes < settings.send_budget:
         raise ConfigError("max_outbound_bytes must be 0 (no bound) or at least send_budget")
+    if settings.max_inbound_bytes and settings.max_inbound_bytes < settings.max_message_size:
+        raise ConfigError("max_inbound_bytes must be 0 (no bound) or at least max_message_size")
     if settings.max_message_frames < 1 or settings.max_json_values < 1:
         raise ConfigError("max_message_frames and max_json_values must be at least 1")
     if settings.message_cost_bytes < 1024:

@@ -49,7 +49,7 @@ class AsgiConnection(Connection):
         self._send = send
         self._access = access
         if access is not None:
-            access.attach(self)
+            access.attach(self, limits.inbound)
         self._inflight = 0  # the frame being handed to the ASGI server
         self._wake = asyncio.Event()
         self._readable = asyncio.Event()

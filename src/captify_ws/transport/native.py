@@ -66,10 +66,17 @@ class BoundedReads(WSProtocol):  # type: ignore[misc]
         return buffer[:READ_CHUNK] if len(buffer) > READ_CHUNK else buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        listener = self.listener
+        if listener is not None:
+            listener.in_transit += nbytes
         super().buffer_updated(nbytes)
+        listener = self.listener  # set by the upgrade, in the call above
+        if listener is None:
+            return
         ws = self.transport
-        if ws.is_close_frame_sent and not ws.is_disconnected and self.listener is not None:
-            self.listener.closed_by_picows(ws)
+        if ws.is_close_frame_sent and not ws.is_disconnected:
+            listener.closed_by_picows(ws)
+        listener.account(ws)
 
 
 def close_code_allowed(code: int) -> bool:
@@ -171,8 +178,8 @@ class Listener(WSListener):
     picows leaves to us, and fragmented messages."""
 
     __slots__ = ("_decoder", "_fragment_frames", "_fragment_size", "_fragment_type",
-                 "_fragments", "_handler", "_limits", "_owner", "_ping", "_request", "_server",
-                 "_subpath", "conn")
+                 "_fragments", "_handler", "_inbound", "_limits", "_owner", "_ping",
+                 "_refused", "_request", "_server", "_subpath", "conn", "in_transit")
 
     def __init__(self, server: Server, request: UpgradeRequest, handler: Handler,
                  subpath: str) -> None:
@@ -191,6 +198,11 @@ class Listener(WSListener):
         self._fragment_frames = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         self._ping: bytes | None = None  # a ping to answer once the buffer is read
+        #: bytes read into picows' buffer and not yet dispatched as a frame: the start of a
+        #: frame (as large as max_message_size) still arriving
+        self.in_transit = 0
+        self._inbound = self._limits.inbound
+        self._refused = False  # refused by the inbound budget: nothing is counted any more
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.conn = self._owner = NativeConnection(
@@ -216,7 +228,34 @@ class Listener(WSListener):
         """Drop every frame from now on (the connection was aborted)."""
         self.conn = None
 
+    def account(self, transport: WSTransport) -> None:
+        """After a read: what this connection holds of messages not received in full (a frame
+        part-way read, the fragments of a message) is reported to the server's inbound budget
+        (``inbound.py``), which may refuse it."""
+        if self._refused:
+            return
+        held = self.in_transit
+        if self._fragments is not None:
+            held += self._fragment_size
+        self._inbound.hold(self, held)
+
+    def refuse_inbound(self, reason: str) -> None:
+        """Refused by the inbound budget: close with 1009, drop the partial message, and read
+        no more into picows' buffer (the socket lingers, discarding, until the peer's end)."""
+        self._refused = True
+        self._fragments = None
+        self._decoder = None
+        conn = self._owner
+        if conn is None:
+            return
+        if not conn.closed_by_server:
+            conn.close(CloseCode.MESSAGE_TOO_BIG, reason)
+        if not conn._ws.is_disconnected:
+            conn._ws.disconnect()
+
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.last_in_buffer:
+            self.in_transit = frame.tail_size  # the start of the next frame, if any
         conn = self.conn
         if conn is None:
             return
@@ -325,6 +364,8 @@ class Listener(WSListener):
             conn.deliver(b"".join(parts))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._inbound.forget(self)
+        self._refused = True
         conn = self._owner
         if conn is None:
             return

@@ -10,6 +10,9 @@ websockets checks RFC 6455 itself (reserved bits, opcodes, control frames, close
 
 * frames per message (``max_message_frames``, 1009) — websockets bounds the bytes only;
 * every fragment and ping counts against the connection's rate limit (4429);
+* what the connection holds of a message not received in full (its fragments, the part of a
+  frame in websockets' reader) counts against the server's inbound budget (``inbound.py``),
+  which may refuse it (1009);
 * a ping from a peer that does not read what it was sent is not answered (RFC 6455 §5.5.3);
 * a protocol error sends its close frame and half-closes, then reads until the peer closes or
   ``close_timeout_s`` passes (a close code must reach a client that is sending at that moment);
@@ -30,6 +33,7 @@ from websockets.frames import Frame
 from websockets.protocol import State
 
 from captify_ws.frames import PreparedFrame
+from captify_ws.inbound import InboundBudget
 
 if TYPE_CHECKING:
     from captify_ws.config import Settings
@@ -51,8 +55,9 @@ class TransportAccess(Protocol):
     def abort(self) -> None:
         """Drop the TCP connection now."""
 
-    def attach(self, connection: Chargeable) -> None:
-        """Fragments and pings are charged to ``connection`` from now on."""
+    def attach(self, connection: Chargeable, inbound: InboundBudget) -> None:
+        """Fragments and pings are charged to ``connection``, and what it holds of partly
+        received messages to ``inbound``, from now on."""
 
     async def send_frames(self, frames: Sequence[PreparedFrame]) -> bool:
         """Write ``frames`` in one write; ``False`` (nothing written) when they must go
@@ -79,6 +84,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._charged: Chargeable | None = None
         self._failed = False
         self._discarded = 0
+        self._inbound: InboundBudget | None = None
+        self._fragment_bytes = 0  # bytes of self.frames (the fragments of a message)
 
     # -- TransportAccess -------------------------------------------------------------------
 
@@ -89,8 +96,22 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.transport is not None and not self.disconnected:
             self.transport.abort()
 
-    def attach(self, connection: Chargeable) -> None:
+    def attach(self, connection: Chargeable, inbound: InboundBudget) -> None:
         self._charged = connection
+        self._inbound = inbound
+        self._account()
+
+    def _account(self) -> None:
+        """Report what this connection holds of messages not received in full."""
+        if self._inbound is not None and not self._failed:
+            self._inbound.hold(self, len(self.conn.reader.buffer) + self._fragment_bytes)
+
+    def refuse_inbound(self, reason: str) -> None:
+        """Refused by the inbound budget (``inbound.py``): 1009, the partial message dropped,
+        and what follows discarded (websockets' parser discards after a failure)."""
+        self.frames = []
+        self._fragment_bytes = 0
+        self._fail(1009, reason)
 
     async def send_frames(self, frames: Sequence[PreparedFrame]) -> bool:
         """Several messages in one write, as websockets would frame them: server frames are
@@ -118,6 +139,13 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().data_received(data)
         if self.close_sent:
             self._discard(len(data))
+        self._account()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inbound is not None:
+            self._inbound.forget(self)
+            self._inbound = None
+        super().connection_lost(exc)
 
     def _discard(self, size: int) -> None:
         """Past the close frame, what arrives is read and dropped until the peer closes (its
@@ -152,6 +180,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._fragments = 1
         self._decoder = decoder
         self.frames = []
+        self._fragment_bytes = 0
         self._add(event)
 
     def handle_cont(self, event: Frame) -> None:
@@ -162,6 +191,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if not event.fin and not self._charge():
             self.frames = []
+            self._fragment_bytes = 0
             return
         self._add(event)
 
@@ -178,10 +208,13 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.frames.append(data)
         if event.fin:
             self._deliver()
+        else:
+            self._fragment_bytes += len(event.data)
 
     def _deliver(self) -> None:
         parts: list[Any] = self.frames
         self.frames = []
+        self._fragment_bytes = 0
         if self.close_sent:
             return  # past the close: read and discard until the peer's close arrives
         if self._decoder is not None:
@@ -211,6 +244,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._failed:
             return
         self._failed = True
+        if self._inbound is not None:
+            self._inbound.forget(self)  # nothing more is kept: websockets discards what follows
         close = self.conn.close_sent
         code = close.code if close is not None else 1006
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code,
