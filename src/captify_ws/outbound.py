@@ -57,10 +57,6 @@ class OutboundBudget:
         self._timer: asyncio.TimerHandle | None = None
         self._shedding = False
 
-    @property
-    def stalled_count(self) -> int:
-        return len(self._stalled)
-
     def add(self, delta: int) -> None:
         """A connection's waiting bytes changed by ``delta``; past the limit, shed."""
         self.total += delta

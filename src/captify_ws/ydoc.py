@@ -103,10 +103,6 @@ class YDoc:
         self._held_count = 0
         self._held_seq = 0
 
-    @property
-    def has_astral(self) -> bool:
-        return bool(self._astral)
-
     # -- cost ------------------------------------------------------------------------------
 
     def _charge(self, amount: int) -> None:

@@ -38,10 +38,6 @@ class NotRecovered:
 Decision = Recovered | NotRecovered
 
 
-def missing_count(since: Since, read_offset: int) -> int:
-    return max(0, read_offset - since.offset)
-
-
 def decide(since: Since, read: StreamRead, max_publications: int, max_bytes: int) -> Decision:
     """Whether the publications after ``since`` can all be replayed from ``read``.
 

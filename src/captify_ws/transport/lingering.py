@@ -55,11 +55,6 @@ class LingeringTransport:
         """True from ``close()`` on, lingering included: nothing more may be written."""
         return self._drain is not None or self._raw.is_closing()
 
-    @property
-    def lingering(self) -> bool:
-        """The close frame is sent and the socket is being drained until the peer's end."""
-        return self._drain is not None
-
     def close(self) -> None:
         """Close now if the closing handshake is complete (or never started); otherwise linger
         (see the module docstring)."""
