@@ -30,6 +30,7 @@ from captify_ws.server import Server
 from captify_ws.transport.asgi import uvicorn_config
 from captify_ws.transport.native_server import NativeServer
 from captify_ws.types import ASGIApp
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "tests" / "js"
@@ -61,6 +62,15 @@ def test_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
+async def uvicorn_started(server: Any, task: asyncio.Task[None], timeout: float = 15.0) -> None:
+    """Wait until ``server`` (a uvicorn Server serving in ``task``) listens; one that exited
+    before it did raises what stopped it, and one that never starts fails at the deadline."""
+    await eventually(lambda: server.started or task.done(), "uvicorn to start", timeout)
+    if not server.started:
+        task.result()  # raises what stopped it
+        raise AssertionError("uvicorn exited before it started listening")
+
+
 @contextlib.asynccontextmanager
 async def running_server(transport: str = "native", http_app: ASGIApp | None = None,
                          extra_handlers: tuple[Any, ...] = (), store: Any = None,
@@ -84,8 +94,7 @@ async def running_server(transport: str = "native", http_app: ASGIApp | None = N
         sock = config.bind_socket()
         uv = _QuietUvicorn(config)
         task = asyncio.get_running_loop().create_task(uv.serve(sockets=[sock]))
-        while not uv.started:
-            await asyncio.sleep(0.01)
+        await uvicorn_started(uv, task)
         try:
             yield RunningServer(server, sock.getsockname()[1])
         finally:

@@ -4,13 +4,17 @@ socket. What a peer would receive is in ``frames``; what it sends goes in with `
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+from captify_ws.broker.memory import MemoryBroker, MemoryHub
 from captify_ws.connection import Connection, PreparedFrame, UpgradeRequest
 from captify_ws.frames import OPCODE_TEXT
 from captify_ws.server import Server
+from tests.helpers import test_settings
 
 
 class InProcessClient(Connection):
@@ -61,3 +65,20 @@ class InProcessClient(Connection):
     def leave(self) -> None:
         """The peer goes away (its socket closes with 1000)."""
         self.lost(1000)
+
+
+@contextlib.asynccontextmanager
+async def two_instances(**overrides: Any) -> AsyncIterator[tuple[Server, Server, MemoryHub]]:
+    """Servers A and B bridged by one MemoryHub (each with its own memory store), started;
+    heartbeats every 50 ms."""
+    hub = MemoryHub()
+    settings = {"cluster_heartbeat_s": 0.05, **overrides}
+    first = Server(test_settings(**settings), broker=MemoryBroker(hub))
+    second = Server(test_settings(**settings), broker=MemoryBroker(hub))
+    await first.start()
+    await second.start()
+    try:
+        yield first, second, hub
+    finally:
+        await first.stop(timeout=2)
+        await second.stop(timeout=2)

@@ -27,7 +27,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from captify_ws.cli import _QuietUvicorn
 from captify_ws.protocol import ywebsocket
-from tests.helpers import VENV_BIN, JsonClient, ServerProcess, running_server
+from tests.helpers import (
+    VENV_BIN,
+    JsonClient,
+    ServerProcess,
+    running_server,
+    uvicorn_started,
+)
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -60,8 +66,7 @@ async def product_app(routes: list[Route]) -> AsyncIterator[str]:
     sock = config.bind_socket()
     server = _QuietUvicorn(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await uvicorn_started(server, task)
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

@@ -3,12 +3,13 @@ time instead of hanging the suite."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, uvicorn_started
 
 HANGS_SILENTLY = "import time\ntime.sleep(600)\n"
 HANGS_MID_LINE = ("import sys, time\nsys.stdout.write('loading the product app'); "
@@ -60,3 +61,31 @@ def test_start_returns_the_port_and_keeps_reading_the_output() -> None:
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.log
+
+
+async def test_a_server_that_ends_before_listening_fails_at_once() -> None:
+    """A uvicorn task that ended without listening fails the wait at once."""
+
+    class Never:
+        started = False
+
+    async def ends() -> None:
+        return None
+
+    task = asyncio.get_running_loop().create_task(ends())
+    began = time.monotonic()
+    with pytest.raises(AssertionError, match="exited before it started"):
+        await uvicorn_started(Never(), task, timeout=10)
+    assert time.monotonic() - began < 5
+
+
+async def test_a_server_that_never_listens_fails_at_the_deadline() -> None:
+    """A server task that neither starts nor ends fails at the deadline, naming it."""
+
+    class Never:
+        started = False
+
+    task = asyncio.get_running_loop().create_task(asyncio.Event().wait())
+    with pytest.raises(AssertionError, match="uvicorn to start"):
+        await uvicorn_started(Never(), task, timeout=0.2)
+    task.cancel()

@@ -9,7 +9,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from captify_ws.cli import _QuietUvicorn
-from tests.helpers import ROOT, ServerProcess
+from tests.helpers import ROOT, ServerProcess, uvicorn_started
 
 
 def test_http_app_flag_serves_the_product_on_the_same_port() -> None:
@@ -41,8 +41,7 @@ async def test_mounted_in_fastapi() -> None:
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     port = sock.getsockname()[1]
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+        await uvicorn_started(server, task)
         async with httpx.AsyncClient() as http:
             hello = await http.get(f"http://127.0.0.1:{port}/api/hello")
             assert hello.json() == {"hello": "from the mounting app"}

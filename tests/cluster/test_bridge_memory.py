@@ -5,40 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from pycrdt import Doc, Text
 
-from captify_ws.broker.memory import MemoryBroker, MemoryHub
+from captify_ws.broker.memory import MemoryBroker
 from captify_ws.protocol import cluster as wire
 from captify_ws.protocol import ywebsocket
 from captify_ws.server import Server
-from tests.helpers import test_settings as settings_for
-from tests.inprocess import InProcessClient
+from tests.inprocess import InProcessClient, two_instances
 from tests.polling import eventually
 
 pytestmark = pytest.mark.unit
-
-
-@contextlib.asynccontextmanager
-async def two_instances(**overrides: Any) -> AsyncIterator[tuple[Server, Server, MemoryHub]]:
-    """Servers A and B on one hub (each with its own memory store)."""
-    hub = MemoryHub()
-    settings = {"cluster_heartbeat_s": 0.05, **overrides}
-    first = Server(settings_for(**settings), broker=MemoryBroker(hub))
-    second = Server(settings_for(**settings), broker=MemoryBroker(hub))
-    await first.start()
-    await second.start()
-    try:
-        yield first, second, hub
-    finally:
-        await first.stop(timeout=2)
-        await second.stop(timeout=2)
 
 
 def _edit(text: str, doc: Doc[Any] | None = None) -> bytes:
