@@ -5,7 +5,7 @@ so that listeners (persistence, the broker) can tell what to store and what to p
 nothing is echoed back to where it came from (STYLE.md, habit 6).
 
 The room speaks no wire format: its members are kept per format (``rooms/wire.py``:
-y-websocket, JSON, Hocuspocus), and its one broadcast loop (:meth:`DocumentRoom._applied`) hands
+y-websocket, JSON, Hocuspocus), and its one broadcast loop (:meth:`DocumentRoom._broadcast`) hands
 each change to every format, which encodes it once and writes the same frame to every member of
 that format. Who gets what (origins) and what happens to an update Yjs refuses is decided here,
 once for every format. What broadcast does not guarantee: delivery. A member that cannot keep
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import perf_counter
 from typing import Any, Final
 
@@ -269,25 +269,36 @@ class DocumentRoom:
         for wire in self._wires:
             wire.changed()
 
+    def _broadcast(self, updates: Sequence[bytes], senders: Sequence[Member | None],
+                   frames: Sequence[bytes | None]) -> None:
+        """The one broadcast loop: every wire format with members gets the updates (each
+        member its share in one write, in order; see ``wire.py``)."""
+        for wire in self._wires:
+            if wire:
+                wire.send_updates(updates, senders, frames)
+
     def _applied(self, update: bytes, origin: Origin, frame: bytes | None) -> None:
-        """An update is in the document: tell the members and the listeners."""
-        self._applied_batch([(update, origin, frame)])
+        """An update is in the document: tell the members, then the listeners."""
+        self._changed()
+        if update == ywebsocket.EMPTY_UPDATE:
+            return
+        started = perf_counter()
+        self._broadcast((update,), (origin.member,), (frame,))
+        self.stats.broadcast("update", len(self), perf_counter() - started)
+        for listener in self._update_listeners:
+            listener(self, update, origin)
 
     def _applied_batch(self, batch: list[Pending]) -> None:
-        """Updates are in the document — the one broadcast loop: every wire format with
-        members gets them (each member its share in one write, in order; see ``wire.py``),
-        then the listeners, update by update, told the origin."""
+        """Updates are in the document: tell the members (:meth:`_broadcast`), then the
+        listeners, update by update, told the origin."""
         self._changed()
         batch = [entry for entry in batch if entry[0] != ywebsocket.EMPTY_UPDATE]
         if not batch:
             return
         started = perf_counter()
-        updates = [update for update, _, _ in batch]
-        senders = [origin.member for _, origin, _ in batch]
-        frames = [frame for _, _, frame in batch]
-        for wire in self._wires:
-            if wire:
-                wire.send_updates(updates, senders, frames)
+        self._broadcast([update for update, _, _ in batch],
+                        [origin.member for _, origin, _ in batch],
+                        [frame for _, _, frame in batch])
         elapsed = (perf_counter() - started) / len(batch)
         for update, origin, _ in batch:
             self.stats.broadcast("update", len(self), elapsed)
