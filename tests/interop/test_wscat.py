@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
+import threading
+from typing import Any
 
 from tests.helpers import NODE_BIN, ServerProcess
+from tests.polling import eventually_sync
+
+
+def _messages(lines: list[str]) -> list[dict[str, Any]]:
+    # Without a terminal wscat prints each received message on its own line (after any "> ").
+    return [json.loads(line[line.index("{"):]) for line in list(lines) if "{" in line]
 
 
 def test_readme_wscat_session() -> None:
@@ -16,21 +23,33 @@ def test_readme_wscat_session() -> None:
         [str(NODE_BIN / "wscat"), "-c",
          f"ws://localhost:{proc.port}/ws/fabric?documentId=test&clientID=test"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert wscat.stdout is not None
+        lines.extend(wscat.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         assert wscat.stdin is not None
-        time.sleep(1.0)
+        eventually_sync(lambda: _messages(lines), "wscat's first message", timeout=20)
         wscat.stdin.write('{"type":"sync","documentId":"test"}\n')
         wscat.stdin.flush()
-        time.sleep(1.0)
+        eventually_sync(lambda: len(_messages(lines)) >= 2, "the answer to sync", timeout=10)
         wscat.terminate()
-        output, _ = wscat.communicate(timeout=10)
+        wscat.wait(timeout=10)
+        reader.join(timeout=5)
     finally:
         if wscat.poll() is None:
             wscat.kill()
+            wscat.wait(timeout=10)
+        reader.join(timeout=5)
+        for pipe in (wscat.stdin, wscat.stdout):
+            if pipe is not None:
+                pipe.close()
         proc.stop()
-    # Without a terminal wscat prints each received message on its own line (after any "> ").
-    received = [json.loads(line[line.index("{"):]) for line in output.splitlines()
-                if "{" in line]
+    received = _messages(lines)
     kinds = [message["type"] for message in received]
-    assert kinds[:2] == ["connected", "synced"], output
+    assert kinds[:2] == ["connected", "synced"], lines
     assert received[1]["documentId"] == "test"
