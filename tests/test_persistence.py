@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from tests.helpers import (
     providers,
     running_server,
 )
+from tests.polling import eventually
 from tests.services import free_port, fresh_database, private_postgres
 
 
@@ -103,7 +103,11 @@ async def test_kill_9_during_a_burst_loses_nothing(tmp_path: Path) -> None:
         burst = asyncio.gather(*(repl.call("insertTokens", name=n, count=150, seed=i + 1,
                                            delayMs=4, wait=60)
                                  for i, n in enumerate(names)))
-        await asyncio.sleep(0.35)
+
+        async def under_way() -> bool:  # some of the 600 tokens typed, most not yet
+            return (await repl.call("snapshot", name="p0"))["text"].count(";") >= 40
+
+        await eventually(under_way, "the burst to be under way", interval=0.01)
         server.kill9()
         await burst  # providers keep typing offline
         server = ServerProcess(["--port", str(port), "--store", store]).start()
@@ -111,25 +115,39 @@ async def test_kill_9_during_a_burst_loses_nothing(tmp_path: Path) -> None:
             await asyncio.gather(*(repl.call("waitSynced", name=n, timeout=30000, wait=40)
                                    for n in names))
             expected = {f"{n}:{i};" for n in names for i in range(150)}
-            deadline = time.monotonic() + 20
-            while True:
+
+            async def converged() -> str | None:
                 texts = [(await repl.call("snapshot", name=n))["text"] for n in names]
                 if all(t == texts[0] for t in texts) and all(tok in texts[0] for tok in expected):
-                    break
-                assert time.monotonic() < deadline, "providers did not converge"
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # group commit has run; then crash again
+                    return texts[0]
+                return None
+
+            text = await eventually(converged, "providers to converge", timeout=20,
+                                    interval=0.1)
+
+            async def committed() -> bool:  # group commit has run; then crash again
+                return await _stored_text(store, "crash") == text
+
+            await eventually(committed, "the store to hold every token", interval=0.1)
             server.kill9()
         finally:
             server.stop()
-    stored = SqliteStore(store)
+    assert await _stored_text(store, "crash") == text
+
+
+async def _stored_text(url: str, document_id: str) -> str | None:
+    """The text of a document as the SQLite store at ``url`` holds it now."""
+    stored = SqliteStore(url)
     await stored.open()
-    loaded = await stored.load("crash")
-    await stored.close()
-    assert loaded is not None
+    try:
+        loaded = await stored.load(document_id)
+    finally:
+        await stored.close()
+    if loaded is None:
+        return None
     doc: Doc[Any] = Doc()
     doc.apply_update(loaded.as_update())
-    assert str(doc.get("text", type=Text)) == texts[0]
+    return str(doc.get("text", type=Text))
 
 
 def test_api_write_is_stored_before_the_call_returns(tmp_path: Path) -> None:
@@ -214,10 +232,8 @@ async def test_rooms_unload_after_many_documents(tmp_path: Path) -> None:
 
         for start in range(0, 1000, 50):
             await asyncio.gather(*(visit(i) for i in range(start, start + 50)))
-        deadline = time.monotonic() + 15
-        while len(srv.server.rooms) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert len(srv.server.rooms) == 0
+        await eventually(lambda: len(srv.server.rooms) == 0, "every room to unload",
+                         timeout=15)
         assert srv.server.get_connection_count() == 0
         assert len(await srv.server.store.list_documents()) == 100
 
@@ -246,15 +262,10 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(tmp_path: Path) ->
                                        for i in range(start, start + 40)))
             room = srv.server.rooms.get(watcher_doc)
             assert room is not None
-            deadline = time.monotonic() + 10
-            while (len(room) > 1 or len(room.presence)) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert len(room) == 1  # only the watcher
-            assert len(room.presence) == 0
-        deadline = time.monotonic() + 10
-        while len(srv.server.rooms) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert len(srv.server.rooms) == 0
+            # only the watcher stays, with no presence
+            await eventually(lambda: len(room) == 1 and len(room.presence) == 0,
+                             "the cycles' members and presence to go")
+        await eventually(lambda: len(srv.server.rooms) == 0, "every room to unload")
         assert srv.server.get_connection_count() == 0
 
 
@@ -284,19 +295,18 @@ async def test_postgres_outage_while_running() -> None:
                 await a.edit(f"during{index};")
                 b.apply(await b.expect("update"))  # relaying goes on without the store
             assert str(b.text) == str(a.text)
-            deadline = time.monotonic() + 15
-            while True:
+
+            async def outage_reported() -> httpx.Response | None:
                 ready = await http.get(f"{srv.http}/readyz")
-                if ready.status_code == 503:
-                    break
-                assert time.monotonic() < deadline, "readyz never reported the outage"
-                await asyncio.sleep(0.2)
+                return ready if ready.status_code == 503 else None
+
+            ready = await eventually(outage_reported, "readyz to report the outage",
+                                     timeout=15, interval=0.2)
             assert "store" in " ".join(ready.json()["reasons"])
             pg.start()
-            deadline = time.monotonic() + 30
-            while srv.server.writer.pending or srv.server.writer.error:
-                assert time.monotonic() < deadline, "pending writes were never flushed"
-                await asyncio.sleep(0.2)
+            writer = srv.server.writer
+            await eventually(lambda: not writer.pending and writer.error is None,
+                             "pending writes to be flushed", timeout=30, interval=0.2)
             assert (await http.get(f"{srv.http}/readyz")).status_code == 200
             expected = str(a.text)
         check = store_from_url(pg.url)

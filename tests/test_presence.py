@@ -30,18 +30,10 @@ from tests.helpers import (
     providers,
     running_server,
 )
+from tests.polling import eventually
 from tests.services import REDIS_URL, require_redis
 
 SECRET = "presence-test-secret-0123456789abcdef"
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], what: str,
-                timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (then fail with ``what``)."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        await asyncio.sleep(0.03)
 
 
 class RawYws:
@@ -73,7 +65,7 @@ class RawYws:
             AwarenessEntry(cid, clock, json.dumps(state)) for cid, clock, state in entries))
 
     async def clock_of(self, client_id: int) -> int:
-        await until(self._has(client_id), f"the attacker sees {client_id}")
+        await eventually(self._has(client_id), f"the attacker sees {client_id}")
         return self.seen[client_id].clock
 
     def _has(self, client_id: int) -> Callable[[], Awaitable[bool]]:
@@ -145,7 +137,7 @@ async def test_the_issues_forged_entry_is_ignored(transport: str) -> None:
             await attacker.send((victim, clock + 1, FORGED))
             await attacker.send((victim, clock + 2, None))
             await attacker.send((99, 1, {"user": {"name": "attacker"}}))  # arrives after them
-            await until(shows(repl, "viewer", 99, {"user": {"name": "attacker"}}),
+            await eventually(shows(repl, "viewer", 99, {"user": {"name": "attacker"}}),
                         "the attacker's own state")
             assert (await states(repl, "viewer"))[str(victim)] == VICTIM
             assert (await states(repl, "victim"))[str(victim)] == VICTIM  # its local state
@@ -153,7 +145,7 @@ async def test_the_issues_forged_entry_is_ignored(transport: str) -> None:
                 or json.loads(attacker.seen[victim].state) == VICTIM
             joiner = await open_providers(repl, f"{srv.ws}/ws/fabric", "forge", ["joiner"])
             assert joiner
-            await until(shows(repl, "joiner", victim, VICTIM), "the joiner sees the victim")
+            await eventually(shows(repl, "joiner", victim, VICTIM), "the joiner sees the victim")
             assert await metric(srv, 'captify_presence_ignored_total{reason="foreign"}') == 2
 
 
@@ -164,7 +156,7 @@ async def test_json_client_cannot_take_a_providers_id(transport: str) -> None:
         ids = await open_providers(repl, f"{srv.ws}/ws/fabric", "json-forge",
                                    ["victim", "viewer"])
         await repl.call("setAwareness", name="victim", state=VICTIM)
-        await until(shows(repl, "viewer", ids["victim"], VICTIM), "the victim's state")
+        await eventually(shows(repl, "viewer", ids["victim"], VICTIM), "the victim's state")
         async with json_client(srv, "json-forge", str(ids["victim"])) as forger:
             await forger.send({"type": "awareness", "documentId": "json-forge", "data": FORGED})
             error = await forger.expect("error")
@@ -174,7 +166,7 @@ async def test_json_client_cannot_take_a_providers_id(transport: str) -> None:
         async with json_client(srv, "json-forge", "sentinel") as sentinel:
             await sentinel.send({"type": "awareness", "documentId": "json-forge",
                                  "data": {"s": 1}})
-            await until(shows(repl, "viewer", awareness_id_for("sentinel"), {"s": 1}),
+            await eventually(shows(repl, "viewer", awareness_id_for("sentinel"), {"s": 1}),
                         "the sentinel")
             assert (await states(repl, "viewer"))[str(ids["victim"])] == VICTIM
             assert (await states(repl, "victim"))[str(ids["victim"])] == VICTIM
@@ -210,7 +202,7 @@ async def test_generated_forgeries_change_nothing(transport: str, seed: int) -> 
                                     "data": {"user": {"name": "json"}}})
             truth[awareness_id_for("json-victim")] = {"user": {"name": "json"}}
             for cid, state in truth.items():
-                await until(shows(repl, "viewer", cid, state), f"{cid}'s state")
+                await eventually(shows(repl, "viewer", cid, state), f"{cid}'s state")
             async with raw_yws(srv.ws, doc, f"?token={writer}") as w, \
                     raw_yws(srv.ws, doc, f"?token={reader}") as r:
                 attackers = [(w, 7001), (r, 7002)]
@@ -237,7 +229,7 @@ async def test_generated_forgeries_change_nothing(transport: str, seed: int) -> 
                 for raw, own in attackers:
                     await raw.send((own, 1, {"sentinel": own}))
                 for _, own in attackers:
-                    await until(shows(repl, "viewer", own, {"sentinel": own}), "sentinels")
+                    await eventually(shows(repl, "viewer", own, {"sentinel": own}), "sentinels")
                 seen = await states(repl, "viewer")
                 assert {cid: seen.get(str(cid)) for cid in truth} == truth
                 for name in ("v1", "v2"):
@@ -255,12 +247,12 @@ RETURN_WITHIN_S = 3.0  # the fault: ~20 s (the provider's next renewal)
 async def _gone_then_back(repl: ProviderRepl, viewer: str, client_id: int, state: Any,
                           leave: Callable[[], Awaitable[None]],
                           back: Callable[[], Awaitable[None]]) -> float:
-    await until(shows(repl, viewer, client_id, state), "present before leaving")
+    await eventually(shows(repl, viewer, client_id, state), "present before leaving")
     await leave()
-    await until(shows(repl, viewer, client_id, None), "removed after leaving")
+    await eventually(shows(repl, viewer, client_id, None), "removed after leaving")
     started = time.monotonic()
     await back()
-    await until(shows(repl, viewer, client_id, state), "back at once", RETURN_WITHIN_S)
+    await eventually(shows(repl, viewer, client_id, state), "back at once", RETURN_WITHIN_S)
     return time.monotonic() - started
 
 
@@ -298,8 +290,8 @@ async def test_reconnecting_provider_reappears_at_once(transport: str) -> None:
             status = await repl.call("status", name="u")
             return len(status["closes"]) > closes and status["connected"]
 
-        await until(reconnected, "the provider reconnects by itself")
-        await until(shows(repl, "viewer", user, {"user": "u"}), "back at once after a drop",
+        await eventually(reconnected, "the provider reconnects by itself")
+        await eventually(shows(repl, "viewer", user, {"user": "u"}), "back at once after a drop",
                     RETURN_WITHIN_S)
         assert (await states(repl, "u"))[str(user)] == {"user": "u"}
 
@@ -314,9 +306,9 @@ async def test_reconnecting_json_client_reappears_at_once(transport: str) -> Non
             async with json_client(srv, "json-back", "walker") as walker:
                 await walker.send({"type": "awareness", "documentId": "json-back",
                                    "data": {"user": "walker"}})
-                await until(shows(repl, "viewer", json_id, {"user": "walker"}),
+                await eventually(shows(repl, "viewer", json_id, {"user": "walker"}),
                             "the JSON client's presence", RETURN_WITHIN_S)
-            await until(shows(repl, "viewer", json_id, None), "removed when it left")
+            await eventually(shows(repl, "viewer", json_id, None), "removed when it left")
 
 
 async def test_presence_across_two_instances_on_redis() -> None:
@@ -345,8 +337,8 @@ async def test_presence_across_two_instances_on_redis() -> None:
             await attacker.send((user, clock + 1, FORGED))
             await attacker.send((user, clock + 2, None))
             await attacker.send((99, 1, {"sentinel": 1}))
-            await until(shows(repl, "u", 99, {"sentinel": 1}), "the sentinel on instance one")
-            await until(shows(repl, "viewer", 99, {"sentinel": 1}), "the sentinel on two")
+            await eventually(shows(repl, "u", 99, {"sentinel": 1}), "the sentinel on instance one")
+            await eventually(shows(repl, "viewer", 99, {"sentinel": 1}), "the sentinel on two")
             assert (await states(repl, "viewer"))[str(user)] == {"user": "u"}
             assert (await states(repl, "u"))[str(user)] == {"user": "u"}
         assert await metric(two, 'captify_presence_ignored_total{reason="foreign"}') == 2
@@ -364,7 +356,7 @@ async def test_the_issues_presence_flood_is_bounded(transport: str) -> None:
             with contextlib.suppress(ConnectionClosed):
                 for client_id in range(1, 4097):
                     await attacker.send((client_id, 1, state))
-            await until(_closed(attacker), "the flooder is closed")
+            await eventually(_closed(attacker), "the flooder is closed")
             assert attacker.close_code == 1009
         room = srv.server.rooms.get("flood")
         assert room is None or len(room.presence) <= srv.server.settings.max_presence_states
@@ -388,10 +380,10 @@ async def test_bytes_per_connection_bounded(transport: str) -> None:
         state = {"pad": "y" * 15_000}
         async with raw_yws(srv.ws, "bytes") as client:
             await client.send((1, 1, state), (2, 1, state))
-            await until(lambda: _has_states(srv, "bytes", 2), "two states held")
+            await eventually(lambda: _has_states(srv, "bytes", 2), "two states held")
             with contextlib.suppress(ConnectionClosed):
                 await client.send((3, 1, state))
-            await until(_closed(client), "closed past the byte bound")
+            await eventually(_closed(client), "closed past the byte bound")
             assert client.close_code == 1009
 
 
@@ -411,9 +403,9 @@ async def test_no_presence_frame_exceeds_the_message_limit(transport: str) -> No
                 member = await stack.enter_async_context(raw_yws(srv.ws, "big"))
                 await member.send((1000 + n, 1, {"pad": chr(65 + n) * 15_000}))
                 members.append(member)
-            await until(lambda: _has_states(srv, "big", 12), "twelve states")
+            await eventually(lambda: _has_states(srv, "big", 12), "twelve states")
             joiner = await stack.enter_async_context(raw_yws(srv.ws, "big"))
-            await until(lambda: _seen_all(joiner, 12), "the joiner has every state")
+            await eventually(lambda: _seen_all(joiner, 12), "the joiner has every state")
             for client in [joiner, *members]:
                 assert max(len(frame) for frame in client.frames) <= limit
             assert len([f for f in joiner.frames if f[0] == 1]) >= 3
@@ -433,7 +425,7 @@ async def test_hocuspocus_member_cannot_forge_presence(transport: str) -> None:
         ids = await open_providers(repl, f"{srv.ws}/ws/fabric", "hp-forge", ["victim", "viewer"])
         victim = ids["victim"]
         await repl.call("setAwareness", name="victim", state=VICTIM)
-        await until(shows(repl, "viewer", victim, VICTIM), "the victim's state")
+        await eventually(shows(repl, "viewer", victim, VICTIM), "the victim's state")
         room = srv.server.rooms.get("hp-forge")
         assert room is not None
         clock = room.presence.slots[victim].announced
@@ -445,7 +437,7 @@ async def test_hocuspocus_member_cannot_forge_presence(transport: str) -> None:
                                                             json.dumps(FORGED))]))
             await ws.send(encoder.awareness([AwarenessEntry(victim, clock + 2, "null")]))
             await ws.send(encoder.awareness([AwarenessEntry(99, 1, '{"sentinel":1}')]))
-            await until(shows(repl, "viewer", 99, {"sentinel": 1}), "the sentinel")
+            await eventually(shows(repl, "viewer", 99, {"sentinel": 1}), "the sentinel")
             assert (await states(repl, "viewer"))[str(victim)] == VICTIM
             assert (await states(repl, "victim"))[str(victim)] == VICTIM
         assert await metric(srv, 'captify_presence_ignored_total{reason="foreign"}') == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -16,6 +15,7 @@ from captify_ws.app import create_app
 from captify_ws.server import Server
 from captify_ws.transport.native_server import NativeServer
 from tests.helpers import JsonClient, RunningServer, test_settings
+from tests.polling import eventually
 
 SECRET = "channel-test-secret-that-is-long-enough"
 
@@ -43,16 +43,8 @@ async def subscribe(client: JsonClient, channel: str, ident: int = 1,
 
 async def until(predicate: Callable[[], bool | Awaitable[bool]], what: str,
                 timeout: float = 15.0) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` past the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    """:func:`tests.polling.eventually` with the channel tests' deadline."""
+    await eventually(predicate, what, timeout)
 
 
 def pubs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

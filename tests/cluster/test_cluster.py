@@ -66,10 +66,7 @@ async def _json(proc: ServerProcess, document_id: str, client_id: str) -> Any:
 
 
 async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        await asyncio.sleep(0.05)
+    await eventually(predicate, what, timeout, interval=0.05)
 
 
 async def _both_see(instances_: tuple[ServerProcess, ...], document_id: str, count: int) -> None:
@@ -289,14 +286,29 @@ def test_workers_share_one_port(shared_store: str, kind: str, tmp_path: Any) -> 
         assert None not in pids
 
         async def many_clients() -> str:
-            clients = [await _json(proc, "workers-doc", f"c{i}") for i in range(8)]
+            # Clients until each worker serves some (each counts its own in the admin stats'
+            # "self" entry): the edits below then have to cross between the workers.
+            clients: list[JsonClient] = []
+            counts: dict[str, int] = {}
+            async with httpx.AsyncClient(timeout=5) as http:
+                async def on_both_workers() -> bool:
+                    for _ in range(10):
+                        stats = (await http.get(f"{proc.http}/admin/api/stats", headers={
+                            "Authorization": "Bearer k", "Connection": "close"})).json()
+                        own = next(entry for entry in stats["instances"] if entry["self"])
+                        counts[stats["instance"]] = own["handlers"].get("fabric", 0)
+                    return len(counts) == 2 and all(counts.values())
+
+                while len(clients) < 8 or not await on_both_workers():
+                    assert len(clients) < 40, f"40 clients, not on both workers: {counts}"
+                    clients.append(await _json(proc, "workers-doc", f"c{len(clients)}"))
             for index, client in enumerate(clients):
                 await client.edit(f"w{index};")
             final = clients[0]
 
             async def has_every_edit() -> bool:
                 await final.sync()
-                return all(f"w{i};" in str(final.text) for i in range(8))
+                return all(f"w{i};" in str(final.text) for i in range(len(clients)))
 
             await eventually(has_every_edit, "every worker's edits in one client", timeout=10)
             for client in clients:

@@ -7,7 +7,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -15,15 +14,13 @@ import pytest
 
 from tests.cluster.test_cluster import AUTH, instances, shared_store  # noqa: F401 (fixture)
 from tests.helpers import ROOT, ProviderRepl, hocuspocus_providers, providers
+from tests.polling import eventually
 
 HOOKS = "tests.outside.hocuspocus_hooks"
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+    await eventually(check, what, timeout, interval=0.1)
 
 
 async def same_text(repls: list[tuple[ProviderRepl, str]]) -> str:
