@@ -9,7 +9,6 @@ away both tasks retry with backoff; on reconnect every channel is subscribed aga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -113,8 +112,10 @@ class RedisBroker:
             return
         self._channels.discard(channel)
         if self._pubsub is not None and self.error is None:
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._pubsub.unsubscribe(channel)
+            except (RedisError, OSError) as exc:  # a reconnect subscribes only what is left
+                logger.info("broker: unsubscribing %s failed: %s", channel, exc)
 
     async def remember(self, key: str, value: str, ttl_s: float) -> None:
         try:

@@ -17,7 +17,6 @@ scripts answer ``seed`` and the state is put back from the SQL store in a new ep
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -263,8 +262,10 @@ class RedisBackend:
         self._listening.discard(channel)
         self._confirmations.pop(channel, None)
         if self.error is None:
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._pubsub.unsubscribe(self.fanout_channel(channel))
+            except (RedisError, OSError) as exc:  # a reconnect subscribes only what is left
+                logger.info("channel %s: unsubscribing failed: %s", channel, exc)
 
     def _channel_of(self, fanout: str) -> str | None:
         head = f"{self.prefix}:{{"

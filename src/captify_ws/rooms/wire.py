@@ -7,10 +7,12 @@ broadcast loop hands each change to every format that has members. Each format e
 change once (once per address for Hocuspocus) and writes the same
 :class:`~captify_ws.frames.PreparedFrame` to every member of that format.
 
-The policy stays in the room: what is relayed, to whom (origins: y-websocket members get their
-own update back as the acknowledgement, JSON members do not, a Hocuspocus sender gets
-``SyncStatus``), and that an update Yjs cannot integrate is never relayed. A format only says
-how its members hear it — including how a refused sender is told (:meth:`WireMembers.refuse`).
+The policy is the room's: what is relayed (only what Yjs integrated, in the order applied),
+that each update travels with its origin's member so no format echoes it where it came from,
+and that an update Yjs cannot integrate is never relayed and its sender is told. A format says
+only how its members hear it: its acknowledgement convention for the sender (y-websocket 4
+counts the echo of its own update as one, a JSON sender gets nothing back, a Hocuspocus sender
+gets ``SyncStatus``) and how a refused sender is told (:meth:`WireMembers.refuse`).
 
 What broadcast does not guarantee: delivery (see ``connection.py``).
 """
