@@ -205,6 +205,12 @@ class Listener(WSListener):
         self._refused = False  # refused by the inbound budget: nothing is counted any more
 
     def on_ws_connected(self, transport: WSTransport) -> None:
+        # picows keeps the handshake's request and response for the socket's life; their
+        # headers (two multidicts, ~1 KB) are never read again on the server side (the
+        # connection has its own compact copy: UpgradeRequest).
+        for message in (transport.request, transport.response):
+            if message is not None:
+                message.headers = None  # type: ignore[assignment]
         self.conn = self._owner = NativeConnection(
             self._request, self._handler, self._subpath, transport, limits=self._limits,
             listener=self)

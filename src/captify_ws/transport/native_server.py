@@ -35,6 +35,7 @@ from uvicorn.server import ServerState
 
 from captify_ws.connection import UpgradeRequest
 from captify_ws.errors import Reject, http_status_for, log_with_id
+from captify_ws.request import header_block
 from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
 from captify_ws.transport.lingering import LingeringTransport
 from captify_ws.transport.native import BoundedReads, Listener
@@ -58,7 +59,8 @@ def _request_from_picows(request: WSUpgradeRequest, transport: Any) -> UpgradeRe
         target, _, query = target.partition("?")
     peer = transport.get_extra_info("peername") if transport is not None else None
     client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
-    return UpgradeRequest(path=target, query_string=query, headers=request.headers, client=client)
+    return UpgradeRequest(path=target, query_string=query,
+                          headers=header_block(request.headers.items()), client=client)
 
 
 def _refusal(status: int, text: str, headers: dict[str, str] | None = None) -> Any:
@@ -97,8 +99,7 @@ class NativeServer:
         settings = self.server.settings
 
         def front_door() -> FrontDoor:
-            return FrontDoor(self.http_stage, self.serves_websocket, self.hand_to_websocket,
-                             self.hand_to_http)
+            return FrontDoor(self.http_stage, self)
 
         if sock is not None:
             self._listener = await loop.create_server(front_door, sock=sock, backlog=4096)
