@@ -57,11 +57,16 @@ def eventually_sync(check: Callable[[], T], what: str, timeout: float = 10.0,
         time.sleep(interval)
 
 
-async def stays(check: Callable[[], bool], what: str, seconds: float,
+async def stays(check: Callable[[], bool | Awaitable[bool]], what: str, seconds: float,
                 interval: float = POLL_S) -> None:
-    """Assert that ``check`` holds on every poll for ``seconds`` (something must NOT happen)."""
+    """Assert that ``check`` (plain or async) holds on every poll for ``seconds`` (something
+    must NOT happen)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert check(), f"{what} stopped holding"
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        assert result, f"{what} stopped holding"
+        if time.monotonic() >= deadline:
+            return
         await asyncio.sleep(interval)
-    assert check(), f"{what} stopped holding"

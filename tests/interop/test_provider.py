@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import ProviderRepl, json_client, providers, running_server
-from tests.polling import eventually
+from tests.polling import eventually, stays
 
 
 async def _snapshots(repl: ProviderRepl, names: list[str]) -> list[dict[str, Any]]:
@@ -19,14 +19,14 @@ async def _snapshots(repl: ProviderRepl, names: list[str]) -> list[dict[str, Any
 
 async def converge(repl: ProviderRepl, names: list[str], timeout: float = 20) -> dict[str, Any]:
     """Wait until every provider holds the same text, map and XML; return that content."""
-    deadline = time.monotonic() + timeout
-    while True:
+    async def same() -> dict[str, Any] | None:
         snaps = await _snapshots(repl, names)
-        if all(snap == snaps[0] for snap in snaps):
-            return snaps[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not converged: {snaps}")
-        await asyncio.sleep(0.1)
+        assert all(snap == snaps[0] for snap in snaps), f"not converged: {snaps}"
+        return snaps[0]
+
+    content: dict[str, Any] = await eventually(same, "the providers to converge", timeout,
+                                               interval=0.1)
+    return content
 
 
 async def _open(repl: ProviderRepl, url: str, doc: str, names: list[str]) -> None:
@@ -73,8 +73,10 @@ async def test_offline_edits_merge_on_reconnect(transport: str) -> None:
         await repl.call("disconnect", name="a")
         await repl.call("insert", name="a", text="offline-a;")
         await repl.call("insert", name="b", text="online-b;")
-        await asyncio.sleep(0.3)
-        assert "offline-a" not in (await repl.call("snapshot", name="b"))["text"]
+        async def b_lacks_offline_edit() -> bool:
+            return "offline-a" not in (await repl.call("snapshot", name="b"))["text"]
+
+        await stays(b_lacks_offline_edit, "b without a's offline edit", seconds=0.3)
         await repl.call("connect", name="a")
         await repl.call("waitSynced", name="a")
         content = await converge(repl, ["a", "b"])
@@ -90,7 +92,8 @@ async def test_fresh_provider_gets_the_whole_document(transport: str) -> None:
         content = await converge(repl, ["a", "b"])
         await repl.call("close", name="a")
         await repl.call("close", name="b")
-        await asyncio.sleep(0.2)
+        await eventually(lambda: srv.server.get_connection_count(document_id="fresh") == 0,
+                         "a and b to have left")
         await _open(repl, f"{srv.ws}/ws/fabric", "fresh", ["c"])
         assert (await _snapshots(repl, ["c"]))[0] == content
 
@@ -107,22 +110,27 @@ async def test_awareness_appears_and_disappears(transport: str) -> None:
         async def states_of(name: str) -> dict[str, Any]:
             return (await repl.call("awareness", name=name))["states"]  # type: ignore[no-any-return]
 
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if (await states_of("a")).get(str(b_id)) == {"user": "Bo", "cursor": 3} and \
-                    (await states_of("b")).get(str(a_id)) == {"user": "Ann"}:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"presence not seen: {await states_of('a')}")
+        async def both_seen() -> bool:
+            return (await states_of("a")).get(str(b_id)) == {"user": "Bo", "cursor": 3} and \
+                (await states_of("b")).get(str(a_id)) == {"user": "Ann"}
+
+        await eventually(both_seen, "each provider's presence at the other", timeout=5,
+                         interval=0.05)
         await _open(repl, f"{srv.ws}/ws/fabric", "presence", ["c"])
-        await asyncio.sleep(0.3)  # a joiner gets the current states at once
-        assert {str(a_id), str(b_id)} <= set(await states_of("c"))
+
+        async def joiner_sees_both() -> bool:
+            return {str(a_id), str(b_id)} <= set(await states_of("c"))
+
+        # a joiner gets the current states at once (not at the others' next renewal, 15 s)
+        await eventually(joiner_sees_both, "the current states at the joiner", timeout=3,
+                         interval=0.05)
         await repl.call("close", name="b")
-        deadline = time.monotonic() + 5
-        while str(b_id) in await states_of("a") or str(b_id) in await states_of("c"):
-            assert time.monotonic() < deadline, "b's presence was not removed"
-            await asyncio.sleep(0.05)
+
+        async def b_gone() -> bool:
+            return str(b_id) not in await states_of("a") and \
+                str(b_id) not in await states_of("c")
+
+        await eventually(b_gone, "b's presence to be removed", timeout=5, interval=0.05)
 
 
 async def test_json_client_and_provider_converge_both_ways(transport: str) -> None:
@@ -146,10 +154,12 @@ async def test_json_and_provider_presence_interoperate(transport: str) -> None:
         await _open(repl, f"{srv.ws}/ws/fabric", "mixed-presence", ["p"])
         await jc.send({"type": "awareness", "documentId": "mixed-presence",
                        "data": {"user": "json"}})
-        deadline = time.monotonic() + 5
-        while (await repl.call("awareness", name="p"))["states"].get("12345") != {"user": "json"}:
-            assert time.monotonic() < deadline, "JSON presence never reached the provider"
-            await asyncio.sleep(0.05)
+        async def json_presence_at_provider() -> bool:
+            states = (await repl.call("awareness", name="p"))["states"]
+            return bool(states.get("12345") == {"user": "json"})
+
+        await eventually(json_presence_at_provider, "the JSON presence at the provider",
+                         timeout=5, interval=0.05)
         p_id = (await repl.call("awareness", name="p"))["clientID"]
         await repl.call("setAwareness", name="p", state={"user": "yjs"})
         seen = await jc.expect("awareness", where=lambda m: m["clientID"] == str(p_id)
