@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -14,16 +15,17 @@ import pytest
 import captify_ws
 from captify_ws.agents.session import StaleContext
 from tests.helpers import ProviderRepl, json_client, providers, running_server
+from tests.polling import eventually, stays
 
 
 async def _converged(repl: ProviderRepl, names: list[str], timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def same() -> str | None:
         texts = [(await repl.call("snapshot", name=name))["text"] for name in names]
-        if all(text == texts[0] for text in texts):
-            return str(texts[0])
-        assert time.monotonic() < deadline, f"not converged: {texts}"
-        await asyncio.sleep(0.05)
+        assert all(text == texts[0] for text in texts), f"not converged: {texts}"
+        return str(texts[0])
+
+    text: str = await eventually(same, "the providers to converge", timeout, interval=0.05)
+    return text
 
 
 async def test_an_agent_streams_2000_chars_while_two_people_type_around_it() -> None:
@@ -39,7 +41,11 @@ async def test_an_agent_streams_2000_chars_while_two_people_type_around_it() -> 
         agent_text = "".join(f"<{i:04d}>" for i in range(334))[:2000]
         async with captify_ws.agent_session("co-doc", name="Assistant",
                                             color="#7c3aed") as agent:
-            await asyncio.sleep(0.2)
+            async def agent_seen() -> bool:
+                seen = (await repl.call("awarenessSeen", name="bob"))["seen"]
+                return any(s["id"] == agent.client_id for s in seen)
+
+            await eventually(agent_seen, "the agent's presence at bob", interval=0.05)
             people = asyncio.gather(
                 repl.call("insertTokens", name="alice", count=40, seed=1, delayMs=5),
                 repl.call("insert", name="bob", index=0, text="B0;"))
@@ -67,11 +73,11 @@ async def test_an_agent_streams_2000_chars_while_two_people_type_around_it() -> 
         carets = [s["caret"] for s in seen if s["id"] == client_id and s.get("caret")]
         assert len(set(carets)) >= 10 and carets == sorted(carets), "the caret moved forward"
         assert any(s["id"] == client_id and s.get("name") == "Assistant" for s in seen)
-        deadline = time.monotonic() + 10
-        while not any(s["id"] == client_id and s.get("removed")
-                      for s in (await repl.call("awarenessSeen", name="bob"))["seen"]):
-            assert time.monotonic() < deadline, "the agent's presence never left"
-            await asyncio.sleep(0.05)
+        async def agent_left() -> bool:
+            return any(s["id"] == client_id and s.get("removed")
+                       for s in (await repl.call("awarenessSeen", name="bob"))["seen"])
+
+        await eventually(agent_left, "the agent's presence to leave", interval=0.05)
         async with httpx.AsyncClient(timeout=10) as http:
             listed = (await http.get(f"{srv.http}/api/v1/agent/sessions?document_id=co-doc",
                                      headers={"Authorization": "Bearer k"})).json()
@@ -90,34 +96,25 @@ async def test_replace_is_refused_on_stale_context_and_revert_restores_deletes()
         await repl.call("waitSynced", name="p")
         await repl.call("insert", name="p", index=0, text="The cat sat.")
         async with captify_ws.agent_session("stale-doc") as agent:
-            deadline = time.monotonic() + 10
-            while agent.read() != "The cat sat.":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await eventually(lambda: agent.read() == "The cat sat.", "the provider's text")
             stale = agent.range(4, 7)
             await repl.call("insert", name="p", index=5, text="h")  # "The chat sat."
-            while agent.read() != "The chat sat.":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await eventually(lambda: agent.read() == "The chat sat.", "the provider's edit")
             with pytest.raises(StaleContext):
                 await agent.replace(stale, "dog")
             await repl.call("insert", name="p", index=0, text=">> ")
             fresh = agent.range(7, 11)
             assert fresh.text == "chat"
             await repl.call("insert", name="p", index=0, text="!")  # rebased, still "chat"
-            while agent.read() != "!>> The chat sat.":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await eventually(lambda: agent.read() == "!>> The chat sat.", "the rebase")
             await agent.replace(fresh, "dog")
-            deadline = time.monotonic() + 10
-            while (await repl.call("snapshot", name="p"))["text"] != "!>> The dog sat.":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            async def provider_text(expected: str) -> bool:
+                return bool((await repl.call("snapshot", name="p"))["text"] == expected)
+
+            await eventually(lambda: provider_text("!>> The dog sat."), "the replace")
             await agent.revert()
-            deadline = time.monotonic() + 10
-            while (await repl.call("snapshot", name="p"))["text"] != "!>> The chat sat.":
-                assert time.monotonic() < deadline, "revert did not restore the text"
-                await asyncio.sleep(0.02)
+            await eventually(lambda: provider_text("!>> The chat sat."),
+                             "revert to restore the text")
 
 
 async def test_the_same_over_http_for_other_languages() -> None:
@@ -206,10 +203,10 @@ async def test_prosemirror_steps_go_through_the_step_authority() -> None:
             assert result.applied
             with pytest.raises(captify_ws.errors.StaleVersion):
                 await agent.apply_steps([step], version)
-        deadline = time.monotonic() + 10
-        while (await repl.call("state", name="e"))["text"].count("[agent] ") != 1:
-            assert time.monotonic() < deadline, "the editor never got the agent's steps"
-            await asyncio.sleep(0.05)
+        async def editor_has_steps() -> bool:
+            return bool((await repl.call("state", name="e"))["text"].count("[agent] ") == 1)
+
+        await eventually(editor_has_steps, "the agent's steps in the editor", interval=0.05)
 
 
 async def test_an_idle_agent_keeps_its_presence_by_renewing_it(
@@ -224,8 +221,9 @@ async def test_an_idle_agent_keeps_its_presence_by_renewing_it(
     async with running_server(awareness_renewal_s=0.2):
         async with captify_ws.agent_session("idle-doc") as agent:
             room = agent.room
-            await asyncio.sleep(2.5)  # bounded: 2.5 timeouts of idleness
-            assert agent.client_id in room.presence.states
+            # 2.5 timeouts of idleness: the agent's presence stays all along
+            await stays(lambda: agent.client_id in room.presence.states,
+                        "the idle agent's presence", seconds=2.5)
         assert agent.client_id not in room.presence.states
 
 
@@ -242,11 +240,10 @@ async def test_hooks_see_an_agents_changes_under_its_name() -> None:
     async with running_server(extra_hooks=(Recorder(),)):
         async with captify_ws.agent_session("hooked", name="Writer") as agent:
             await agent.insert_text(0, "by the agent")
-        deadline = time.monotonic() + 10
-        while not any(origin.label == "agent:Writer" for event in seen
-                      for origin in event.origins if event.document_id == "hooked"):
-            assert time.monotonic() < deadline, f"no agent change in {seen}"
-            await asyncio.sleep(0.05)
+        await eventually(lambda: any(origin.label == "agent:Writer" for event in seen
+                                     for origin in event.origins
+                                     if event.document_id == "hooked"),
+                         "the agent's change in the hook's events")
 
 
 async def test_hocuspocus_providers_see_the_agent_and_its_text() -> None:
@@ -262,16 +259,15 @@ async def test_hocuspocus_providers_see_the_agent_and_its_text() -> None:
                                             color="#16a34a") as agent:
             await agent.insert_text(0, "agent text")
             await repl.call("waitUntil", name="h", field="text", equals="agent text")
-            deadline = time.monotonic() + 10
-            while True:
+            async def agent_cursor() -> dict[str, Any] | None:
                 states = (await repl.call("awareness", name="h"))["states"]
-                state = states.get(str(agent.client_id))
-                if state and state.get("cursor"):
-                    break
-                assert time.monotonic() < deadline, states
-                await asyncio.sleep(0.05)
+                found = states.get(str(agent.client_id))
+                return found if found and found.get("cursor") else None
+
+            state = await eventually(agent_cursor, "the agent's cursor at the provider",
+                                     interval=0.05)
             assert state["user"] == {"name": "Helper", "color": "#16a34a"}
-        deadline = time.monotonic() + 10
-        while str(agent.client_id) in (await repl.call("awareness", name="h"))["states"]:
-            assert time.monotonic() < deadline, "the agent's presence stayed"
-            await asyncio.sleep(0.05)
+        async def agent_gone() -> bool:
+            return str(agent.client_id) not in (await repl.call("awareness", name="h"))["states"]
+
+        await eventually(agent_gone, "the agent's presence to go", interval=0.05)

@@ -22,6 +22,7 @@ from tests.helpers import (
     running_server,
 )
 from tests.outside import hocuspocus_hooks
+from tests.polling import eventually, stays
 
 IMPLS = ("v2", "v3", "v4")
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -38,10 +39,7 @@ def url(srv: RunningServer) -> str:
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+    await eventually(check, what, timeout, interval=0.05)
 
 
 async def converge(repl: ProviderRepl, names: list[str], timeout: float = 20) -> dict[str, Any]:
@@ -338,13 +336,22 @@ async def test_idle_sockets_are_kept_alive() -> None:
                 await repl.call("open", name=impl, socket=impl, doc="idle", impl=impl,
                                 token="", awareness=None)
                 await repl.call("waitSynced", name=impl)
-            deadline = time.monotonic() + 5
-            closes: list[Any] = []
-            while time.monotonic() < deadline and not closes:
+
+            async def no_close() -> bool:
                 for impl in ("v3", "v4"):
-                    closes += (await repl.call("socketStatus", socket=impl))["closes"]
-                await asyncio.sleep(0.2)
-            assert (closes == []) == survives, (keepalive, closes)
+                    if (await repl.call("socketStatus", socket=impl))["closes"]:
+                        return False
+                return True
+
+            async def closed() -> bool:
+                return not await no_close()
+
+            if survives:  # open all along, for 5 s of idleness
+                await stays(no_close, f"idle sockets with keepalive {keepalive}", seconds=5,
+                            interval=0.2)
+            else:  # closed by the providers within 5 s of silence
+                await eventually(closed, "idle sockets to close without keepalive", timeout=5,
+                                 interval=0.2)
             if survives:
                 assert srv.server.stats.messages_in.get("pong", 0) > 0  # v4 answered Pings
 

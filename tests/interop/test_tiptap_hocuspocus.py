@@ -3,10 +3,8 @@ headless Chromium pages against /ws/hocuspocus."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 from pycrdt import Doc, XmlFragment
 
 from tests.helpers import JS, NODE_BIN, ROOT, running_server
+from tests.polling import eventually
 
 ARTIFACTS = ROOT / "test-artifacts"
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><style>
@@ -51,13 +50,13 @@ async def _state(page: Any) -> dict[str, Any]:
 
 
 async def _until(page: Any, check: Any, what: str, timeout: float = 15) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def state_if_checked() -> dict[str, Any]:
         state = await _state(page)
-        if check(state):
-            return state
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {state}"
-        await asyncio.sleep(0.1)
+        assert check(state), state
+        return state
+
+    found: dict[str, Any] = await eventually(state_if_checked, what, timeout, interval=0.1)
+    return found
 
 
 async def test_two_tiptap_pages_converge_and_see_each_others_carets(tmp_path: Path) -> None:
