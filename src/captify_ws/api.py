@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from captify_ws.agents.session import AgentSession
     from captify_ws.channels.types import Position, Published
     from captify_ws.channelstore.base import Notification
-    from captify_ws.documents import StepsResult
     from captify_ws.handlers.notifications import Mailbox
+    from captify_ws.rooms.steps import StepsResult
     from captify_ws.server import Server
 
 _current: Server | None = None

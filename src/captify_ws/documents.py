@@ -10,7 +10,6 @@ root assembles it); it declares below the server attributes it uses.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import XmlFragment
@@ -29,6 +28,7 @@ from captify_ws.rooms.steps import (
     Duplicate,
     Outcome,
     StepAuthority,
+    StepsResult,
     apply_steps,
     check_types,
 )
@@ -40,17 +40,6 @@ if TYPE_CHECKING:
     from captify_ws.history.versions import DocumentHistory
 
 logger = logging.getLogger("captify_ws.server")
-
-
-@dataclass(frozen=True)
-class StepsResult:
-    """What :meth:`Server.broadcast_steps` did."""
-
-    version: int
-    applied: bool
-    duplicate: bool = False
-    #: whether the document's Y.XmlFragment was changed too
-    yjs: bool = False
 
 
 def _steps_text(document_id: str, accepted: Accepted) -> str:

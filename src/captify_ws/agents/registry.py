@@ -31,7 +31,7 @@ from captify_ws.store.agent_sessions import (
 )
 
 if TYPE_CHECKING:
-    from captify_ws.server import Server
+    from captify_ws.agents.host import AgentHost
 
 logger = logging.getLogger("captify_ws.agents")
 
@@ -65,7 +65,7 @@ class _Open:
 class AgentSessions:
     """See the module docstring."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: AgentHost) -> None:
         self.server = server
         self.ttl_s = server.settings.agent_producer_ttl_s
         store = server.store

@@ -51,9 +51,9 @@ from captify_ws.rooms.member import Origin
 from captify_ws.rooms.units import pycrdt_length
 
 if TYPE_CHECKING:
+    from captify_ws.agents.host import AgentHost
     from captify_ws.agents.registry import AgentSessions
-    from captify_ws.documents import StepsResult
-    from captify_ws.server import Server
+    from captify_ws.rooms.steps import StepsResult
 
 logger = logging.getLogger("captify_ws.agents")
 
@@ -124,7 +124,7 @@ async def _chunks(text: str | AsyncIterable[str], size: int) -> AsyncIterator[st
 class AgentSession:
     """See the module docstring."""
 
-    def __init__(self, server: Server, document_id: str, *, name: str = "Assistant",
+    def __init__(self, server: AgentHost, document_id: str, *, name: str = "Assistant",
                  color: str = "#7c3aed", field: str = "text", chunk_chars: int = 16,
                  owner: str | None = None, run_id: str | None = None,
                  registry: AgentSessions | None = None) -> None:

@@ -21,9 +21,10 @@ configured authorizer says for the channel name (``read`` subscribes, ``write`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from captify_ws.agents.events import CLASS, run_id_of
+from captify_ws.agents.host import AgentHost
 from captify_ws.agents.registry import AgentSessions
 from captify_ws.agents.runs import AgentRuns
 from captify_ws.channels.endpoint import ChannelEndpoint, ChannelSession
@@ -32,13 +33,20 @@ from captify_ws.errors import ChannelError, CloseCode, Reject
 from captify_ws.protocol import channels as wire
 
 if TYPE_CHECKING:
-    from captify_ws.server import Server
+    from captify_ws.channels.services import ChannelServices
+
+
+class AgentHandlerHost(AgentHost, Protocol):
+    """What ``/ws/agent`` asks of the server: the agents' host and the channel core."""
+
+    @property
+    def channel_services(self) -> ChannelServices: ...
 
 
 class AgentHandler(ChannelEndpoint):
     """See the module docstring."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: AgentHandlerHost) -> None:
         services = server.channel_services
         self.runs = AgentRuns(services)
         #: agents co-editing documents (the attribution list)

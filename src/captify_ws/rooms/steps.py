@@ -87,6 +87,18 @@ class Duplicate:
 Outcome = Accepted | Behind | Duplicate
 
 
+@dataclass(frozen=True)
+class StepsResult:
+    """What server code's steps did (``Server.broadcast_steps``): the version after them,
+    whether they were applied or were a duplicate of applied ones, and whether the document's
+    Y.XmlFragment was changed too (``yjs``)."""
+
+    version: int
+    applied: bool
+    duplicate: bool = False
+    yjs: bool = False
+
+
 def default_schema() -> Schema[Any, Any]:
     """prosemirror-schema-basic with the list nodes, as prosemirror-example-setup builds it."""
     from prosemirror.schema.basic import schema as basic
