@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from websockets.sync.client import connect
 
 from captify_ws.config import Settings
 from tests.helpers import ROOT, VENV_BIN, ServerProcess, free_port
+from tests.polling import eventually_sync
 
 CLI = str(VENV_BIN / "captify-ws")
 PORT_IN_USE = ("cannot listen on 127.0.0.1:{port}: the port is already in use; stop the other "
@@ -140,11 +140,13 @@ class _Captured:
             self.stdout.append(line)
 
     def wait_for(self, text: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.stdout):
-            assert self.process.poll() is None, "".join(self.stdout) + self._rest()
-            assert time.monotonic() < deadline, f"{text!r} never printed:\n{self.stdout}"
-            time.sleep(0.02)
+        def printed() -> bool:
+            if self.process.poll() is not None:  # exited: fail at once with what it printed
+                raise RuntimeError("".join(self.stdout) + self._rest())
+            assert any(text in line for line in self.stdout), self.stdout
+            return True
+
+        eventually_sync(printed, f"{text!r} to be printed", timeout)
 
     def _rest(self) -> str:
         assert self.process.stderr is not None

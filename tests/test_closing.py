@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from pycrdt import Doc, Text
 
 from tests.attacks import client_frame, close_payload, sync_message
 from tests.helpers import running_server
+from tests.polling import eventually
 
 TRIES = 20
 
@@ -70,10 +70,10 @@ async def test_update_written_with_the_close_is_stored(transport: str, wire: str
             answer = await _one_write(srv.port, target, message
                                       + client_frame(0x8, close_payload(1000)))
             assert b"\x88\x02\x03\xe8" in answer  # the server's close frame, 1000
-            deadline = time.monotonic() + 5
-            while _text_of(await srv.server.get_document(document)) != f"kept {index}":
-                assert time.monotonic() < deadline, f"try {index}: the update was lost"
-                await asyncio.sleep(0.02)
+            async def kept(document: str = document, index: int = index) -> bool:
+                return _text_of(await srv.server.get_document(document)) == f"kept {index}"
+
+            await eventually(kept, f"try {index}: the update to be applied", timeout=5)
             await srv.server.writer.flush()
             stored = await srv.server.store.load(document)
             assert stored is not None and _text_of(stored.as_update()) == f"kept {index}"
@@ -90,10 +90,8 @@ async def test_peer_that_never_answers_the_close_is_aborted(transport: str) -> N
                      b"Sec-WebSocket-Version: 13\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
         writer.write(client_frame(0x2, b"\x03") * 3)  # query-awareness × 3: rate limited
-        started = time.monotonic()
-        while srv.server.get_connection_count() > 0:
-            assert time.monotonic() - started < 5, "the silent peer was never dropped"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: srv.server.get_connection_count() == 0,
+                         "the silent peer to be dropped", timeout=5)
         received = await asyncio.wait_for(reader.read(), 5)
         assert b"\x88" in received and (4429).to_bytes(2, "big") in received
         writer.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -16,16 +15,18 @@ from playwright.async_api import Page
 from captify_ws.config import Settings
 from tests.browser import ARTIFACTS, chromium
 from tests.helpers import ROOT, ServerProcess, free_port, running_server
+from tests.polling import eventually_sync
 
 DEMO = ROOT / "src" / "captify_ws" / "static" / "demo"
 REBUILD = "run `make demo` (node demo/build.mjs) and commit src/captify_ws/static/demo/"
 
 
 def _wait_log(server: ServerProcess, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.log:
-        assert time.monotonic() < deadline, f"{text!r} not in the output:\n{server.log}"
-        time.sleep(0.02)
+    def logged() -> bool:
+        assert text in server.log, f"not in the output:\n{server.log}"
+        return True
+
+    eventually_sync(logged, repr(text), timeout)
 
 
 def _sha256(path: Path) -> str:

@@ -22,6 +22,7 @@ from captify_ws.errors import BadRequest
 from captify_ws.protocol import names, ywebsocket
 from captify_ws.transport.asgi import raw_path
 from tests.helpers import JsonClient, RunningServer, providers, running_server
+from tests.polling import eventually
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -175,12 +176,12 @@ async def test_provider_room_names_are_url_paths(transport: str) -> None:
                                max_queue=None) as ws:
                 client = JsonClient(ws, name)
                 await client.expect("connected")
-                for _ in range(100):
+                async def has_text(client: JsonClient = client, room: str = room) -> bool:
                     await client.sync()
-                    if str(client.text) == f"from {room}":
-                        break
-                    await asyncio.sleep(0.05)
-                assert str(client.text) == f"from {room}"
+                    return str(client.text) == f"from {room}"
+
+                await eventually(has_text, "the provider's text at the JSON client",
+                                 interval=0.05)
 
 
 @pytest.mark.parametrize(("path", "reason"), [

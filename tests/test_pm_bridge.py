@@ -3,9 +3,7 @@ y-prosemirror's own ``yXmlFragmentToProsemirrorJSON`` in a real y-websocket clie
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 from typing import Any
 
 import httpx
@@ -14,6 +12,7 @@ from prosemirror.model import Node
 from captify_ws.rooms.steps import default_schema
 from captify_ws.rooms.units import utf16_length
 from tests.helpers import ProviderRepl, RunningServer, json_client, providers, running_server
+from tests.polling import eventually
 
 AUTH = {"Authorization": "Bearer k"}
 SCHEMA = default_schema()
@@ -42,13 +41,13 @@ async def yjs_shows(repl: ProviderRepl, name: str, expected: dict[str, Any],
                     timeout: float = 5.0) -> dict[str, Any]:
     """Wait until y-prosemirror's view of the Yjs side equals ``expected`` (a PM doc)."""
     want = Node.from_json(SCHEMA, expected)
-    deadline = time.monotonic() + timeout
-    while True:
+    async def as_expected() -> dict[str, Any]:
         seen: dict[str, Any] = (await repl.call("pmJSON", name=name))["doc"]
-        if Node.from_json(SCHEMA, seen).eq(want):
-            return seen
-        assert time.monotonic() < deadline, (seen, expected)
-        await asyncio.sleep(0.02)
+        assert Node.from_json(SCHEMA, seen).eq(want), (seen, expected)
+        return seen
+
+    found: dict[str, Any] = await eventually(as_expected, "the editor's document", timeout)
+    return found
 
 
 async def test_insert_after_accented_word_lands_where_prosemirror_says(transport: str) -> None:

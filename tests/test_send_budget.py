@@ -8,7 +8,6 @@ the accounting itself, on a connection whose transport the test controls."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from captify_ws.errors import CloseCode
 from captify_ws.outbound import OutboundBudget
 from captify_ws.transport.asgi import AsgiConnection
 from tests.helpers import running_server
+from tests.polling import eventually
 
 KB = 1024
 
@@ -134,10 +134,7 @@ async def test_output_without_progress_is_closed_then_aborted() -> None:
     conn = Socket(limits)
     conn.send_frame(_frame(100 * KB))
     conn.fill()
-    deadline = time.monotonic() + 5
-    while not conn.aborted:
-        assert time.monotonic() < deadline, "never aborted"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: conn.aborted, "the connection to be aborted", timeout=5)
     assert conn.closed_with == CloseCode.OVERLOADED
 
 

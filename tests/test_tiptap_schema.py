@@ -14,6 +14,7 @@ from prosemirror.model import Node
 
 from captify_ws.rooms.tiptap_schema import tiptap_schema
 from tests.helpers import ProviderRepl, RunningServer, json_client, providers, running_server
+from tests.polling import eventually
 
 AUTH = {"Authorization": "Bearer k"}
 SCHEMA = tiptap_schema()
@@ -53,14 +54,14 @@ async def editor_shows(repl: ProviderRepl, name: str, expected: dict[str, Any],
                        timeout: float = 5.0) -> dict[str, Any]:
     """Wait until the Tiptap editor's document (built from the fragment with StarterKit's
     schema) is exactly ``expected``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    async def as_expected() -> dict[str, Any]:
         seen: dict[str, Any] = (await repl.call("pmJSON", name=name, fragment="default",
                                                 schema="tiptap"))["doc"]
-        if seen == expected:
-            return seen
-        assert time.monotonic() < deadline, (seen, expected)
-        await asyncio.sleep(0.02)
+        assert seen == expected, (seen, expected)
+        return seen
+
+    found: dict[str, Any] = await eventually(as_expected, "the editor's document", timeout)
+    return found
 
 
 def text(value: str, *marks: str | dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tests.helpers import (
     providers,
     running_server,
 )
+from tests.polling import eventually
 from tests.services import REDIS_URL, fresh_database, require_redis
 
 AUTH = {"Authorization": "Bearer k"}
@@ -35,13 +36,13 @@ AUTH = {"Authorization": "Bearer k"}
 
 async def converged(repl: ProviderRepl, names: list[str], timeout: float = 15) -> Any:
     """Wait until every named client holds the same text (with formatting); return it."""
-    deadline = time.monotonic() + timeout
-    while True:
+    async def same() -> tuple[Any]:
         deltas = [(await repl.call("delta", name=name))["delta"] for name in names]
-        if all(delta == deltas[0] for delta in deltas):
-            return deltas[0]
-        assert time.monotonic() < deadline, deltas
-        await asyncio.sleep(0.05)
+        assert all(delta == deltas[0] for delta in deltas), deltas
+        return (deltas[0],)
+
+    (delta,) = await eventually(same, "the clients to converge", timeout, interval=0.05)
+    return delta
 
 
 async def served(repl: ProviderRepl, srv: RunningServer | ServerProcess,

@@ -19,6 +19,7 @@ from captify_ws.channelstore import MemoryChannelStore
 from captify_ws.errors import ChannelError
 from captify_ws.protocol import channels as wire
 from captify_ws.protocol.channels import Since
+from tests.polling import eventually
 from tests.services import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.unit
@@ -140,14 +141,9 @@ def _outgoing(channel: str, data: object, patch: dict[str, object] | None = None
 
 async def _until_heard(backend: ChannelBackend, count: int) -> list[tuple[str, int | None, str,
                                                                           str]]:
-    import asyncio
-    import time
-
     heard = backend.heard  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 5
-    while len(heard) < count:
-        assert time.monotonic() < deadline, heard
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(heard) >= count, f"{count} deliveries heard", timeout=5,
+                     interval=0.01)
     return list(heard)
 
 
