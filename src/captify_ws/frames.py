@@ -6,6 +6,7 @@ gets the very same ``bytes``. Importable from ``captify_ws.connection`` too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 OPCODE_TEXT: Final = 0x1
@@ -75,3 +76,21 @@ class PreparedFrame:
 
     def __len__(self) -> int:
         return len(self.payload)
+
+
+class FrameBatch(list[PreparedFrame]):
+    """Frames sent together, in order, to many connections (one loop turn's broadcast): their
+    wire bytes are listed once for all (``wires``), not once per socket."""
+
+    __slots__ = ("_wires",)
+
+    def __init__(self, frames: Iterable[PreparedFrame]) -> None:
+        super().__init__(frames)
+        self._wires: list[bytes] | None = None
+
+    @property
+    def wires(self) -> list[bytes]:
+        """Every frame's ``wire``, in order (built on first use; do not change it)."""
+        if self._wires is None:
+            self._wires = [frame.wire for frame in self]
+        return self._wires

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.frames import FrameBatch
 
 if TYPE_CHECKING:
     from captify_ws.rooms.member import Member
@@ -28,8 +29,9 @@ def to_all(connections: Iterable[Connection], frames: Sequence[PreparedFrame]) -
         for connection in connections:
             connection.send_frame(frame)
         return
+    batch = FrameBatch(frames)
     for connection in connections:
-        connection.send_frames(frames)
+        connection.send_frames(batch)
 
 
 def to_all_but_senders(members: Mapping[Connection, M], frames: Sequence[PreparedFrame],
@@ -41,6 +43,7 @@ def to_all_but_senders(members: Mapping[Connection, M], frames: Sequence[Prepare
     if not sending:
         to_all(members, frames)
         return
+    frames = FrameBatch(frames)
     for connection, member in members.items():
         if member in sending:
             own = [frame for frame, sender in zip(frames, senders, strict=True)

@@ -42,6 +42,11 @@ class LingeringTransport:
         self.write = raw.write
         self.writelines = raw.writelines
 
+    @property
+    def socket_transport(self) -> asyncio.Transport:
+        """The event loop's transport this one wraps."""
+        return self._raw
+
     def abort(self) -> None:
         self._raw.abort()
 
