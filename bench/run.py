@@ -34,6 +34,9 @@ BENCH = Path(os.environ.get("CAPTIFY_BENCH_DIR", ROOT.parent / "shared" / "bench
 RESULTS = ROOT / "bench" / "results"
 CAPTIFY = str(ROOT / ".venv" / "bin" / "captify-ws")
 
+#: every captify-ws server here runs with --document-create-rate 0: the anonymous load generator
+#: opens thousands of new documents from one address (idle, many-docs, join-storm), which the
+#: default rate (600 a minute per address, issue 13.9) would refuse with 4429 past the 600th
 FANOUT = ["--scenario", "fanout", "--edits", "200", "--rate", "20", "--settle", "30"]
 CLUSTER_ARGS = [*FANOUT, "--readers", "1000", "--probes", "50"]
 #: bench/hocuspocus_multiplex.mjs: 200 documents × 2 providers over 20 shared sockets
@@ -182,7 +185,7 @@ def run_cluster(port: int, workdir: Path) -> dict[str, Any]:
     server = subprocess.Popen(
         ["taskset", "-c", "0", CAPTIFY, "serve", "--port", str(port), "--workers", "2",
          "--broker", "redis://127.0.0.1:6379/0", "--broker-prefix", f"bench{port}",
-         "--store", f"sqlite:///{db}", "--log-level", "warning"],
+         "--store", f"sqlite:///{db}", "--log-level", "warning", "--document-create-rate", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(3)
@@ -224,12 +227,13 @@ def run_store_load() -> dict[str, Any]:
 def peer_command(peer: str, port: int, workdir: Path) -> tuple[str, list[str]]:
     """The run-peer.sh PEER argument and extra loadgen args for one peer."""
     if peer == "captify":
-        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning",
+        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning "
+                "--document-create-rate 0",
                 ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws"])
     if peer == "captify-sqlite":
         db = workdir / f"bench-{port}-{time.time_ns()}.db"
         return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store sqlite:///{db} "
-                "--log-level warning",
+                "--log-level warning --document-create-rate 0",
                 ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws-sqlite"])
     if peer == "captify-base":
         base = os.environ.get("CAPTIFY_BASE_SRC")
@@ -237,15 +241,17 @@ def peer_command(peer: str, port: int, workdir: Path) -> tuple[str, list[str]]:
             raise SystemExit("the ab sets compare with another build: set CAPTIFY_BASE_SRC to "
                              "its src folder (git archive <commit> src | tar -x -C DIR)")
         return (f"cmd:env PYTHONPATH={base} {sys.executable} -m captify_ws serve --port {{PORT}} "
-                "--store memory --log-level warning",
+                "--store memory --log-level warning --document-create-rate 0",
                 ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws base"])
     if peer == "captify-json":
-        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning",
+        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning "
+                "--document-create-rate 0",
                 ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws JSON"])
     if peer == "seed-json":
         return peer, ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "seed-json"]
     if peer == "captify-hp":
-        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning",
+        return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning "
+                "--document-create-rate 0",
                 ["--url", f"ws://127.0.0.1:{port}/ws/hocuspocus", "--protocol", "hocuspocus",
                  "--label", "captify-ws /ws/hocuspocus"])
     return peer, ["--label", peer]
@@ -262,7 +268,7 @@ def run_multiplex(peer: str, port: int, tag: str, args: list[str]) -> dict[str, 
         url, label = f"ws://127.0.0.1:{port}", "hocuspocus"
     else:
         command = [CAPTIFY, "serve", "--port", str(port), "--store", "memory",
-                   "--log-level", "warning"]
+                   "--log-level", "warning", "--document-create-rate", "0"]
         url, label = f"ws://127.0.0.1:{port}/ws/hocuspocus", "captify-ws /ws/hocuspocus"
     print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}", file=sys.stderr, flush=True)
     server = subprocess.Popen(["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL,
@@ -300,11 +306,11 @@ def run_json_many(peer: str, port: int, tag: str, args: list[str]) -> dict[str, 
     elif peer == "captify-base-many":
         command = ["env", f"PYTHONPATH={os.environ['CAPTIFY_BASE_SRC']}", sys.executable, "-m",
                    "captify_ws", "serve", "--port", str(port), "--store", "memory",
-                   "--log-level", "warning"]
+                   "--log-level", "warning", "--document-create-rate", "0"]
         label = "captify-ws JSON base"
     else:
         command = [CAPTIFY, "serve", "--port", str(port), "--store", "memory",
-                   "--log-level", "warning"]
+                   "--log-level", "warning", "--document-create-rate", "0"]
         label = "captify-ws JSON"
     print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}", file=sys.stderr, flush=True)
     server = subprocess.Popen(["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL,
