@@ -353,8 +353,9 @@ class Connection(Receiving):
     def on_closed(self, callback: Any) -> None:
         """Call ``callback(connection)`` once the connection is gone (after ``on_close``)."""
         if self._on_closed is None:
-            self._on_closed = []
-        self._on_closed.append(callback)
+            self._on_closed = [callback]
+        else:
+            self._on_closed.append(callback)
 
     # -- what a transport provides ---------------------------------------------------------
 

@@ -119,8 +119,8 @@ class ClusterBridge:
 
     def _room_loaded(self, room: DocumentRoom) -> None:
         room.add_update_listener(self._local_update)
-        room.presence_listeners.append(self._local_presence)
-        room.relay_listeners.append(self._local_relay)
+        room.add_presence_listener(self._local_presence)
+        room.add_relay_listener(self._local_relay)
         self._spawn(self._join_document(room))
 
     async def _join_document(self, room: DocumentRoom) -> None:

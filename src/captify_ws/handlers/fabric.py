@@ -72,15 +72,22 @@ def _send_error(conn: Connection, document_id: str, exc: ProtocolError) -> None:
 
 
 class FabricMember(Member):
-    """A fabric connection's membership, with its origin tag made once."""
+    """A fabric connection's membership, with its origin tag made once (on its first edit:
+    a viewer that never writes needs none)."""
 
-    __slots__ = ("origin",)
+    __slots__ = ("_origin",)
 
     def __init__(self, connection: Connection, client_id: str, wire: str,
                  access: Access) -> None:
         super().__init__(connection, client_id, "yws" if wire == "yws" else "json",
                          access=access)
-        self.origin = Origin("member", member=self)
+        self._origin: Origin | None = None
+
+    @property
+    def origin(self) -> Origin:
+        if self._origin is None:
+            self._origin = Origin("member", member=self)
+        return self._origin
 
 
 class FabricHandler:

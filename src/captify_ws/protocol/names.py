@@ -56,6 +56,8 @@ def check_name(name: str) -> str:
 def name_from_path(raw: str) -> str:
     """The document name in a raw URL path (percent-encoded, each character standing for one
     byte, as transports read request lines: latin-1), decoded exactly once and checked."""
+    if raw.isascii() and "%" not in raw:
+        return check_name(raw)  # nothing to decode: the same string (memory per connection)
     try:
         name = unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):

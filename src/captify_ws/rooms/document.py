@@ -54,6 +54,11 @@ RelayListener = Callable[["DocumentRoom", str, str | None], None]
 class DocumentRoom:
     """One document loaded in this process; created by ``RoomManager``."""
 
+    __slots__ = ("_full_state", "_full_step2", "_json", "_pending", "_pending_cost",
+                 "_update_listeners", "_wires", "_yws", "closed", "deleted", "document_id",
+                 "hocuspocus", "holds", "max_frame", "max_size", "presence", "presence_listeners",
+                 "relay_listeners", "stats", "steps", "stored_size", "ydoc")
+
     def __init__(self, document_id: str, *, awareness_flush_s: float,
                  awareness_renewal_s: float, max_size: int = 0, max_frame: int = 16 << 20,
                  max_presence_states: int = 0, max_presence_bytes: int = 0,
@@ -70,15 +75,17 @@ class DocumentRoom:
         self.hocuspocus = HocuspocusMembers()
         #: every wire format, in the order a broadcast reaches them
         self._wires: tuple[WireMembers, ...] = (self._yws, self._json, self.hocuspocus)
-        self._by_wire: dict[str, WireMembers] = {
-            "yws": self._yws, "json": self._json, "hocuspocus": self.hocuspocus}
         self._full_state: bytes | None = None
         self._full_step2: PreparedFrame | None = None
-        self._pending: list[Pending] = []
+        #: updates waiting for the end of this loop turn (an empty tuple while none: memory
+        #: per idle document)
+        self._pending: list[Pending] | tuple[()] = ()
         self._pending_cost = 0
         self._update_listeners: list[UpdateListener] = []
-        self.presence_listeners: list[PresenceListener] = []
-        self.relay_listeners: list[RelayListener] = []
+        #: the cluster bridge's listeners (added by add_presence_listener/add_relay_listener;
+        #: empty tuples until then: memory per idle document)
+        self.presence_listeners: list[PresenceListener] | tuple[()] = ()
+        self.relay_listeners: list[RelayListener] | tuple[()] = ()
         #: no frame sent is larger than this (the message limit): presence is cut to fit
         self.max_frame = max_frame
         self.presence = Presence(self._broadcast_presence, flush_interval=awareness_flush_s,
@@ -94,6 +101,12 @@ class DocumentRoom:
         self.stored_size: int | None = None
         #: the room was unloaded because its document was deleted
         self.deleted = False
+
+    def _wire(self, wire: Wire) -> WireMembers:
+        """The members of one wire format (one lookup, no dict per room)."""
+        if wire == "yws":
+            return self._yws
+        return self._json if wire == "json" else self.hocuspocus
 
     def __repr__(self) -> str:
         return f"<DocumentRoom {self.document_id!r} members={len(self)}>"
@@ -118,11 +131,11 @@ class DocumentRoom:
 
     def join(self, member: Member) -> None:
         member.room = self
-        self._by_wire[member.wire].join(member)
+        self._wire(member.wire).join(member)
 
     def remove(self, member: Member) -> None:
         """``member`` leaves (on a socket that carries many documents, that one document)."""
-        if self._by_wire[member.wire].leave(member):
+        if self._wire(member.wire).leave(member):
             self.presence.remove_owned_by(member)
             member.room = None
 
@@ -141,6 +154,12 @@ class DocumentRoom:
 
     def add_update_listener(self, listener: UpdateListener) -> None:
         self._update_listeners.append(listener)
+
+    def add_presence_listener(self, listener: PresenceListener) -> None:
+        self.presence_listeners = [*self.presence_listeners, listener]
+
+    def add_relay_listener(self, listener: RelayListener) -> None:
+        self.relay_listeners = [*self.relay_listeners, listener]
 
     # -- document --------------------------------------------------------------------------
 
@@ -207,7 +226,10 @@ class DocumentRoom:
             self.ydoc.apply(update, cost or None)
             self._applied(update, origin, frame)
             return
-        self._pending.append((update, origin, frame))
+        if self._pending:
+            self._pending.append((update, origin, frame))
+        else:
+            self._pending = [(update, origin, frame)]
         self._pending_cost += cost
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self.flush_pending)
@@ -216,7 +238,7 @@ class DocumentRoom:
         """Integrate and relay the updates waiting for the end of this loop turn."""
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending, ()
         self._pending_cost = 0
         if len(batch) == 1:
             accepted = self._integrate_each(batch)
@@ -242,7 +264,7 @@ class DocumentRoom:
             except InvalidMessage as exc:
                 member = entry[1].member
                 if member is not None:
-                    self._by_wire[member.wire].refuse(member, exc)
+                    self._wire(member.wire).refuse(member, exc)
                 logger.warning("dropped an update for %r: %s", self.document_id, exc)
         return accepted
 
@@ -391,5 +413,5 @@ class DocumentRoom:
         if self.steps is not None:
             self.steps.admit = None
         self._update_listeners.clear()
-        self.presence_listeners.clear()
-        self.relay_listeners.clear()
+        self.presence_listeners = ()
+        self.relay_listeners = ()

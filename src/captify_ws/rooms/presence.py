@@ -65,6 +65,10 @@ class Presence:
     and due renewals); the room turns them into frames for its members.
     """
 
+    __slots__ = ("_broadcast", "_changed", "_flush_handle", "_flush_interval", "_owned",
+                 "_renewal_handle", "_renewal_interval", "_renewed", "_tombstones", "max_bytes",
+                 "max_states", "slots", "states", "stats")
+
     def __init__(self, broadcast: Callable[[list[Change]], None], *, flush_interval: float,
                  renewal_interval: float, max_states: int = 0, max_bytes: int = 0,
                  stats: Stats | None = None) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -58,7 +59,9 @@ def _request_from_picows(request: WSUpgradeRequest, transport: Any) -> UpgradeRe
     else:
         target, _, query = target.partition("?")
     peer = transport.get_extra_info("peername") if transport is not None else None
-    client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
+    # The address interned: thousands of connections from one proxy or client share it.
+    client = (sys.intern(str(peer[0])), int(peer[1])) \
+        if isinstance(peer, tuple) and len(peer) >= 2 else None
     return UpgradeRequest(path=target, query_string=query,
                           headers=header_block(request.headers.items()), client=client)
 
