@@ -18,6 +18,7 @@ from captify_ws.agents.registry import MAX_OPEN_PER_OWNER
 from captify_ws.api import agent_sessions
 from captify_ws.errors import ChannelError
 from tests.helpers import ServerProcess, running_server
+from tests.polling import eventually
 from tests.services import REDIS_URL, fresh_database, require_redis
 
 BASE = "/api/v1/agent/sessions"
@@ -197,9 +198,9 @@ async def test_ended_session_records_are_deleted_after_history_log_keep_s() -> N
         await sessions.end(done.info.session_id)
         live = await sessions.start_session("p", name="Live", color="#000")
         assert await sessions.prune() == 0
-        deadline = time.monotonic() + 10
-        while await sessions.prune() == 0:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        async def pruned() -> bool:
+            return await sessions.prune() > 0
+
+        await eventually(pruned, "the ended session to be pruned", interval=0.1)
         assert [a["name"] for a in await sessions.list("p")] == ["Live"]
         await sessions.end(live.info.session_id)

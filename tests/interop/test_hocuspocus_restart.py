@@ -4,13 +4,13 @@ themselves, re-authenticate every document of their socket, and nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
 from pycrdt import Doc, Text
 
 from tests.helpers import ProviderRepl, ServerProcess, free_port, hocuspocus_providers
+from tests.polling import eventually
 
 DOCS = ("crash-a", "crash-b")
 
@@ -62,10 +62,12 @@ async def test_providers_reconnect_after_kill_9_and_nothing_is_lost(tmp_path: Pa
                                    for n in names))
             for doc in DOCS:
                 group = [f"{impl}/{doc}" for impl in ("v3", "v4")]
-                deadline = time.monotonic() + 20
-                while len(set(texts := await _texts(repl, group))) != 1:
-                    assert time.monotonic() < deadline, texts
-                    await asyncio.sleep(0.1)
+                async def same(group: list[str] = group) -> list[str]:
+                    texts = await _texts(repl, group)
+                    assert len(set(texts)) == 1, texts
+                    return texts
+
+                texts = await eventually(same, f"{doc} to converge", timeout=20, interval=0.1)
                 for name in group:
                     for phase in ("before", "racing", "offline"):
                         assert f"<{name} {phase}>" in texts[0]
