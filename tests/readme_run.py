@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from tests.browser import chromium
 from tests.helpers import JS, NODE_BIN, ROOT, VENV_BIN, free_port, running_server
+from tests.polling import eventually_sync
 from tests.readme_blocks import Block, output_matches, rewrite_port
 
 API_KEY = "change-me"  # the README's own example key; the README server runs with it
@@ -42,11 +43,7 @@ def reader_env(**extra: str) -> dict[str, str]:
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    eventually_sync(check, what, timeout, interval=0.05)
 
 
 def connections(port: int, document_id: str) -> int:

@@ -19,6 +19,7 @@ from captify_ws.agents.events import event_of
 from captify_ws.api import agent_runs, current_server
 from tests.channels.support import SECRET, pubs, raw, subscribe, token, until
 from tests.helpers import RunningServer, running_server
+from tests.polling import stays
 from tests.services import REDIS_URL, require_redis
 
 
@@ -204,8 +205,11 @@ async def test_a_silent_producer_fails_the_run_after_its_ttl(backend: str) -> No
                                       where=lambda m: m["event"] == "run.failed")
             assert failed["channel"] == "agent:dead"
             assert failed["data"]["error"] == "producer_lost"
-            await asyncio.sleep(1.5)  # bounded: 2.5 TTLs of idle producer must stay alive
-            assert await runs.status("alive") == "running"
+            async def alive_running() -> bool:
+                return await runs.status("alive") == "running"
+
+            # 2.5 TTLs of an idle producer: the run stays alive all along
+            await stays(alive_running, "the idle producer's run", seconds=1.5, interval=0.05)
             await alive.token("m", "still here")
 
 
