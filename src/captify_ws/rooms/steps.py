@@ -35,6 +35,7 @@ from prosemirror.model.resolvedpos import _resolve_cache
 from prosemirror.transform import ReplaceAroundStep, ReplaceStep, Step
 
 from captify_ws.errors import InvalidMessage, QuotaExceeded
+from captify_ws.rooms.turns import dumps_in_turns
 from captify_ws.store.base import APPENDED, CONFLICT, DocumentStore, StepRecord
 
 logger = logging.getLogger("captify_ws.steps")
@@ -374,8 +375,10 @@ class StepAuthority:
     async def snapshot(self) -> None:
         """Store the document at the current version and trim the kept history."""
         self._since_snapshot = 0
+        version, tree = self.version, self.doc.to_json()
+        # A large document's JSON is encoded in turns of the event loop (rooms/turns.py).
         await self.store.save_step_snapshot(
-            self.document_id, self.version, json.dumps(self.doc.to_json()), KEEP_STEPS)
+            self.document_id, version, await dumps_in_turns(tree), KEEP_STEPS)
         keep_from = max(self.history_start, self.version - KEEP_STEPS)
         forgotten = self.history[:keep_from - self.history_start]
         self.history = self.history[keep_from - self.history_start:]
