@@ -10,10 +10,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captify_ws.rooms.turns import PIECE_VALUES, dumps_in_turns, json_pieces
+from captify_ws.rooms.turns import PIECE_CHARS, PIECE_VALUES, dumps_in_turns, json_pieces
 
+#: strings past the piece size, cut anywhere (escapes, quotes, astral characters, controls)
+long_texts = st.builds(lambda part, count: part * count,
+                       st.text(min_size=1, max_size=40), st.integers(PIECE_CHARS // 40 + 1,
+                                                                     PIECE_CHARS // 4))
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                    st.text())
+                    st.text(), long_texts)
 values = st.recursive(
     scalars,
     lambda children: st.one_of(
@@ -39,6 +43,15 @@ def _document(paragraphs: int) -> dict[str, Any]:
                                                            "attrs": {"href": "/a?b=c"}}],
              "text": "x" * (number % 50)}]}
         for number in range(paragraphs)]}
+
+
+def test_one_long_text_is_cut_into_pieces() -> None:
+    """A 10 MB text node (adjacent texts merge in ProseMirror) is many pieces, json.dumps's
+    text together."""
+    node = {"type": "text", "text": "é😀\"\n\x01" * (2 << 20)}
+    pieces = list(json_pieces(node))
+    assert len(pieces) > 100 and max(map(len, pieces)) <= 12 * PIECE_CHARS
+    assert "".join(pieces) == json.dumps(node)
 
 
 async def test_a_large_document_leaves_turns_to_others() -> None:

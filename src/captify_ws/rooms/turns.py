@@ -3,10 +3,10 @@
 Encoding the JSON of a large document (a ProseMirror snapshot at unload: one ``json.dumps`` of
 12 MB held the loop 100-200 ms under the hostile load of issue 13) is pure CPU under the GIL; a
 thread does not help, since the C encoder never releases it. :func:`dumps_in_turns` encodes the
-value piece by piece (each container past a few hundred values member by member, everything
-smaller in one ``json.dumps``) and yields to the event loop whenever a turn has taken
-:data:`TURN_S`: the longest hold is then one piece, at most about one string of the document
-(a message's worth, bounded by ``max_message_size``).
+value piece by piece (each container past a few hundred values member by member, each string
+past 64 Ki characters in parts of that size, everything smaller in one ``json.dumps``) and
+yields to the event loop whenever a turn has taken :data:`TURN_S`: the longest hold is then one
+piece, about a millisecond.
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ TURN_S: Final = 0.004
 #: A container with fewer values than this (counted through its children) is one piece.
 PIECE_VALUES: Final = 256
 
+#: A string longer than this (characters) is encoded this many characters at a time: the text
+#: nodes of a ProseMirror document merge into one string per paragraph (tens of MB).
+PIECE_CHARS: Final = 1 << 16
+
 
 def _small(value: Any) -> bool:
-    """Whether ``value`` holds fewer than :data:`PIECE_VALUES` values, containers included
-    (walked no further than that)."""
+    """Whether ``value`` holds fewer than :data:`PIECE_VALUES` values, containers included,
+    and no string longer than :data:`PIECE_CHARS` (walked no further than that)."""
     budget = PIECE_VALUES
     stack = [value]
     while stack:
@@ -38,6 +42,8 @@ def _small(value: Any) -> bool:
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
+        elif isinstance(item, str) and len(item) > PIECE_CHARS:
+            return False
     return True
 
 
@@ -61,6 +67,13 @@ def json_pieces(value: Any) -> Iterator[str]:
             yield from json_pieces(item)
             separator = ", "
         yield "]"
+    elif isinstance(value, str) and len(value) > PIECE_CHARS:
+        # JSON escapes one code point at a time (RFC 8259 §7): the text of the whole is the
+        # texts of its parts, each without its quotes.
+        yield '"'
+        for start in range(0, len(value), PIECE_CHARS):
+            yield json.dumps(value[start:start + PIECE_CHARS])[1:-1]
+        yield '"'
     else:
         yield json.dumps(value)
 
