@@ -28,7 +28,7 @@ from captify_ws import __version__, logs
 from captify_ws.config import Settings
 from captify_ws.errors import CaptifyError, ConfigError
 from captify_ws.imports import import_attribute
-from captify_ws.memory import keep_large_blocks_returnable
+from captify_ws.memory import freeze_startup_objects, keep_large_blocks_returnable
 from captify_ws.values import parse_bool, show_value
 
 logger = logging.getLogger("captify_ws")
@@ -148,6 +148,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
         if task.done():
             await task
             return 1
+        freeze_startup_objects()
         _announce(settings, port, "asgi")
         await stop.wait()
         uv.should_exit = True
@@ -166,6 +167,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
     except BaseException:
         await server.stop()
         raise
+    freeze_startup_objects()
     _announce(settings, port, "native")
     await stop.wait()
     logger.info("shutting down: closing %d connections with 1012",

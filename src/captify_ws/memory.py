@@ -8,12 +8,19 @@ pages when they are freed: the process stays at its peak after the clients are g
 threshold keeps large blocks on ``mmap``. ``captify-ws serve`` calls
 :func:`keep_large_blocks_returnable` at start; an application that embeds captify-ws decides
 for its own process.
+
+The cyclic garbage collector's full collections walk every tracked object: after start-up
+(modules, the server, its settings and handlers) about 75,000, 40-90 ms each on a busy 2-core
+machine, during which no connection is served. ``captify-ws serve`` calls
+:func:`freeze_startup_objects` once it listens: what is alive then lives as long as the process
+and moves to the permanent generation, which collections skip.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 from typing import Final
 
@@ -41,3 +48,13 @@ def keep_large_blocks_returnable(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     if not done:
         logger.debug("mallopt refused the mmap threshold")
     return done
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then move every object alive now to the collector's permanent generation
+    (``gc.freeze``), so that later full collections walk only what was made since; returns how
+    many objects were frozen. Objects frozen are never collected: call it once, after start-up,
+    when what is alive is what the process keeps."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
