@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import NODE_BIN, ROOT, ServerProcess, providers, running_server
+from tests.polling import eventually
 from tests.services import free_port
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -48,8 +49,13 @@ async def test_metrics_follow_the_traffic() -> None:
                 with pytest.raises(ConnectionClosed):
                     await asyncio.wait_for(refused.recv(), 5)
                 assert refused.close_code == 4401
-            await asyncio.sleep(0.1)
-            text = (await http.get(f"{srv.http}/metrics")).text
+            async def refusal_counted() -> str | None:
+                text = (await http.get(f"{srv.http}/metrics")).text
+                refusals = _metric(text, "captify_auth_refusals_total", 'reason="4401"')
+                one_open = _metric(text, "captify_connections", 'handler="fabric"') == 1
+                return text if refusals == 1 and one_open else None
+
+            text = await eventually(refusal_counted, "the refused connection in /metrics")
             assert _metric(text, "captify_connections", 'handler="fabric"') == 1
             assert _metric(text, "captify_rooms_loaded") == 1
             assert _metric(text, "captify_messages_received_total", 'type="sync"') == 1
@@ -58,9 +64,11 @@ async def test_metrics_follow_the_traffic() -> None:
             assert _metric(text, "captify_store_pending_writes") == 0
             assert "captify_broadcast_fanout_seconds_bucket" in text
             assert "process_resident_memory_bytes" in text
-        await asyncio.sleep(0.1)
-        text = (await http.get(f"{srv.http}/metrics")).text
-        assert _metric(text, "captify_connections", 'handler="fabric"') == 0
+        async def no_connection() -> bool:
+            text = (await http.get(f"{srv.http}/metrics")).text
+            return _metric(text, "captify_connections", 'handler="fabric"') == 0
+
+        await eventually(no_connection, "the closed connection to leave /metrics")
 
 
 async def test_metrics_require_the_token_when_one_is_set(transport: str) -> None:

@@ -143,14 +143,16 @@ async def test_asgi_queue_and_frame_in_flight_count() -> None:
     """Under an ASGI server whose send does not return (its client does not read), the queued
     frames and the one being sent count: past the budget, 1013."""
     stuck: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    sending = asyncio.Event()
 
     async def send(message: Any) -> None:
+        sending.set()
         await stuck
 
     conn = AsgiConnection(UpgradeRequest("/ws/fabric/t"), None, "t", send,  # type: ignore[arg-type]
                           limits=_limits())
     conn.send_frame(_frame(600 * KB))
-    await asyncio.sleep(0.01)  # the writer takes it and waits in send
+    await asyncio.wait_for(sending.wait(), 5)  # the writer took it and waits in send
     conn.send_frame(_frame(300 * KB))
     assert conn.close_code is None
     conn.send_frame(_frame(200 * KB))
