@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import NODE_BIN, ROOT, ServerProcess, providers, running_server
-from tests.polling import eventually
+from tests.polling import eventually, eventually_sync
 from tests.services import free_port
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -150,7 +150,11 @@ def test_json_logs_name_connections_but_never_contents_or_tokens() -> None:
                 await client.edit("TOP-SECRET-CONTENT")
                 await client.sync()
         asyncio.run(session())
-        time.sleep(0.3)
+
+        def close_logged() -> bool:
+            return any('"close_code"' in line and '"logged"' in line for line in proc.output)
+
+        eventually_sync(close_logged, "the connection's close in the log", timeout=5)
     finally:
         proc.stop()
     records = [json.loads(line) for line in proc.output if line.startswith("{")]
@@ -177,7 +181,10 @@ async def test_sigterm_mid_editing_loses_nothing(tmp_path: Path) -> None:
             await repl.call("waitSynced", name=name)
         typing = asyncio.gather(*(repl.call("insertTokens", name=n, count=100, seed=i + 1,
                                             delayMs=5, wait=60) for i, n in enumerate(names)))
-        await asyncio.sleep(0.3)
+        async def under_way() -> bool:  # some of the 300 tokens typed, most not yet
+            return (await repl.call("snapshot", name="g0"))["text"].count(";") >= 30
+
+        await eventually(under_way, "the typing to be under way", interval=0.01)
         started = time.monotonic()
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
@@ -190,14 +197,14 @@ async def test_sigterm_mid_editing_loses_nothing(tmp_path: Path) -> None:
         await typing
         server = ServerProcess(args).start()
         try:
-            deadline = time.monotonic() + 30
             expected = {f"{n}:{i};" for n in names for i in range(100)}
-            while True:
+
+            async def converged() -> bool:
                 texts = [(await repl.call("snapshot", name=n))["text"] for n in names]
-                if all(t == texts[0] for t in texts) and all(x in texts[0] for x in expected):
-                    break
-                assert time.monotonic() < deadline, "providers did not converge after restart"
-                await asyncio.sleep(0.1)
+                return all(t == texts[0] for t in texts) and all(x in texts[0] for x in expected)
+
+            await eventually(converged, "the providers to converge after the restart",
+                             timeout=30, interval=0.1)
         finally:
             assert server.stop() == 0
     from pycrdt import Doc, Text
