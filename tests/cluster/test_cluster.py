@@ -250,9 +250,21 @@ async def test_redis_restart_during_editing_converges(shared_store: str) -> None
             typing = asyncio.gather(*(repl.call("insertTokens", name=n, count=120, seed=i + 1,
                                                 delayMs=10, wait=60)
                                       for i, n in enumerate(names)))
-            await asyncio.sleep(0.4)
+            async def typed(name: str) -> int:  # tokens of ``name`` that ``name`` holds
+                return int((await repl.call("snapshot", name=name))["text"].count(f"{name}:"))
+
+            async def under_way() -> bool:
+                return await typed("a1") >= 20
+
+            await eventually(under_way, "the typing to be under way", interval=0.01)
             redis.stop()
-            await asyncio.sleep(1.0)  # edits made now cross instances only after the restart
+            before = await typed("a1")
+
+            async def typed_while_down() -> bool:
+                return await typed("a1") >= before + 30
+
+            # edits made now cross instances only after the restart
+            await eventually(typed_while_down, "edits made while Redis is down", interval=0.01)
             redis.start()
             await typing
             restarted = time.monotonic()
