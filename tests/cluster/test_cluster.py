@@ -366,8 +366,13 @@ async def test_revocation_reaches_every_instance(shared_store: str) -> None:
 
         async with connect(f"{b.ws}/ws/fabric?documentId=vault&token={token}") as on_b:
             assert '"connected"' in str(await on_b.recv())
-            await asyncio.sleep(0.5)
             async with httpx.AsyncClient(timeout=10) as http:
+                async def a_counts_it() -> bool:  # the cluster knows of the connection on B
+                    answer = await http.get(f"{a.http}/api/v1/connections",
+                                            params={"documentId": "vault"}, headers=AUTH)
+                    return bool(answer.json().get("count") == 1)
+
+                await eventually(a_counts_it, "A to count the connection on B")
                 answer = await http.post(f"{a.http}/api/v1/documents/vault/revoke",
                                          headers=AUTH, json={"userId": "mallory", "to": "none"})
                 assert answer.status_code == 200
