@@ -6,6 +6,12 @@ connection's listener referred to each other, only a full garbage collection fre
 idle server may not run one for minutes: in CI, one client sending 15 MB messages left the
 server at +100-400 MB after it had gone (``test_hostile_load``'s cost-of-a-message kind). Here,
 with the collector off, every way a connection can end leaves no protocol object behind.
+
+The asgi transport had the same kind of cycles: uvicorn's protocol (its websockets reader
+buffer as large as the largest frame part-way read) <-> the connection (``send``, the
+transport access) and protocol -> scope -> its ``captify.transport`` extension -> protocol;
+the connection itself lives on as long as its document member, so all four endings left every
+asgi protocol for a full collection.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from captify_ws.transport.native import BoundedReads
+from captify_ws.transport.uvicorn_ws import BoundedWebSocketProtocol
 from tests.attacks import client_frame, close_payload, read_frame, upgrade
 from tests.helpers import running_server
 from tests.polling import eventually
@@ -26,7 +33,8 @@ BIG = 2 << 20  # a frame this large grows the read buffer past 2 MiB
 
 
 def _protocols() -> int:
-    return sum(1 for item in gc.get_objects() if isinstance(item, BoundedReads))
+    return sum(1 for item in gc.get_objects()
+               if isinstance(item, BoundedReads | BoundedWebSocketProtocol))
 
 
 @contextlib.contextmanager
@@ -79,9 +87,11 @@ ENDINGS: dict[str, Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaita
 }
 
 
+@pytest.mark.parametrize("transport", ["native", "asgi"])
 @pytest.mark.parametrize("ending", list(ENDINGS))
-async def test_a_connection_that_ended_leaves_no_protocol_behind(ending: str) -> None:
-    async with running_server("native", max_message_size=4 << 20, close_timeout_s=0.5) as srv:
+async def test_a_connection_that_ended_leaves_no_protocol_behind(ending: str,
+                                                                 transport: str) -> None:
+    async with running_server(transport, max_message_size=4 << 20, close_timeout_s=0.5) as srv:
         with _collector_off():
             before = _protocols()
             for _ in range(3):

@@ -167,10 +167,19 @@ class AsgiConnection(Connection):
         self._set_private(self._transport_buffered())
 
     async def stop_writer(self) -> None:
+        """Stop the writer task and let go of the ASGI server's protocol (``send`` and the
+        transport access): the connection object may live on (a member of a document until it
+        leaves), but what the protocol holds is freed now by reference counting."""
         if not self._writer.done():
             self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
+        self._access = None
+        self._send = _send_nothing
+
+
+async def _send_nothing(message: Any) -> None:
+    """``send`` of a connection whose ASGI connection is over."""
 
 
 async def deny(scope: Scope, send: Send, status: int, text: str) -> None:

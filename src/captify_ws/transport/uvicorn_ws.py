@@ -146,6 +146,14 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._inbound.forget(self)
             self._inbound = None
         super().connection_lost(exc)
+        # Break the cycles (protocol -> scope -> its extension -> protocol, protocol <->
+        # connection) so that the protocol and what it holds (websockets' reader buffer, as
+        # large as the largest frame part-way read) are freed now, not at the next full
+        # collection, which an idle server may not run for minutes.
+        self._charged = None
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope.get("extensions", {}).pop(EXTENSION, None)
 
     def _discard(self, size: int) -> None:
         """Past the close frame, what arrives is read and dropped until the peer closes (its
