@@ -7,7 +7,6 @@ import asyncio
 import gc
 import json
 import secrets
-import time
 import weakref
 from typing import Any
 
@@ -36,16 +35,17 @@ def insert_step(pos: int, text: str) -> dict[str, Any]:
 
 
 async def converged(repl: ProviderRepl, names: list[str], timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def same() -> dict[str, Any]:
         for name in names:
             await repl.call("waitIdle", name=name, timeout=int(timeout * 1000))
         states = [await repl.call("state", name=name) for name in names]
-        if all(s["doc"] == states[0]["doc"] and s["version"] == states[0]["version"]
-               for s in states):
-            return states[0]
-        assert time.monotonic() < deadline, [s["text"] for s in states]
-        await asyncio.sleep(0.05)
+        assert all(s["doc"] == states[0]["doc"] and s["version"] == states[0]["version"]
+                   for s in states), [s["text"] for s in states]
+        return dict(states[0])
+
+    state: dict[str, Any] = await eventually(same, "the editors to converge", timeout,
+                                             interval=0.05)
+    return state
 
 
 async def test_three_editors_typing_concurrently_converge(transport: str) -> None:
@@ -250,13 +250,13 @@ async def test_server_steps_reach_yjs_editors() -> None:
             {"type": "paragraph", "content": [
                 {"type": "text", "text": "Please Ship "},
                 {"type": "text", "marks": [{"type": "strong"}], "text": "it"}]}]})
-        deadline = time.monotonic() + 5
-        while True:
+        async def shows_expected() -> bool:
             seen = (await repl.call("pmJSON", name="tiptap"))["doc"]
-            if Node.from_json(schema, seen).eq(expected):
-                break
-            assert time.monotonic() < deadline, seen
-            await asyncio.sleep(0.05)
+            assert Node.from_json(schema, seen).eq(expected), seen
+            return True
+
+        await eventually(shows_expected, "the server's steps in the editor", timeout=5,
+                         interval=0.05)
         # The Yjs editor types; the next server step applies on top of that text.
         await repl.call("pmType", name="tiptap", block=0, index=4, text="!")
         await eventually(lambda: "Plan!" in server_fragment(), "the typed '!' on the server")
@@ -264,14 +264,14 @@ async def test_server_steps_reach_yjs_editors() -> None:
                                  json={"steps": [insert_step(1, ">> ")],
                                        "changeId": "agent-2"})
         assert answer.status_code == 200, answer.text
-        deadline = time.monotonic() + 5
-        while True:
-            seen = (await repl.call("pmJSON", name="tiptap"))["doc"]
+        async def heading_rebased() -> dict[str, Any]:
+            seen: dict[str, Any] = (await repl.call("pmJSON", name="tiptap"))["doc"]
             heading = "".join(t["text"] for t in seen["content"][0]["content"])
-            if heading == ">> Plan!":
-                break
-            assert time.monotonic() < deadline, seen
-            await asyncio.sleep(0.05)
+            assert heading == ">> Plan!", seen
+            return seen
+
+        seen = await eventually(heading_rebased, "the step on top of the typed text",
+                                timeout=5, interval=0.05)
         assert seen["content"][1]["content"][1]["marks"][0]["type"] == "strong"
 
 
