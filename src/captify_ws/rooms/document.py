@@ -54,10 +54,11 @@ RelayListener = Callable[["DocumentRoom", str, str | None], None]
 class DocumentRoom:
     """One document loaded in this process; created by ``RoomManager``."""
 
-    __slots__ = ("_full_state", "_full_step2", "_json", "_pending", "_pending_cost",
-                 "_update_listeners", "_wires", "_yws", "closed", "deleted", "document_id",
-                 "hocuspocus", "holds", "max_frame", "max_size", "presence", "presence_listeners",
-                 "relay_listeners", "stats", "steps", "stored_size", "ydoc")
+    __slots__ = ("_awareness_flush_s", "_awareness_renewal_s", "_full_state", "_full_step2",
+                 "_json", "_max_presence_bytes", "_max_presence_states", "_pending",
+                 "_pending_cost", "_presence", "_update_listeners", "_wires", "_yws", "closed",
+                 "deleted", "document_id", "hocuspocus", "holds", "max_frame", "max_size",
+                 "presence_listeners", "relay_listeners", "stats", "steps", "stored_size", "ydoc")
 
     def __init__(self, document_id: str, *, awareness_flush_s: float,
                  awareness_renewal_s: float, max_size: int = 0, max_frame: int = 16 << 20,
@@ -88,10 +89,12 @@ class DocumentRoom:
         self.relay_listeners: list[RelayListener] | tuple[()] = ()
         #: no frame sent is larger than this (the message limit): presence is cut to fit
         self.max_frame = max_frame
-        self.presence = Presence(self._broadcast_presence, flush_interval=awareness_flush_s,
-                                 renewal_interval=awareness_renewal_s,
-                                 max_states=max_presence_states, max_bytes=max_presence_bytes,
-                                 stats=self.stats)
+        #: made on first use (``presence``): a document nobody shows presence on keeps none
+        self._presence: Presence | None = None
+        self._awareness_flush_s = awareness_flush_s
+        self._awareness_renewal_s = awareness_renewal_s
+        self._max_presence_states = max_presence_states
+        self._max_presence_bytes = max_presence_bytes
         #: the ProseMirror step authority, loaded on first use (RoomManager.authority)
         self.steps: StepAuthority | None = None
         #: a user of the room that is not a connection (API call, load); blocks unloading
@@ -136,7 +139,8 @@ class DocumentRoom:
     def remove(self, member: Member) -> None:
         """``member`` leaves (on a socket that carries many documents, that one document)."""
         if self._wire(member.wire).leave(member):
-            self.presence.remove_owned_by(member)
+            if self._presence is not None:
+                self._presence.remove_owned_by(member)
             member.room = None
 
     def leave(self, connection: Connection) -> Member | None:
@@ -151,6 +155,20 @@ class DocumentRoom:
     def idle(self) -> bool:
         """No members and nobody holding the room: it may unload."""
         return self.holds == 0 and not any(self._wires)
+
+    @property
+    def presence(self) -> Presence:
+        """The awareness states of this document (made on first use; one made after the room
+        closed sends nothing)."""
+        if self._presence is None:
+            self._presence = Presence(
+                self._broadcast_presence, flush_interval=self._awareness_flush_s,
+                renewal_interval=self._awareness_renewal_s,
+                max_states=self._max_presence_states, max_bytes=self._max_presence_bytes,
+                stats=self.stats)
+            if self.closed:
+                self._presence.detach()
+        return self._presence
 
     def add_update_listener(self, listener: UpdateListener) -> None:
         self._update_listeners.append(listener)
@@ -381,7 +399,9 @@ class DocumentRoom:
 
     def presence_frames_for(self, wire: Wire) -> list[PreparedFrame]:
         """The current presence of everyone, as a joiner on ``wire`` receives it."""
-        return presence_wire.frames_for(self.presence.snapshot(), wire, self.document_id,
+        if self._presence is None:
+            return []
+        return presence_wire.frames_for(self._presence.snapshot(), wire, self.document_id,
                                         self.max_frame)
 
     def awareness_groups(self, entries: Iterable[ywebsocket.AwarenessEntry]
@@ -408,8 +428,9 @@ class DocumentRoom:
         100+ MB up after 30 steps of 1 MB, issue 13.6)."""
         self.flush_pending()
         self.closed = True
-        self.presence.close()
-        self.presence.detach()
+        if self._presence is not None:
+            self._presence.close()
+            self._presence.detach()
         if self.steps is not None:
             self.steps.admit = None
         self._update_listeners.clear()
