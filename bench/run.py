@@ -607,11 +607,11 @@ NOTES = """
 - JSON fan-out: `jsonfanout.mjs` keeps all 1000 JSON readers reading (no paused sinks),
   while the y-websocket fan-out pauses 950 of them; the JSON path's cost per copy is
   compared with the y-websocket path of the same repeat with that difference in it.
-- Idle connections: 9.75 KB per connection with a document each at 10,000 and at 5,000
-  (0.60× @y/websocket-server's 16.2 at 5,000; two runs each, 2026-12-01 06:39, busy machine),
-  down from 15.2-16.2: a tracemalloc census of a server holding 1,000-2,000 idle connections
-  (issue 20.5) found picows' handshake headers kept for the socket's life, a pycrdt `Doc` per
-  document nobody had written to (~1.7 KB), bound methods and dicts per socket and per room;
+- Idle connections: 9.2 KB per connection with a document each, at 10,000 and at 5,000
+  (0.57× @y/websocket-server's 16.25 at 5,000; 2026-12-01 06:50, busy machine), down from
+  15.2-16.2: a tracemalloc census of a server holding 1,000-2,000 idle connections (issue
+  20.5) found picows' handshake headers kept for the socket's life, a pycrdt `Doc` and a
+  presence per document nobody had written to, bound methods and dicts per socket and room;
   what is left is mostly picows' 2 KB read buffer, its transport, and uvloop's (~5 KB).
 - The large-doc `state bytes` may differ between servers when updates are integrated in
   batches (a merged update is encoded more compactly); the synced text is identical.
