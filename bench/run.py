@@ -240,8 +240,9 @@ def peer_command(peer: str, port: int, workdir: Path) -> tuple[str, list[str]]:
         if not base:
             raise SystemExit("the ab sets compare with another build: set CAPTIFY_BASE_SRC to "
                              "its src folder (git archive <commit> src | tar -x -C DIR)")
-        return (f"cmd:env PYTHONPATH={base} {sys.executable} -m captify_ws serve --port {{PORT}} "
-                "--store memory --log-level warning --document-create-rate 0",
+        # the setting as an environment variable: a base build from before it ignores it
+        return (f"cmd:env PYTHONPATH={base} CAPTIFY_WS_DOCUMENT_CREATE_RATE=0 {sys.executable} "
+                "-m captify_ws serve --port {PORT} --store memory --log-level warning",
                 ["--url", f"ws://127.0.0.1:{port}/ws/fabric", "--label", "captify-ws base"])
     if peer == "captify-json":
         return (f"cmd:{CAPTIFY} serve --port {{PORT}} --store memory --log-level warning "
@@ -304,9 +305,10 @@ def run_json_many(peer: str, port: int, tag: str, args: list[str]) -> dict[str, 
         command = ["node", str(work / "seed-json-server.mjs"), str(port)]
         label = "seed-json"
     elif peer == "captify-base-many":
-        command = ["env", f"PYTHONPATH={os.environ['CAPTIFY_BASE_SRC']}", sys.executable, "-m",
+        command = ["env", f"PYTHONPATH={os.environ['CAPTIFY_BASE_SRC']}",
+                   "CAPTIFY_WS_DOCUMENT_CREATE_RATE=0", sys.executable, "-m",
                    "captify_ws", "serve", "--port", str(port), "--store", "memory",
-                   "--log-level", "warning", "--document-create-rate", "0"]
+                   "--log-level", "warning"]
         label = "captify-ws JSON base"
     else:
         command = [CAPTIFY, "serve", "--port", str(port), "--store", "memory",
