@@ -53,6 +53,11 @@ KINDS: dict[str, list[str]] = {
 #:   message (after the raw-bytes refusal) pair p99 35-36 ms, /healthz 37 ms.
 #: * all attacks together (here and in runs of 30 s): pair p99 209-479 ms, /healthz p99
 #:   239-413 ms, worst /healthz 0.6-1.8 s (3.5-12.5 s before the bounds).
+#: * later the same day (load average 0.6-2.4), after the ProseMirror snapshot was encoded in
+#:   turns, start-up objects frozen (no 40-90 ms full collections) and reads cut to 16 KiB a
+#:   callback: pair p99 27-35 ms, /healthz p99 42-62 ms, worst /healthz 64-168 ms; a
+#:   loop-stall watchdog then saw no hold over 30 ms but the start-up collection. What is left
+#:   is the loop's round over every busy socket, once per step of a request.
 #:
 #: py-spy on the server under the whole mix (``tests/attacks.py``'s docstring) puts what is left
 #: in operations on whole large documents, not in the attacks' traffic: reloading the 10 MB
@@ -78,8 +83,8 @@ HEALTHZ_WORST_MS = 1000
 #: and each stays loaded room_grace_s (5 s) after its client left: 12 loaded at once
 #: (captify_rooms_loaded), +266 MB for that attack alone (5 and +108 MB at --room-grace-s 1).
 #: Nothing bounds the memory of all loaded documents together yet: this term is rate x grace x
-#: quota, not a budget. Measured with these bounds, 2026-12-01, load average 2-3: +201 to +294 MB
-#: (more as the server keeps up better: the attackers then get more done).
+#: quota, not a budget. Measured with these bounds, 2026-12-01, load average 0.6-3: +201 to
+#: +374 MB (more as the server keeps up better: the attackers then get more done).
 DOCUMENTS_MB = 55 + 20 + 12 * 22
 ALL_RSS_PEAK_GROWTH_MB = OUTBOUND_MB + INBOUND_MB + DOCUMENTS_MB
 #: The same for all attacks together (see above).
