@@ -22,10 +22,13 @@ from tests.helpers import ServerProcess
 OUTBOUND_MB = 128
 #: Partly received messages of all connections (three messages of the 16 MiB limit).
 INBOUND_MB = 48
+#: Documents in their grace period after their last client left, estimated memory.
+IDLE_DOCUMENTS_MB = 64
 #: The document quota (13.6): room for the attacks' 10 MB document (~30 MB estimated).
 QUOTA_MB = 32
 SERVER_ARGS = ["--max-document-size", f"{QUOTA_MB}m", "--max-outbound-bytes",
-               f"{OUTBOUND_MB}m", "--max-inbound-bytes", f"{INBOUND_MB}m", "--send-timeout-s",
+               f"{OUTBOUND_MB}m", "--max-inbound-bytes", f"{INBOUND_MB}m",
+               "--max-idle-document-bytes", f"{IDLE_DOCUMENTS_MB}m", "--send-timeout-s",
                "5", "--close-timeout-s", "2",
                "--http-head-timeout-s", "2", "--http-body-timeout-s", "2", "--log-level",
                "warning"]
@@ -78,14 +81,13 @@ HEALTHZ_WORST_MS = 1000
 #: (``--max-inbound-bytes``; before that bound, 44 connections of fragment-bytes each part-way
 #: through a 16 MiB message took the run to +257 MB on the quiet CI machine), and
 #: DOCUMENTS_MB: the 10 MB document loaded and synced (+55 MB RSS measured: its Yjs document,
-#: the cached full state, the store's copy), the 4 MB one (+20 MB), and quota-steps's documents:
-#: it fills a new document to the 32 MB quota (~11 steps of 1 MB, ~22 MB of RSS) every ~0.5 s,
-#: and each stays loaded room_grace_s (5 s) after its client left: 12 loaded at once
-#: (captify_rooms_loaded), +266 MB for that attack alone (5 and +108 MB at --room-grace-s 1).
-#: Nothing bounds the memory of all loaded documents together yet: this term is rate x grace x
-#: quota, not a budget. Measured with these bounds, 2026-12-01, load average 0.6-3: +201 to
-#: +374 MB (more as the server keeps up better: the attackers then get more done).
-DOCUMENTS_MB = 55 + 20 + 12 * 22
+#: the cached full state, the store's copy), the 4 MB one (+20 MB), the documents in their grace
+#: period (IDLE_DOCUMENTS_MB of estimated memory, which is more than their RSS: ~22 MB for one
+#: at the 32 MB quota), and the one quota-steps is filling (the quota). Before the idle bound,
+#: quota-steps (a new document filled to the quota every ~0.5 s, each loaded 5 s more) kept 12
+#: loaded, +266 MB for that attack alone, and the whole run peaked at +201 to +374 MB
+#: (load average 0.6-3); with it, +177 MB (2026-12-01, load average ~1).
+DOCUMENTS_MB = 55 + 20 + IDLE_DOCUMENTS_MB + QUOTA_MB
 ALL_RSS_PEAK_GROWTH_MB = OUTBOUND_MB + INBOUND_MB + DOCUMENTS_MB
 #: The same for all attacks together (see above).
 ALL_HONEST_P99_MS = 700

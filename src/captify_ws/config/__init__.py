@@ -190,6 +190,10 @@ class Settings(KeepingSettings):
         "received no message (an idle viewer without presence would reconnect)", float)
     room_grace_s: float = setting(
         5.0, "seconds a document stays loaded after its last connection leaves", float)
+    max_idle_document_bytes: int = setting(
+        256 << 20, "estimated memory of the documents kept loaded in their grace period "
+        "(room_grace_s) after their last connection left, all together; past it those waiting "
+        "longest unload at once (0: no bound)", _parse_size, metavar="SIZE")
     ping_interval_s: float = setting(
         20.0, "keepalive: a connection silent for this many seconds is pinged, and closed if "
         "still silent one interval later (0 disables); keeps proxies from cutting idle "
