@@ -102,6 +102,15 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
              ["--scenario", "fanout", "--readers", "1000", "--edits", "1000", "--rate", "200",
               "--probes", "50", "--settle", "40", "--client", "lean", "--max-seconds", "180"]))
     ],
+    "arch-ab": [
+        # Issue 15's check: y-websocket fan-out and many documents against @y/websocket-server,
+        # this build and another (CAPTIFY_BASE_SRC: the build before a redesign) in one repeat.
+        *((f"fanout-1000-arch{sfx}", ["captify", "captify-base", "ywss"],
+           [*FANOUT, "--readers", "1000", "--probes", "50"]) for sfx in REPEATS[:3]),
+        *((f"many-docs-200-arch{sfx}", ["captify", "captify-base", "ywss"],
+           ["--scenario", "many-docs", "--docs", "200", "--rate", "5", "--duration", "15",
+            "--settle", "30"]) for sfx in REPEATS[:2]),
+    ],
     "ab-10000": [
         ("fanout-10000-ab", ["captify", "captify-base"],
          [*FANOUT, "--readers", "10000", "--probes", "50", "--client", "lean",
