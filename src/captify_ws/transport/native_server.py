@@ -4,8 +4,8 @@ A connection starts at :class:`~captify_ws.transport.http.FrontDoor`, which read
 (bounded in bytes and time) and hands the socket over without copying it anywhere else:
 
 * a WebSocket upgrade for a captify-ws path (a registered handler, or anything under ``/ws/``)
-  goes to a picows ``WSProtocol`` whose frames go to a ``Listener`` and its
-  ``NativeConnection`` (``transport/native.py``);
+  goes to a picows ``WSProtocol`` whose frames go to a ``Listener`` (``transport/native.py``)
+  and its ``NativeConnection`` (``transport/native_connection.py``);
 * every other request goes to uvicorn's httptools protocol with the HTTP stage's limits on every
   request (``transport/http.py``), running the ASGI app: ``/healthz``, the HTTP API and the
   user's own ``http_app`` (and its WebSockets too).
