@@ -38,6 +38,7 @@ from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import cluster as wire
 from captify_ws.protocol.ywebsocket import EMPTY_UPDATE, AwarenessEntry, _StrictDecoder
 from captify_ws.rooms.document import DocumentRoom
+from captify_ws.rooms.document_presence import DocumentPresence
 from captify_ws.rooms.member import Origin
 from captify_ws.rooms.presence import Change
 from captify_ws.rooms.steps import Accepted
@@ -142,7 +143,7 @@ class ClusterBridge:
             self.broker.publish(self.channel(room.document_id),
                                 wire.encode(wire.UPDATE, self.instance, update))
 
-    def _local_presence(self, room: DocumentRoom, changes: list[Change]) -> None:
+    def _local_presence(self, room: DocumentPresence, changes: list[Change]) -> None:
         local = [wire.RemoteAwareness(change.entry, change.json_client_id,
                                       owner_key(change.owner), change.released)
                  for change in changes if is_local(change.owner)]

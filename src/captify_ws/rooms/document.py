@@ -1,4 +1,5 @@
-"""DocumentRoom: one loaded document — its pycrdt ``Doc``, presence and members.
+"""DocumentRoom: one loaded document — its pycrdt ``Doc``, members and presence (the
+presence part in ``rooms/document_presence.py``).
 
 Every change is tagged with an :class:`Origin` (a member, the server API, the broker, the store),
 so that listeners (persistence, the broker) can tell what to store and what to publish, and
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any, Final
 
@@ -27,11 +28,10 @@ from captify_ws.connection import Connection, PreparedFrame
 from captify_ws.errors import InvalidMessage, QuotaExceeded
 from captify_ws.metrics import Stats
 from captify_ws.protocol import ycost, ywebsocket
-from captify_ws.rooms import presence_wire
+from captify_ws.rooms.document_presence import DocumentPresence
 from captify_ws.rooms.hocuspocus import HocuspocusMembers
 from captify_ws.rooms.json_wire import JsonMembers
 from captify_ws.rooms.member import Member, Origin, Wire
-from captify_ws.rooms.presence import Change, Presence
 from captify_ws.rooms.steps import StepAuthority
 from captify_ws.rooms.wire import WireMembers
 from captify_ws.rooms.yws_wire import YwsMembers
@@ -46,24 +46,27 @@ EMPTY_STATE_VECTOR: Final = b"\x00"
 UpdateListener = Callable[["DocumentRoom", bytes, Origin], None]
 #: an update waiting to be integrated: (update, origin, received frame)
 Pending = tuple[bytes, "Origin", bytes | None]
-PresenceListener = Callable[["DocumentRoom", list[Change]], None]
 #: ``(room, json_text, client_id)``: a JSON relay for everyone (client_id None) or one client
 RelayListener = Callable[["DocumentRoom", str, str | None], None]
 
 
-class DocumentRoom:
-    """One document loaded in this process; created by ``RoomManager``."""
+class DocumentRoom(DocumentPresence):
+    """One document loaded in this process; created by ``RoomManager``. Its presence part
+    (awareness states, presence listeners) is :class:`DocumentPresence`."""
 
-    __slots__ = ("_awareness_flush_s", "_awareness_renewal_s", "_full_state", "_full_step2",
-                 "_json", "_max_presence_bytes", "_max_presence_states", "_pending",
-                 "_pending_cost", "_presence", "_update_listeners", "_wires", "_yws", "closed",
-                 "deleted", "document_id", "hocuspocus", "holds", "max_frame", "max_size",
-                 "presence_listeners", "relay_listeners", "stats", "steps", "stored_size", "ydoc")
+    __slots__ = ("_full_state", "_full_step2", "_json", "_pending", "_pending_cost",
+                 "_update_listeners", "_wires", "_yws", "closed", "deleted", "document_id",
+                 "hocuspocus", "holds", "max_frame", "max_size", "relay_listeners", "stats",
+                 "steps", "stored_size", "ydoc")
 
     def __init__(self, document_id: str, *, awareness_flush_s: float,
                  awareness_renewal_s: float, max_size: int = 0, max_frame: int = 16 << 20,
                  max_presence_states: int = 0, max_presence_bytes: int = 0,
                  stats: Stats | None = None) -> None:
+        super().__init__(awareness_flush_s=awareness_flush_s,
+                         awareness_renewal_s=awareness_renewal_s,
+                         max_presence_states=max_presence_states,
+                         max_presence_bytes=max_presence_bytes)
         self.document_id = document_id
         self.stats = stats if stats is not None else Stats()
         #: the quota: estimated bytes of memory the document may take (0: no quota)
@@ -83,18 +86,11 @@ class DocumentRoom:
         self._pending: list[Pending] | tuple[()] = ()
         self._pending_cost = 0
         self._update_listeners: list[UpdateListener] = []
-        #: the cluster bridge's listeners (added by add_presence_listener/add_relay_listener;
-        #: empty tuples until then: memory per idle document)
-        self.presence_listeners: list[PresenceListener] | tuple[()] = ()
+        #: the cluster bridge's relay listeners (added by add_relay_listener; an empty tuple
+        #: until then: memory per idle document)
         self.relay_listeners: list[RelayListener] | tuple[()] = ()
         #: no frame sent is larger than this (the message limit): presence is cut to fit
         self.max_frame = max_frame
-        #: made on first use (``presence``): a document nobody shows presence on keeps none
-        self._presence: Presence | None = None
-        self._awareness_flush_s = awareness_flush_s
-        self._awareness_renewal_s = awareness_renewal_s
-        self._max_presence_states = max_presence_states
-        self._max_presence_bytes = max_presence_bytes
         #: the ProseMirror step authority, loaded on first use (RoomManager.authority)
         self.steps: StepAuthority | None = None
         #: a user of the room that is not a connection (API call, load); blocks unloading
@@ -156,25 +152,8 @@ class DocumentRoom:
         """No members and nobody holding the room: it may unload."""
         return self.holds == 0 and not any(self._wires)
 
-    @property
-    def presence(self) -> Presence:
-        """The awareness states of this document (made on first use; one made after the room
-        closed sends nothing)."""
-        if self._presence is None:
-            self._presence = Presence(
-                self._broadcast_presence, flush_interval=self._awareness_flush_s,
-                renewal_interval=self._awareness_renewal_s,
-                max_states=self._max_presence_states, max_bytes=self._max_presence_bytes,
-                stats=self.stats)
-            if self.closed:
-                self._presence.detach()
-        return self._presence
-
     def add_update_listener(self, listener: UpdateListener) -> None:
         self._update_listeners.append(listener)
-
-    def add_presence_listener(self, listener: PresenceListener) -> None:
-        self.presence_listeners = [*self.presence_listeners, listener]
 
     def add_relay_listener(self, listener: RelayListener) -> None:
         self.relay_listeners = [*self.relay_listeners, listener]
@@ -395,32 +374,6 @@ class DocumentRoom:
                 listener(self, text, client_id)
         return sent
 
-    # -- presence --------------------------------------------------------------------------
-
-    def presence_frames_for(self, wire: Wire) -> list[PreparedFrame]:
-        """The current presence of everyone, as a joiner on ``wire`` receives it."""
-        if self._presence is None:
-            return []
-        return presence_wire.frames_for(self._presence.snapshot(), wire, self.document_id,
-                                        self.max_frame)
-
-    def awareness_groups(self, entries: Iterable[ywebsocket.AwarenessEntry]
-                         ) -> Iterator[list[ywebsocket.AwarenessEntry]]:
-        """Entries in groups that each fit one frame under the message limit (issue 13.7)."""
-        return presence_wire.awareness_groups(entries, self.max_frame)
-
-    def _broadcast_presence(self, changes: list[Change]) -> None:
-        self.flush_pending()
-        for listener in self.presence_listeners:
-            listener(self, changes)
-        changes = [change for change in changes if not change.silent]
-        if not changes:
-            return
-        self.stats.broadcast("awareness", len(self), 0.0)
-        for wire in self._wires:
-            if wire:
-                wire.send_presence(changes, self.max_frame)
-
     def close(self) -> None:
         """The room is unloading. The references back to it (the step authority's quota check,
         the presence's broadcast) are dropped, so that no cycle keeps the document, its steps
@@ -428,11 +381,8 @@ class DocumentRoom:
         100+ MB up after 30 steps of 1 MB, issue 13.6)."""
         self.flush_pending()
         self.closed = True
-        if self._presence is not None:
-            self._presence.close()
-            self._presence.detach()
+        self._close_presence()
         if self.steps is not None:
             self.steps.admit = None
         self._update_listeners.clear()
-        self.presence_listeners = ()
         self.relay_listeners = ()
