@@ -7,12 +7,13 @@ update Yjs cannot integrate gets an ``error`` message and stays connected. Prese
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.connection import PreparedFrame
 from captify_ws.protocol import envelope
 from captify_ws.rooms import fanout, presence_wire
+from captify_ws.rooms.wire import MembersByConnection
 
 if TYPE_CHECKING:
     from captify_ws.errors import InvalidMessage
@@ -20,26 +21,14 @@ if TYPE_CHECKING:
     from captify_ws.rooms.presence import Change
 
 
-class JsonMembers:
+class JsonMembers(MembersByConnection):
     """A room's JSON members, one per connection."""
 
-    __slots__ = ("by_connection", "document_id")
+    __slots__ = ("document_id",)
 
     def __init__(self, document_id: str) -> None:
+        super().__init__()
         self.document_id = document_id
-        self.by_connection: dict[Connection, Member] = {}
-
-    def __len__(self) -> int:
-        return len(self.by_connection)
-
-    def __iter__(self) -> Iterator[Member]:
-        return iter(list(self.by_connection.values()))
-
-    def join(self, member: Member) -> None:
-        self.by_connection[member.connection] = member
-
-    def leave(self, member: Member) -> bool:
-        return self.by_connection.pop(member.connection, None) is not None
 
     def changed(self) -> None:
         """Nothing is kept per document here."""

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from captify_ws.connection import Connection
     from captify_ws.errors import InvalidMessage
     from captify_ws.rooms.member import Member
     from captify_ws.rooms.presence import Change
@@ -57,3 +58,25 @@ class WireMembers(Protocol):
 
     def refuse(self, member: Member, error: InvalidMessage) -> None:
         """``member`` sent an update Yjs cannot integrate: tell it as this format does."""
+
+
+class MembersByConnection:
+    """Members kept one per connection: the membership part of :class:`WireMembers` that the
+    y-websocket and JSON formats share (a Hocuspocus socket may hold several documents)."""
+
+    __slots__ = ("by_connection",)
+
+    def __init__(self) -> None:
+        self.by_connection: dict[Connection, Member] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_connection)
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(list(self.by_connection.values()))
+
+    def join(self, member: Member) -> None:
+        self.by_connection[member.connection] = member
+
+    def leave(self, member: Member) -> bool:
+        return self.by_connection.pop(member.connection, None) is not None

@@ -7,12 +7,13 @@ A sender whose update Yjs cannot integrate is closed with the error's code (1007
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from captify_ws.connection import Connection, PreparedFrame
+from captify_ws.connection import PreparedFrame
 from captify_ws.protocol import ywebsocket
 from captify_ws.rooms import fanout, presence_wire
+from captify_ws.rooms.wire import MembersByConnection
 
 if TYPE_CHECKING:
     from captify_ws.errors import InvalidMessage
@@ -20,25 +21,10 @@ if TYPE_CHECKING:
     from captify_ws.rooms.presence import Change
 
 
-class YwsMembers:
+class YwsMembers(MembersByConnection):
     """A room's y-websocket members, one per connection."""
 
-    __slots__ = ("by_connection",)
-
-    def __init__(self) -> None:
-        self.by_connection: dict[Connection, Member] = {}
-
-    def __len__(self) -> int:
-        return len(self.by_connection)
-
-    def __iter__(self) -> Iterator[Member]:
-        return iter(list(self.by_connection.values()))
-
-    def join(self, member: Member) -> None:
-        self.by_connection[member.connection] = member
-
-    def leave(self, member: Member) -> bool:
-        return self.by_connection.pop(member.connection, None) is not None
+    __slots__ = ()
 
     def changed(self) -> None:
         """Nothing is kept per document here (the room caches the Step2 answer)."""
