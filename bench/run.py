@@ -102,7 +102,7 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
              ["--scenario", "fanout", "--readers", "1000", "--edits", "1000", "--rate", "200",
               "--probes", "50", "--settle", "40", "--client", "lean", "--max-seconds", "180"]))
     ],
-    "arch-ab": [
+    "ab-arch": [
         # Issue 15's check: y-websocket fan-out and many documents against @y/websocket-server,
         # this build and another (CAPTIFY_BASE_SRC: the build before a redesign) in one repeat.
         *((f"fanout-1000-arch{sfx}", ["captify", "captify-base", "ywss"],
