@@ -514,7 +514,10 @@ async def _presence_flood(attack: Attack, port: int, stop: asyncio.Event) -> Non
                 attack.add("ids_sent")
                 if client_id % 64 == 0:
                     await asyncio.sleep(0)
-            await _presence_joiner(attack, port)
+        except (ConnectionError, OSError, TimeoutError):
+            pass  # closed by the server (it may reset a flooder that reads nothing)
+        try:
+            await _presence_joiner(attack, port)  # however the flooder's connection ended
         except (ConnectionError, OSError, TimeoutError):
             pass
         finally:
