@@ -298,11 +298,7 @@ def run_multiplex(peer: str, port: int, tag: str, args: list[str]) -> dict[str, 
     finally:
         server.terminate()
         server.wait(30)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    data: dict[str, Any] = json.loads(lines[-1]) if lines else {
-        "error": (result.stderr or "no output")[-500:]}
-    data.update({"peer": peer, "tag": tag})
-    return data
+    return _last_record(result, peer, tag)
 
 
 def run_json_many(peer: str, port: int, tag: str, args: list[str]) -> dict[str, Any]:
@@ -337,6 +333,12 @@ def run_json_many(peer: str, port: int, tag: str, args: list[str]) -> dict[str, 
     finally:
         server.terminate()
         server.wait(30)
+    return _last_record(result, peer, tag)
+
+
+def _last_record(result: subprocess.CompletedProcess[str], peer: str, tag: str
+                 ) -> dict[str, Any]:
+    """A load generator's last JSON line (its result), or its error output, tagged."""
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     data: dict[str, Any] = json.loads(lines[-1]) if lines else {
         "error": (result.stderr or "no output")[-500:]}
