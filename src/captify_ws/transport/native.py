@@ -14,6 +14,7 @@ read gets no pile of pongs.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 from typing import TYPE_CHECKING, Any, Final
 
@@ -60,11 +61,27 @@ SCREEN_BYTES: Final = 256 * 1024
 
 
 class BoundedReads(WSProtocol):  # type: ignore[misc]
-    """picows' protocol, reading at most :data:`READ_CHUNK` bytes per callback."""
+    """picows' protocol, reading at most :data:`READ_CHUNK` bytes per callback and one callback
+    per loop turn while the peer keeps the socket full.
+
+    libuv reads a readable socket up to 32 times in one turn, as long as each read fills the
+    buffer: a flooding peer got 32 callbacks (~30 ms of frames) per turn, and every other
+    request waited that long per flooding socket on each of its steps. A read that fills the
+    offered buffer pauses reading until the next turn instead (:meth:`_next_turn`)."""
+
+    __slots__ = ("_offered", "_yielding")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._offered = READ_CHUNK  # bytes the last get_buffer offered
+        self._yielding = False  # reading paused until the next loop turn
 
     def get_buffer(self, size_hint: int) -> memoryview:
         buffer: memoryview = super().get_buffer(size_hint)
-        return buffer[:READ_CHUNK] if len(buffer) > READ_CHUNK else buffer
+        if len(buffer) > READ_CHUNK:
+            buffer = buffer[:READ_CHUNK]
+        self._offered = len(buffer)
+        return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         listener = self.listener
@@ -72,12 +89,29 @@ class BoundedReads(WSProtocol):  # type: ignore[misc]
             listener.in_transit += nbytes
         super().buffer_updated(nbytes)
         listener = self.listener  # set by the upgrade, in the call above
+        if nbytes >= self._offered and not self._yielding:
+            self._yield_turn()
         if listener is None:
             return
         ws = self.transport
         if ws.is_close_frame_sent and not ws.is_disconnected:
             listener.closed_by_picows(ws)
         listener.account(ws)
+
+    def _yield_turn(self) -> None:
+        raw = self.transport.underlying_transport
+        if raw is None or raw.is_closing():
+            return
+        self._yielding = True
+        raw.pause_reading()
+        asyncio.get_running_loop().call_soon(self._next_turn, raw)
+
+    def _next_turn(self, raw: Any) -> None:
+        self._yielding = False
+        listener = self.listener
+        if raw.is_closing() or (listener is not None and listener.holds_reading()):
+            return
+        raw.resume_reading()
 
 
 def close_code_allowed(code: int) -> bool:
@@ -147,6 +181,11 @@ class Listener(WSListener):
         conn.close(_code(sent.code) if sent is not None else CloseCode.PROTOCOL_ERROR,
                    sent.reason if sent is not None else "")
         transport.disconnect()
+
+    def holds_reading(self) -> bool:
+        """Whether the connection paused reading itself (its inbox is full)."""
+        conn = self._owner
+        return conn is not None and conn.reading_held
 
     def mute(self) -> None:
         """Drop every frame from now on (the connection was aborted)."""

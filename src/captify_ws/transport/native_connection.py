@@ -29,7 +29,8 @@ class NativeConnection(Connection):
 
     transport_name = "native"
 
-    __slots__ = ("_listener", "_raw", "_raw_write", "_socket", "_ws", "peer_closed")
+    __slots__ = ("_listener", "_raw", "_raw_write", "_socket", "_ws", "peer_closed",
+                 "reading_held")
 
     def __init__(self, request: UpgradeRequest, handler: Handler, subpath: str,
                  ws: WSTransport, *, limits: ConnectionLimits, listener: Listener) -> None:
@@ -44,6 +45,8 @@ class NativeConnection(Connection):
         self._socket = raw.socket_transport if isinstance(raw, LingeringTransport) else raw
         #: the peer's close frame arrived
         self.peer_closed = False
+        #: reading paused by the connection (its inbox is full), not only for a loop turn
+        self.reading_held = False
 
     def send_frame(self, frame: PreparedFrame) -> None:
         # Connection.send_frame with the write inlined: the hot path of every broadcast, once
@@ -108,6 +111,7 @@ class NativeConnection(Connection):
             self._raw.abort()
 
     def _pause_reading(self, paused: bool) -> None:
+        self.reading_held = paused
         if self._ws.is_disconnected or self._raw.is_closing():
             return
         if paused:
