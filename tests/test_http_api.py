@@ -30,11 +30,63 @@ async def _raw_upgrade(port: int, path: str) -> bytes:
 
 
 async def test_healthz(transport: str) -> None:
-    """GET /healthz answers 200 {"status":"ok"}."""
+    """GET /healthz answers 200 {"status":"ok"} as JSON naming the instance; HEAD the same
+    without the body."""
     async with running_server(transport) as srv, httpx.AsyncClient() as http:
         response = await http.get(f"{srv.http}/healthz")
         assert response.status_code == 200
         assert response.json() == {"status": "ok"}
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["x-captify-instance"] == srv.server.instance_id
+        assert "date" in response.headers
+        head = await http.head(f"{srv.http}/healthz?probe=1")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == response.headers["content-length"]
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.split(b"\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in
+               (line.partition(b":") for line in lines[1:] if line)}
+    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return int(lines[0].split(b" ")[1]), headers, body
+
+
+async def test_healthz_keeps_the_connection_for_later_requests(transport: str) -> None:
+    """/healthz then two more requests in one write are answered in order on the same
+    connection; a request with Connection: close is answered, then the connection closes."""
+    async with running_server(transport) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = [await _answer(reader) for _ in range(3)]
+        assert [status for status, _, _ in answers] == [200, 404, 200]
+        assert answers[0][2] == answers[2][2] == b'{"status":"ok"}'
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await _answer(reader))[0] == 200
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, headers, body = await _answer(reader)
+        assert (status, body) == (200, b'{"status":"ok"}')
+        assert headers[b"connection"] == b"close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_healthz_with_a_body_or_another_method_goes_to_the_app(transport: str) -> None:
+    """Only a plain GET/HEAD /healthz is answered before the app: a POST is refused (405) and
+    a GET with a body is answered after its body, as the app does."""
+    async with running_server(transport) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert (await _answer(reader))[0] == 405
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert (await _answer(reader))[:3:2] == (200, b'{"status":"ok"}')
+        writer.close()
 
 
 async def test_unknown_websocket_path_is_refused_with_404(transport: str) -> None:

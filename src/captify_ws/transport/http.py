@@ -118,6 +118,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             if self._head_bytes > self.stage.max_head_bytes:
                 self._refuse(b"431 Request Header Fields Too Large")
 
+    def between_requests(self) -> None:
+        """The connection's last request was answered before this protocol took it (the
+        front door's ``/healthz``): idle, as after one of its own answers (the keep-alive
+        timeout, not the head's)."""
+        self._disarm()
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                            self.timeout_keep_alive_handler)
+
     def handle_websocket_upgrade(self) -> None:
         self.stage.leave(self)
         self._disarm()

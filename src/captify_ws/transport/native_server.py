@@ -37,6 +37,7 @@ from uvicorn.server import ServerState
 from captify_ws.connection import UpgradeRequest
 from captify_ws.errors import Reject, http_status_for, log_with_id
 from captify_ws.request import header_block
+from captify_ws.transport.health import health_request, health_response
 from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
 from captify_ws.transport.lingering import LingeringTransport
 from captify_ws.transport.native import BoundedReads, Listener
@@ -163,11 +164,25 @@ class NativeServer:
             extra_headers={"Sec-WebSocket-Protocol": subprotocol}), listener)
 
     def hand_to_http(self, transport: asyncio.Transport, received: bytes) -> None:
+        end = received.find(b"\r\n\r\n")
+        health = health_request(received[:end])
+        if health is not None:
+            # Answered now, in this read callback (transport/health.py); the connection
+            # goes on with the app's protocol for whatever it sends next.
+            is_head, keep_alive = health
+            transport.write(health_response(self.server.instance_id, is_head, keep_alive))
+            if not keep_alive:
+                transport.close()
+                return
+            received = received[end + 4:]
         protocol = self._http_protocol(config=self._config, server_state=self._http_state,
                                        app_state={})
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        protocol.data_received(received)
+        if received:
+            protocol.data_received(received)
+        else:
+            protocol.between_requests()
 
     async def stop(self) -> None:
         """Stop accepting; HTTP connections finish their request and close."""
