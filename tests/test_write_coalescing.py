@@ -55,6 +55,7 @@ def _record(conn: Connection) -> Recorder:
         recorder = Recorder(conn._raw)  # type: ignore[attr-defined]
         conn._raw = recorder  # type: ignore[attr-defined]
         conn._raw_write = recorder.write  # type: ignore[attr-defined]
+        conn._write_state_changed()  # broadcasts take the recorder's write from now on
     else:
         protocol = conn._access  # type: ignore[attr-defined]
         recorder = Recorder(protocol.transport)

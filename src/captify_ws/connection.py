@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from time import monotonic as _monotonic
 from typing import Any, ClassVar, Final
 
+from captify_ws.direct_writes import DirectWrites
 from captify_ws.errors import (
     CloseCode,
     truncate_reason,
@@ -55,7 +56,7 @@ logger = logging.getLogger("captify_ws.connection")
 #: Shared empty queue: a connection allocates its own only when something has to wait.
 _NO_FRAMES: Final[deque[PreparedFrame]] = deque(maxlen=0)
 
-class Connection(Receiving):
+class Connection(Receiving, DirectWrites):
     """One WebSocket, whatever transport carries it. See the module docstring."""
 
     transport_name: ClassVar[str] = "abstract"
@@ -78,10 +79,12 @@ class Connection(Receiving):
         "_stamp",
         "_tokens",
         "_trigger",
+        "_watchers",
         "active",
         "close_code",
         "closed",
         "closed_by_server",
+        "direct_write",
         "handler",
         "id",
         "lifecycle",
@@ -134,6 +137,8 @@ class Connection(Receiving):
         self._inbox_bytes = 0
         self._reading_paused = False
         self._on_closed: list[Any] | None = None
+        self.direct_write = None
+        self._watchers = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.request.path}>"
@@ -180,6 +185,19 @@ class Connection(Receiving):
 
     def send_bytes(self, data: bytes) -> None:
         self.send_frame(PreparedFrame.binary(data))
+
+    def written_directly(self, frame: PreparedFrame) -> None:
+        """A broadcast wrote ``frame`` through :attr:`direct_write`; if that write filled the
+        transport, the frame is held as :meth:`send_frame` would hold it."""
+        if self._paused and self._trigger is None:
+            self._hold_trigger((frame,))
+
+    def count_sent(self, frames: int, size: int) -> None:
+        """``frames`` frames of ``size`` bytes each were written directly (server-wide
+        counters, as :meth:`send_frame` counts one)."""
+        stats = self._limits.stats
+        stats.frames_out += frames
+        stats.bytes_out += frames * size
 
     def _enqueue(self, frame: PreparedFrame) -> None:
         if self._pending is _NO_FRAMES:
@@ -270,10 +288,12 @@ class Connection(Receiving):
             held = self._transport_buffered()
             if held > self._limits.send_budget:
                 self._allowance = held
+            self._write_state_changed()
             outbound.stalled(self)
             self._set_private(held)
             return
         self._paused = False
+        self._write_state_changed()
         self._allowance = 0
         outbound.progressed(self)
         self._release_transport()
@@ -288,6 +308,8 @@ class Connection(Receiving):
         self.lifecycle = state
         self._closing = state >= ConnectionState.CLOSING
         self.closed = state is ConnectionState.CLOSED
+        if self._closing:
+            self._write_state_changed()
         return True
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:

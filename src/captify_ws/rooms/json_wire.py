@@ -16,6 +16,7 @@ from captify_ws.rooms import fanout, presence_wire
 from captify_ws.rooms.wire import MembersByConnection
 
 if TYPE_CHECKING:
+    from captify_ws.connection import Connection
     from captify_ws.errors import InvalidMessage
     from captify_ws.rooms.member import Member
     from captify_ws.rooms.presence import Change
@@ -36,13 +37,11 @@ class JsonMembers(MembersByConnection):
     def send_updates(self, updates: Sequence[bytes], senders: Sequence[Member | None],
                      frames: Sequence[bytes | None]) -> None:
         document_id = self.document_id
-        if len(updates) == 1:  # the usual case: one frame, a plain loop
+        if len(updates) == 1:  # the usual case: one frame
             sender = senders[0]
-            text = PreparedFrame.text(envelope.encode_update(
-                document_id, updates[0], sender.client_id if sender is not None else None))
-            for connection, member in self.by_connection.items():
-                if member is not sender:
-                    connection.send_frame(text)
+            self.audience.send(PreparedFrame.text(envelope.encode_update(
+                document_id, updates[0], sender.client_id if sender is not None else None)),
+                self._connection_of(sender))
             return
         fanout.to_all_but_senders(self.by_connection, [
             PreparedFrame.text(envelope.encode_update(
@@ -63,13 +62,14 @@ class JsonMembers(MembersByConnection):
 
     def relay(self, text: str, sender: Member | None) -> int:
         """``text`` to every member except ``sender``; how many got it."""
-        prepared = PreparedFrame.text(text)
-        sent = 0
-        for connection, member in self.by_connection.items():
-            if member is not sender:
-                connection.send_frame(prepared)
-                sent += 1
-        return sent
+        return self.audience.send(PreparedFrame.text(text), self._connection_of(sender))
+
+    def _connection_of(self, member: Member | None) -> Connection | None:
+        """``member``'s connection if it is a member here (only a member is skipped)."""
+        if member is None:
+            return None
+        connection = member.connection
+        return connection if self.by_connection.get(connection) is member else None
 
     def send_to_client(self, client_id: str, text: str) -> int:
         """``text`` to the members with this clientID; how many got it."""

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from captify_ws.rooms.fanout import Audience
+
 if TYPE_CHECKING:
     from captify_ws.connection import Connection
     from captify_ws.errors import InvalidMessage
@@ -64,10 +66,12 @@ class MembersByConnection:
     """Members kept one per connection: the membership part of :class:`WireMembers` that the
     y-websocket and JSON formats share (a Hocuspocus socket may hold several documents)."""
 
-    __slots__ = ("by_connection",)
+    __slots__ = ("audience", "by_connection")
 
     def __init__(self) -> None:
         self.by_connection: dict[Connection, Member] = {}
+        #: the same connections, ready for a broadcast of one frame (``fanout.Audience``)
+        self.audience = Audience()
 
     def __len__(self) -> int:
         return len(self.by_connection)
@@ -76,7 +80,12 @@ class MembersByConnection:
         return iter(list(self.by_connection.values()))
 
     def join(self, member: Member) -> None:
+        if member.connection not in self.by_connection:
+            self.audience.add(member.connection)
         self.by_connection[member.connection] = member
 
     def leave(self, member: Member) -> bool:
-        return self.by_connection.pop(member.connection, None) is not None
+        if self.by_connection.pop(member.connection, None) is None:
+            return False
+        self.audience.discard(member.connection)
+        return True

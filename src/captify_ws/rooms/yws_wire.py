@@ -31,12 +31,10 @@ class YwsMembers(MembersByConnection):
 
     def send_updates(self, updates: Sequence[bytes], senders: Sequence[Member | None],
                      frames: Sequence[bytes | None]) -> None:
-        if len(updates) == 1:  # the usual case: one frame, a plain loop
+        if len(updates) == 1:  # the usual case: one frame
             update = updates[0]
-            prepared = PreparedFrame.binary(frames[0] or ywebsocket.encode_sync_update(update),
-                                            yjs_update=update)
-            for connection in self.by_connection:
-                connection.send_frame(prepared)
+            self.audience.send(PreparedFrame.binary(
+                frames[0] or ywebsocket.encode_sync_update(update), yjs_update=update))
             return
         fanout.to_all(self.by_connection, [
             PreparedFrame.binary(frame or ywebsocket.encode_sync_update(update),
@@ -47,9 +45,7 @@ class YwsMembers(MembersByConnection):
         """Awareness messages, owners included (y-protocols applies its own states as no-ops
         and a provider alone in a document hears its renewals)."""
         for group in presence_wire.awareness_groups((c.entry for c in changes), max_frame):
-            prepared = PreparedFrame.binary(ywebsocket.encode_awareness(group))
-            for connection in self.by_connection:
-                connection.send_frame(prepared)
+            self.audience.send(PreparedFrame.binary(ywebsocket.encode_awareness(group)))
 
     def refuse(self, member: Member, error: InvalidMessage) -> None:
         member.close(error.close_code, error.message)

@@ -9,7 +9,7 @@ server frames are unmasked, so every member gets the very same ``bytes`` object
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSTransport
@@ -47,6 +47,10 @@ class NativeConnection(Connection):
         self.peer_closed = False
         #: reading paused by the connection (its inbox is full), not only for a loop turn
         self.reading_held = False
+        self.direct_write = self._raw_write
+
+    def _direct_target(self) -> Callable[[bytes], object] | None:
+        return self._raw_write
 
     def send_frame(self, frame: PreparedFrame) -> None:
         # Connection.send_frame with the write inlined: the hot path of every broadcast, once
