@@ -2,7 +2,7 @@
 
 While a frame may go straight to a connection's transport (a transport that can take it
 synchronously, not paused, not closing), ``direct_write`` is that transport's own write, else
-``None``. A room's :class:`~captify_ws.rooms.fanout.Audience` keeps these writes and calls them
+``None``. A room's :class:`~captify_ws.audience.Audience` keeps these writes and calls them
 all from C; it watches each connection (:meth:`DirectWrites.watch`) and hears every change at
 once, even one in the middle of its broadcast (a write that fills the transport, a close).
 """

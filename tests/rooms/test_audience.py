@@ -1,4 +1,4 @@
-"""``fanout.Audience``: one frame to many connections, the transport's own write called from C
+"""``audience.Audience``: one frame to many connections, the transport's own write called from C
 for those that take it now, and the careful path (``send_frame``) for the rest — including every
 connection that changes while the broadcast runs (paused by its own write, closed by another's,
 its transport gone). Each connection gets each frame exactly once, in order."""
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from captify_ws.audience import Audience
 from captify_ws.connection import PreparedFrame
-from captify_ws.rooms.fanout import Audience
 
 Log = list[tuple[str, str, bytes]]
 

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from captify_ws.audience import Audience
 from captify_ws.channels.types import ChannelClass
 from captify_ws.connection import Connection, PreparedFrame
 
@@ -37,8 +38,8 @@ class Feed:
         self.klass = klass
         self.epoch: str | None = None
         self.offset = 0
-        #: subscribers up to date with ``offset`` (a dict as an ordered set)
-        self.live: dict[Connection, None] = {}
+        #: subscribers up to date with ``offset``, ready for a broadcast
+        self.live = Audience()
         #: subscribers whose answer was ahead of ``offset``: → the offset they have
         self.ahead: dict[Connection, int] = {}
         #: subscribers waiting for their answer: → what was delivered meanwhile

@@ -146,14 +146,14 @@ class Feeds:
         if last > feed.offset:
             feed.ahead[conn] = last
         else:
-            feed.live[conn] = None
+            feed.live.add(conn)
         return answer
 
     def leave(self, conn: Connection, channel: str) -> None:
         feed = self.feeds.get(channel)
         if feed is None:
             return
-        feed.live.pop(conn, None)
+        feed.live.discard(conn)
         feed.ahead.pop(conn, None)
         feed.pending.pop(conn, None)
         if feed.empty:
@@ -199,8 +199,7 @@ class Feeds:
             return
         if offset is None:
             frame = PreparedFrame.text(text)
-            for conn in feed.live:
-                conn.send_frame(frame)
+            feed.live.send(frame)
             for conn in feed.ahead:
                 conn.send_frame(frame)
             return
@@ -226,9 +225,7 @@ class Feeds:
                  text: str) -> None:
         feed.offset = offset
         live = feed.live
-        for conn in live:
-            conn.send_frame(frame)
-        copies = len(live)
+        copies = live.send(frame)
         if feed.ahead:
             for conn, at in list(feed.ahead.items()):
                 if offset > at:
@@ -236,7 +233,7 @@ class Feeds:
                     copies += 1
                 if offset >= at:
                     del feed.ahead[conn]
-                    live[conn] = None
+                    live.add(conn)
         for collected in feed.pending.values():
             collected.append((offset, frame))
         for listener in feed.listeners:
@@ -314,12 +311,11 @@ class Feeds:
                                                       position.offset, reason,
                                                       state_json=snap.state_json))
         for conn in feed.ahead:
-            feed.live[conn] = None
+            feed.live.add(conn)
         feed.ahead.clear()
         for collected in feed.pending.values():
             collected.clear()  # of the old position; their answers are checked against the new
-        for conn in feed.live:
-            conn.send_frame(frame)
+        feed.live.send(frame)
 
     def _on_reconnect(self) -> None:
         logger.info("channel backend reconnected: checking %d channels", len(self.feeds))

@@ -7,20 +7,13 @@ order the updates were applied, one socket write per member instead of one per f
 frame (the usual case at low rates) nothing waits for the end of the turn, so coalescing adds no
 latency.
 
-One frame to many members is the hot path of every broadcast, once per copy: an
-:class:`Audience` keeps, for the members whose transport takes a frame now
-(``Connection.direct_write``), the transport's own write, and calls them all from C
-(``map(operator.call, …)``) — no Python frame, no attribute lookups per copy. Any change to a
-member during the broadcast (a write that fills its transport, a close) stops the fast path:
-the rest of the members get the frame through ``Connection.send_frame``, which checks each.
+One frame to all members, the hot path of every broadcast, goes through the wire format's
+:class:`~captify_ws.audience.Audience` instead (no Python frame per copy).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from itertools import repeat
-from operator import call
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from captify_ws.connection import Connection, PreparedFrame
@@ -76,78 +69,3 @@ def acknowledged(members: Iterable[Member], frames: Sequence[PreparedFrame],
                                                                     strict=True)])
         else:
             member.connection.send_frames(frames)
-
-
-class Audience:
-    """The connections of one room's wire format, ready for a broadcast (see the module
-    docstring): those a frame may be written to directly, with their transport's write, and
-    the others (paused, closing, or a transport with a writer task of its own)."""
-
-    __slots__ = ("_direct", "_left", "_others", "_rest")
-
-    def __init__(self) -> None:
-        self._direct: dict[Connection, Callable[[bytes], object]] = {}
-        self._others: dict[Connection, None] = {}
-        #: the running broadcast's writes still to make, and how many there were when a
-        #: member changed (the iterator is emptied then, which stops the broadcast)
-        self._rest: Iterator[Callable[[bytes], object]] | None = None
-        self._left: int | None = None
-
-    def __len__(self) -> int:
-        return len(self._direct) + len(self._others)
-
-    def add(self, connection: Connection) -> None:
-        connection.watch(self._moved)
-        self._moved(connection)
-
-    def discard(self, connection: Connection) -> None:
-        connection.unwatch(self._moved)
-        self._direct.pop(connection, None)
-        self._others.pop(connection, None)
-
-    def _moved(self, connection: Connection) -> None:
-        write = connection.direct_write
-        if write is None:
-            self._direct.pop(connection, None)
-            self._others[connection] = None
-        else:
-            self._others.pop(connection, None)
-            self._direct[connection] = write
-        if self._rest is not None and self._left is None:
-            self._left = len(tuple(self._rest))  # the broadcast stops after this write
-
-    def send(self, frame: PreparedFrame, skip: Connection | None = None) -> int:
-        """``frame`` to every connection but ``skip``; how many it was sent to."""
-        direct = self._direct
-        if skip is not None and skip in direct:
-            skipped = direct.pop(skip)
-            connections, writes = tuple(direct), tuple(direct.values())
-            direct[skip] = skipped
-        else:
-            connections, writes = tuple(direct), tuple(direct.values())
-        others = tuple(self._others)  # before the writes: a member paused by one moves there
-        done = len(writes)
-        if writes:
-            saved = self._rest, self._left
-            rest = self._rest = iter(writes)
-            self._left = None
-            try:
-                deque(map(call, rest, repeat(frame.wire)), 0)
-            except RuntimeError:  # a transport closed under the broadcast: it goes the careful way
-                if self._left is None:
-                    self._left = len(tuple(rest)) + 1
-            left = self._left
-            self._rest, self._left = saved
-            if left is not None:  # stopped: the rest go the careful way, which checks each
-                done -= left
-                for connection in connections[:done]:
-                    connection.written_directly(frame)
-            connections[0].count_sent(done, len(frame.payload))
-            for connection in connections[done:]:
-                connection.send_frame(frame)
-        sent = len(connections)
-        for connection in others:
-            if connection is not skip:
-                connection.send_frame(frame)
-                sent += 1
-        return sent

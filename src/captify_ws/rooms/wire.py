@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from captify_ws.rooms.fanout import Audience
+from captify_ws.audience import Audience
 
 if TYPE_CHECKING:
     from captify_ws.connection import Connection
@@ -70,7 +70,7 @@ class MembersByConnection:
 
     def __init__(self) -> None:
         self.by_connection: dict[Connection, Member] = {}
-        #: the same connections, ready for a broadcast of one frame (``fanout.Audience``)
+        #: the same connections, ready for a broadcast of one frame (``audience.py``)
         self.audience = Audience()
 
     def __len__(self) -> int:
