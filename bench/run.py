@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workers
 from summary import render_fanout_medians, render_json
+from workers import render_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(os.environ.get("CAPTIFY_BENCH_DIR", ROOT.parent / "shared" / "bench"))
@@ -157,6 +159,8 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
     "cluster": [
         ("fanout-1000-2-instances", ["captify-2"], CLUSTER_ARGS),
     ],
+    # issue 20 item 4: --workers 2 with Redis against one worker (bench/workers.py)
+    "workers": workers.matrix(REPEATS[:3]),
     "hocuspocus": [
         *((tag, ["captify-hp", "hocuspocus"], [*FANOUT, "--readers", "1000", "--probes", "50"])
           for tag in ("hp-fanout-1000", "hp-fanout-1000-r2", "hp-fanout-1000-r3")),
@@ -414,6 +418,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
     ]
     lines += render_json(by_tag)
     lines += render_hocuspocus(by_tag)
+    lines += render_workers(by_tag)
     fanout_tags = [t for t in by_tag if t.startswith("fanout")]
     if fanout_tags:
         lines += ["## Fan-out (1 writer, N readers)", "",
@@ -665,7 +670,11 @@ def main() -> int:
                     continue
                 for peer in peers:
                     port += 1
-                    if peer == "captify-2":
+                    if peer in workers.LAYOUTS:
+                        print(f"[bench] {time.strftime('%H:%M:%S')} {peer} {tag}",
+                              file=sys.stderr, flush=True)
+                        result = workers.run(peer, port, tag, args, workdir, BENCH)
+                    elif peer == "captify-2":
                         result = run_cluster(port, workdir)
                     elif peer == "store-load":
                         result = run_store_load()
