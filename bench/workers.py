@@ -6,6 +6,7 @@ a shared store; one worker uses the same store so that only the process count di
 load generator (../shared/bench/loadgen.sh). Where each runs is a layout:
 
     w1-pin   one worker on CPU 0, the load generator on CPU 1 (the other sets' layout)
+    w1-redis the same with the Redis broker: the hop's cost without a second process
     w2-a     two workers unpinned (CPUs 0-1), the load generator on CPU 1
     w1-free  one worker and the load generator both unpinned (the kernel places them)
     w2-free  two workers and the load generator all unpinned
@@ -50,10 +51,13 @@ class Layout:
     workers: int
     server_cpus: str
     client_cpus: str
+    #: the Redis broker with one worker too (two workers always use it)
+    redis: bool = False
 
 
 LAYOUTS = {
     "w1-pin": Layout(1, "0", "1"),
+    "w1-redis": Layout(1, "0", "1", redis=True),
     "w2-a": Layout(2, "0,1", "1"),
     "w1-free": Layout(1, "0,1", "0,1"),
     "w2-free": Layout(2, "0,1", "0,1"),
@@ -67,7 +71,7 @@ def matrix(repeats: tuple[str, ...]) -> list[tuple[str, list[str], list[str]]]:
         for rate in MANY_RATES:
             runs.append((f"workers-many-{400 * rate}{sfx}", list(LAYOUTS),
                          [*MANY, "--rate", str(rate)]))
-        runs.append((f"workers-fanout-2000{sfx}", ["w1-pin", "w2-a"], FANOUT_2000))
+        runs.append((f"workers-fanout-2000{sfx}", ["w1-pin", "w1-redis", "w2-a"], FANOUT_2000))
     return runs
 
 
@@ -97,13 +101,21 @@ def _listeners(port: int) -> int:
     return len(out.splitlines())
 
 
+def connections_per_worker(port: int, workers: list[int]) -> list[int]:
+    """Established connections on `port` held by each worker (from `ss -p`)."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=False).stdout
+    return [len(re.findall(rf"pid={pid},", out)) for pid in workers]
+
+
 def _server_command(layout: Layout, port: int, db: Path) -> list[str]:
     command = ["taskset", "-c", layout.server_cpus, str(CAPTIFY), "serve", "--port", str(port),
                "--store", f"sqlite:///{db}", "--log-level", "warning",
                "--document-create-rate", "0"]
     if layout.workers > 1:
-        command += ["--workers", str(layout.workers), "--broker", REDIS,
-                    "--broker-prefix", f"bench-workers-{port}"]
+        command += ["--workers", str(layout.workers)]
+    if layout.workers > 1 or layout.redis:
+        command += ["--broker", REDIS, "--broker-prefix", f"bench-workers-{port}"]
     return command
 
 
@@ -141,6 +153,7 @@ def run(name: str, port: int, tag: str, args: list[str], workdir: Path, bench: P
     per_worker = [round(b - a, 2) for a, b in zip(start[1], end[1], strict=True)]
     cpu = sum(end[1]) - sum(start[1])
     data["workers_cpu"] = {"workers": per_worker, "cpu_s": round(cpu, 2),
+                           "connections": result["connections"],
                            "redis_cpu_s": round(end[2] - start[2], 2),
                            "window_s": round(window, 2),
                            "client_cpu_s": round(end[4] - start[4], 2),
@@ -182,6 +195,7 @@ def _loadgen(bench: Path, layout: Layout, port: int, label: str, args: list[str]
             if marks["start"] is None and CONNECTED.search(line):
                 time.sleep(0.5)
                 marks["start"] = snapshot(cpu_seconds(proc.pid))
+                marks["connections"] = connections_per_worker(port, workers)
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
@@ -192,7 +206,8 @@ def _loadgen(bench: Path, layout: Layout, port: int, label: str, args: list[str]
     proc.returncode = os.waitstatus_to_exitcode(status)
     end = snapshot(usage.ru_utime + usage.ru_stime)
     reader.join(5)
-    return {"stdout": stdout, "stderr": "".join(errors), "start": marks["start"], "end": end}
+    return {"stdout": stdout, "stderr": "".join(errors), "start": marks["start"], "end": end,
+            "connections": marks.get("connections")}
 
 
 #: many-docs throughput counts at a level only while p99 stays within this (issue 20: "at the
