@@ -44,7 +44,8 @@ logger = logging.getLogger("captify_ws.server")
 
 def _steps_text(document_id: str, accepted: Accepted) -> str:
     return envelope.encode_steps(document_id, accepted.version, accepted.steps,
-                                 accepted.client_ids, accepted.change_id)
+                                 accepted.client_ids, accepted.change_id,
+                                 step_texts=accepted.texts)
 
 
 class DocumentService:

@@ -61,9 +61,12 @@ _JSON_KINDS: dict[type, str] = {
 
 
 def _steps_text(document_id: str, outcome: Accepted | Behind) -> str:
-    change_id = outcome.change_id if isinstance(outcome, Accepted) else None
+    if isinstance(outcome, Accepted):
+        return envelope.encode_steps(document_id, outcome.version, outcome.steps,
+                                     outcome.client_ids, outcome.change_id,
+                                     step_texts=outcome.texts)
     return envelope.encode_steps(document_id, outcome.version, outcome.steps,
-                                 outcome.client_ids, change_id)
+                                 outcome.client_ids)
 
 
 def _send_error(conn: Connection, document_id: str, exc: ProtocolError) -> None:

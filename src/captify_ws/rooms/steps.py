@@ -66,6 +66,9 @@ class Accepted:
     steps: list[Any]
     client_ids: list[Any]
     change_id: Any = None
+    #: the steps' compact JSON texts as stored (``None`` when not at hand): the broadcast
+    #: reuses them instead of encoding the steps again (``envelope.encode_steps``)
+    texts: list[str] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -365,7 +368,7 @@ class StepAuthority:
         self._since_snapshot += len(steps)
         if self._since_snapshot >= SNAPSHOT_EVERY:
             await self.snapshot()
-        return Accepted(version, list(steps), [client_id] * len(steps), change_id)
+        return Accepted(version, list(steps), [client_id] * len(steps), change_id, texts)
 
     @property
     def unsaved(self) -> bool:
