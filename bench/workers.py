@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import threading
 import time
@@ -262,6 +263,8 @@ def render_workers(by_tag: ByTag) -> list[str]:
                 ratio(best["w2-a"], best["w1-pin"]), ratio(best["w2-free"], best["w1-free"]),
             ]) + " |")
         lines.append("")
+    if many:
+        lines += ["Medians over the repeats:", "", *render_medians(by_tag)]
     fanout = [t for t in by_tag if t.startswith("workers-fanout")]
     if fanout:
         lines += ["| run | layout | p50 ms | p99 ms | max ms | workers µs/copy | Redis µs/copy | "
@@ -283,3 +286,49 @@ def render_workers(by_tag: ByTag) -> list[str]:
                 ]) + (f" {r['error'][:80]}" if r.get("error") else "") + " |")
         lines.append("")
     return lines
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [v for v in (_dig(r, key) for r in runs) if isinstance(v, (int, float))]
+    return float(statistics.median(values)) if values else None
+
+
+def _dig(result: dict[str, Any], key: str) -> Any:
+    value: Any = result
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def render_medians(by_tag: ByTag) -> list[str]:
+    """Markdown: medians over the repeats per level and layout — delivered edits/s, p99, the
+    workers' CPU µs per edit and the ceiling that cost allows with a core per worker
+    (workers × 10⁶ ÷ µs per edit, edits/s) — then the fan-out's medians."""
+    lines = ["| offered edits/s | layout | delivered/s | p99 ms | µs/edit | ceiling, a core "
+             "per worker (edits/s) | runs |", "|---|---|---|---|---|---|---|"]
+    for rate in MANY_RATES:
+        prefix = f"workers-many-{400 * rate}"
+        for name, layout in LAYOUTS.items():
+            runs = [peers[name] for tag, peers in by_tag.items()
+                    if re.fullmatch(re.escape(prefix) + r"(-r\d+)?", tag) and name in peers]
+            if not runs:
+                continue
+            cost = _median_of(runs, "server_cpu_us_per_edit")
+            lines.append("| " + " | ".join([
+                str(400 * rate), name, fmt(_median_of(runs, "delivered_per_s"), 0),
+                fmt(_median_of(runs, "latency_ms.p99")), fmt(cost),
+                fmt(layout.workers * 1e6 / cost if cost else None, 0), str(len(runs)),
+            ]) + " |")
+    lines += ["", "| fan-out layout | p50 ms | p99 ms | workers µs/copy | Redis µs/copy | "
+              "runs |", "|---|---|---|---|---|---|"]
+    for name in LAYOUTS:
+        runs = [peers[name] for tag, peers in by_tag.items()
+                if tag.startswith("workers-fanout") and name in peers]
+        if runs:
+            lines.append("| " + " | ".join([
+                name, fmt(_median_of(runs, "latency_ms.p50")),
+                fmt(_median_of(runs, "latency_ms.p99")),
+                fmt(_median_of(runs, "server_cpu_us_per_delivery"), 2),
+                fmt(_median_of(runs, "redis_cpu_us_per_delivery"), 3), str(len(runs)),
+            ]) + " |")
+    return [*lines, ""]
