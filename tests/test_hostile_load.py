@@ -71,6 +71,13 @@ KINDS: dict[str, list[str]] = {
 #: (incremental or off-process encoding) is what the issue's 100/50 ms targets still need.
 #: The bounds below are what the server meets reliably with the machine that busy: an order
 #: of magnitude below the faults.
+#:
+#: Later still (11:00 UTC), after a socket that stays full is read one 16 KiB chunk per loop
+#: turn (libuv read it up to 32 times a turn), /healthz answered in the read callback that
+#: completes its head, and accepted steps encoded once: pair p99 24-34 ms, /healthz p50 4 ms,
+#: p99 27-40 ms, worst 83-89 ms (load average ~2, three runs); with the machine busy with
+#: other sessions' CI and benchmarks (load average 3-6, eleven runs), pair p99 45-124 ms,
+#: /healthz p99 46-125 ms, worst 78-888 ms. The whole mix's bounds keep 2-3x over the busy figures.
 RSS_PEAK_GROWTH_MB = OUTBOUND_MB + 120
 RSS_AFTER_GROWTH_MB = 40
 HONEST_P99_MS = 200
@@ -90,9 +97,9 @@ HEALTHZ_WORST_MS = 1000
 DOCUMENTS_MB = 55 + 20 + IDLE_DOCUMENTS_MB + QUOTA_MB
 ALL_RSS_PEAK_GROWTH_MB = OUTBOUND_MB + INBOUND_MB + DOCUMENTS_MB
 #: The same for all attacks together (see above).
-ALL_HONEST_P99_MS = 700
-ALL_HEALTHZ_P99_MS = 700
-ALL_HEALTHZ_WORST_MS = 3000
+ALL_HONEST_P99_MS = 400
+ALL_HEALTHZ_P99_MS = 400
+ALL_HEALTHZ_WORST_MS = 2000
 
 
 #: Bounds of one kind's own run where they differ: (pair p99, /healthz p99, /healthz worst), ms.
