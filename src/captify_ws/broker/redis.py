@@ -56,6 +56,8 @@ class RedisBroker:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
+        #: set by every subscribe: the reader waits for it while nothing is subscribed
+        self._subscribed = asyncio.Event()
 
     def _new_client(self) -> Any:
         return aioredis.from_url(self._url, socket_connect_timeout=3, socket_timeout=None,
@@ -104,8 +106,14 @@ class RedisBroker:
         if self._pubsub is not None and self.error is None:
             try:
                 await self._pubsub.subscribe(channel)
+                self._subscribed.set()
             except (RedisError, OSError) as exc:
-                self._failed(exc)  # the reader resubscribes everything when it reconnects
+                # the reader resubscribes everything when it reconnects: its read ends now
+                self._failed(exc)
+                connection = self._pubsub.connection
+                if connection is not None:
+                    await close_broken(connection.disconnect, logger,
+                                       "the broker's Pub/Sub connection")
 
     async def unsubscribe(self, channel: str) -> None:
         if channel not in self._channels:
@@ -176,19 +184,28 @@ class RedisBroker:
                 if self.error is not None:
                     await self._reconnect()
                     backoff.reset()
-                message = await self._pubsub.get_message(timeout=1.0)
+                pubsub = self._pubsub
+                if pubsub.connection is None:  # nothing subscribed yet
+                    self._subscribed.clear()
+                    await self._subscribed.wait()
+                    continue
+                # A blocking read: no timeout to arm and cancel per message (half the cost of
+                # get_message(timeout=…)); a failed connection ends it with an error.
+                reply = await pubsub.parse_response(block=True)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, RuntimeError) as exc:
                 self._failed(exc)
                 await backoff.wait()
                 continue
-            if message is None or message.get("type") != "message":
+            # ["message", channel, data] (a list, or with RESP3 a list subclass for a push);
+            # subscription confirmations and pongs are skipped
+            if not isinstance(reply, list) or len(reply) != 3 or reply[0] != b"message":
                 continue
-            channel = message["channel"]
+            channel = reply[1]
             try:
                 self.on_message(channel.decode() if isinstance(channel, bytes) else channel,
-                                message["data"])
+                                reply[2])
             except Exception:
                 logger.exception("broker message handler failed")
 
