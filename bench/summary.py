@@ -43,13 +43,14 @@ def ratios(by_tag: ByTag, prefix: str, ours: str, ref: str, key: str,
         if not re.fullmatch(re.escape(prefix) + r"(-r\d+)?", tag) or ours not in peers:
             continue
         other = by_tag.get(tag.replace(prefix, ref_tag, 1), {}) if ref_tag else peers
-        a, b = _get(peers[ours], key), _get(other.get(ref, {}), key)
+        a, b = dig(peers[ours], key), dig(other.get(ref, {}), key)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
             found.append(a / b)
     return found
 
 
-def _get(result: dict[str, Any], key: str) -> Any:
+def dig(result: dict[str, Any], key: str) -> Any:
+    """``result["a"]["b"]`` for the key ``"a.b"``; ``None`` where a part is missing."""
     value: Any = result
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None

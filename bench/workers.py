@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from summary import ByTag, fmt, ratio
+from summary import ByTag, dig, fmt, ratio
 
 CAPTIFY = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "captify-ws"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -289,15 +289,8 @@ def render_workers(by_tag: ByTag) -> list[str]:
 
 
 def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [v for v in (_dig(r, key) for r in runs) if isinstance(v, (int, float))]
+    values = [v for v in (dig(r, key) for r in runs) if isinstance(v, (int, float))]
     return float(statistics.median(values)) if values else None
-
-
-def _dig(result: dict[str, Any], key: str) -> Any:
-    value: Any = result
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
 
 
 def render_medians(by_tag: ByTag) -> list[str]:
