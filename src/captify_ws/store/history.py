@@ -150,11 +150,16 @@ class HistoryStore(Protocol):
         ...
 
 
+def who_labels(who: object) -> tuple[str, ...]:
+    """``who`` (a set, list or tuple of labels) as its labels, sorted, each once."""
+    if not isinstance(who, (set, list, tuple, frozenset)):
+        return ()
+    return tuple(sorted({str(label) for label in who}))
+
+
 def encode_who(who: object) -> str:
     """``who`` as stored: a JSON list of labels, sorted, each once."""
-    labels = sorted({str(label) for label in who}) if isinstance(who, (set, list, tuple,
-                                                                        frozenset)) else []
-    return json.dumps(labels, separators=(",", ":"))
+    return json.dumps(list(who_labels(who)), separators=(",", ":"))
 
 
 def decode_who(text: str) -> tuple[str, ...]:
@@ -162,15 +167,21 @@ def decode_who(text: str) -> tuple[str, ...]:
     return tuple(str(label) for label in value) if isinstance(value, list) else ()
 
 
-def summarize(entries: Sequence[tuple[str, bytes]],
-              who: Mapping[str, Collection[str]] | None) -> list[tuple[str, int, str]]:
-    """One feed row per document of a committed batch: ``(document_id, updates, who)``, in
-    the order the documents first appear in the batch."""
+def updates_per_document(entries: Sequence[tuple[str, bytes]]) -> dict[str, int]:
+    """How many updates of a committed batch each document has, in the order the documents
+    first appear in the batch."""
     counts: dict[str, int] = {}
     for document_id, _ in entries:
         counts[document_id] = counts.get(document_id, 0) + 1
+    return counts
+
+
+def summarize(entries: Sequence[tuple[str, bytes]],
+              who: Mapping[str, Collection[str]] | None) -> list[tuple[str, int, str]]:
+    """One feed row per document of a committed batch: ``(document_id, updates, who)`` with
+    ``who`` as stored (:func:`encode_who`), in the order the documents first appear."""
     return [(document_id, count, encode_who(set((who or {}).get(document_id, ()))))
-            for document_id, count in counts.items()]
+            for document_id, count in updates_per_document(entries).items()]
 
 
 def merge_who(stored: Iterable[str], extra: Iterable[str]) -> str:

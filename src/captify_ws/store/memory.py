@@ -29,7 +29,8 @@ from captify_ws.store.history import (
     decode_who,
     doomed_versions,
     merge_who,
-    summarize,
+    updates_per_document,
+    who_labels,
 )
 from captify_ws.store.memory_webhooks import MemoryWebhooks
 
@@ -72,16 +73,16 @@ class MemoryStore(MemoryWebhooks, MemoryAgentSessions):
         created = {document_id for document_id, _ in entries if document_id not in self._logs}
         for document_id, update in entries:
             self._logs.setdefault(document_id, []).append(update)
-        for document_id, count, authors in summarize(entries, who):
+        # the feed rows' authors as labels: nothing is stored, so nothing is encoded as JSON
+        for document_id, count in updates_per_document(entries).items():
             self._append_feed(document_id, "created" if document_id in created else "changed",
-                              count, authors)
+                              count, who_labels(set((who or {}).get(document_id, ()))))
 
-    def _append_feed(self, document_id: str, kind: FeedKind, updates: int, who: str,
-                     version: int | None = None) -> FeedEntry:
+    def _append_feed(self, document_id: str, kind: FeedKind, updates: int,
+                     who: tuple[str, ...], version: int | None = None) -> FeedEntry:
         self._feed_cursor += 1
         cursor = self._feed_cursor
-        entry = FeedEntry(cursor, document_id, kind, time.time(), updates, decode_who(who),
-                          version)
+        entry = FeedEntry(cursor, document_id, kind, time.time(), updates, who, version)
         self._feed.append(entry)
         return entry
 
@@ -121,7 +122,7 @@ class MemoryStore(MemoryWebhooks, MemoryAgentSessions):
         self._changes.pop(document_id, None)
         self._versions.pop(document_id, None)
         if existed:
-            self._append_feed(document_id, "deleted", 0, "[]")
+            self._append_feed(document_id, "deleted", 0, ())
         return existed
 
     # -- history (store/history.py) -------------------------------------------------------
@@ -158,7 +159,8 @@ class MemoryStore(MemoryWebhooks, MemoryAgentSessions):
         if only_if_changed and not authors:
             return None
         number = previous.number + 1 if previous is not None else 1
-        entry = self._append_feed(document_id, "version", 0, merge_who([], who), number)
+        entry = self._append_feed(document_id, "version", 0, decode_who(merge_who([], who)),
+                                  number)
         info = VersionInfo(document_id, number, kind, name, entry.at,
                            decode_who(merge_who(authors, who)), entry.cursor, len(state),
                            dict(clients or {}))
