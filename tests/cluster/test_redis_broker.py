@@ -1,12 +1,14 @@
 """The Redis broker's reader against a real Redis: what one instance publishes reaches another
-that subscribed later (its reader waited while nothing was subscribed), in order, and a Pub/Sub
-connection dropped by Redis is reconnected with every channel subscribed again (on a private
-Redis: the shared one's other clients are left alone)."""
+that subscribed later (its reader waited, without an error, while nothing was subscribed), in
+order; a Pub/Sub connection dropped by Redis, and a subscribe made while Redis was down, are
+repaired by the reader's reconnect (on a private Redis: the shared one's clients are left
+alone)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -67,4 +69,41 @@ async def _dropped_and_subscribed_again(url: str) -> None:
     finally:
         await admin.aclose()
         await sender.stop()
+        await receiver.stop()
+
+
+async def test_a_subscribe_while_redis_is_down_takes_effect_when_it_is_back() -> None:
+    """The first subscribe is made while Redis is down: once Redis is back the reader
+    reconnects and subscribes the channel; what is published then arrives, and publishing
+    works again."""
+    with private_redis() as redis:
+        await _subscribed_while_down(redis)
+
+
+async def _subscribed_while_down(redis: Any) -> None:
+    channel = "test-broker"
+    receiver = RedisBroker(redis.url)
+    heard: list[bytes] = []
+    receiver.on_message = lambda name, data: heard.append(data)
+    await receiver.start()
+    sender: RedisBroker | None = None
+    try:
+        redis.stop()
+        await receiver.subscribe(channel)
+        await eventually(lambda: receiver.error is not None, "the broker to notice")
+        redis.start()
+        await eventually(lambda: receiver.error is None, "the reconnect")
+        sender = RedisBroker(redis.url)
+        await sender.start()
+
+        def heard_it() -> bool:
+            assert sender is not None
+            sender.publish(channel, b"back")
+            return b"back" in heard
+        await eventually(heard_it, "a message after Redis came back")
+        receiver.publish(channel, b"from the receiver")
+        await eventually(lambda: b"from the receiver" in heard, "the receiver's own publish")
+    finally:
+        if sender is not None:
+            await sender.stop()
         await receiver.stop()

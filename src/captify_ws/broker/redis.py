@@ -9,6 +9,7 @@ away both tasks retry with backoff; on reconnect every channel is subscribed aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -56,7 +57,8 @@ class RedisBroker:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
-        #: set by every subscribe: the reader waits for it while nothing is subscribed
+        #: set by a subscribe: the reader waits for it (at most 1 s at a time, to notice a
+        #: failure) while nothing is subscribed
         self._subscribed = asyncio.Event()
 
     def _new_client(self) -> Any:
@@ -108,12 +110,7 @@ class RedisBroker:
                 await self._pubsub.subscribe(channel)
                 self._subscribed.set()
             except (RedisError, OSError) as exc:
-                # the reader resubscribes everything when it reconnects: its read ends now
-                self._failed(exc)
-                connection = self._pubsub.connection
-                if connection is not None:
-                    await close_broken(connection.disconnect, logger,
-                                       "the broker's Pub/Sub connection")
+                self._failed(exc)  # the reader resubscribes everything when it reconnects
 
     async def unsubscribe(self, channel: str) -> None:
         if channel not in self._channels:
@@ -184,28 +181,24 @@ class RedisBroker:
                 if self.error is not None:
                     await self._reconnect()
                     backoff.reset()
-                pubsub = self._pubsub
-                if pubsub.connection is None:  # nothing subscribed yet
+                if self._pubsub.connection is None:  # nothing subscribed yet: no error
                     self._subscribed.clear()
-                    await self._subscribed.wait()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._subscribed.wait(), 1.0)
                     continue
-                # A blocking read: no timeout to arm and cancel per message (half the cost of
-                # get_message(timeout=…)); a failed connection ends it with an error.
-                reply = await pubsub.parse_response(block=True)
+                message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, RuntimeError) as exc:
                 self._failed(exc)
                 await backoff.wait()
                 continue
-            # ["message", channel, data] (a list, or with RESP3 a list subclass for a push);
-            # subscription confirmations and pongs are skipped
-            if not isinstance(reply, list) or len(reply) != 3 or reply[0] != b"message":
+            if message is None or message.get("type") != "message":
                 continue
-            channel = reply[1]
+            channel = message["channel"]
             try:
                 self.on_message(channel.decode() if isinstance(channel, bytes) else channel,
-                                reply[2])
+                                message["data"])
             except Exception:
                 logger.exception("broker message handler failed")
 

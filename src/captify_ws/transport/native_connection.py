@@ -47,10 +47,15 @@ class NativeConnection(Connection):
         self.peer_closed = False
         #: reading paused by the connection (its inbox is full), not only for a loop turn
         self.reading_held = False
-        self.direct_write = self._raw_write
+        self.direct_write = self._direct_target()
 
     def _direct_target(self) -> Callable[[bytes], object] | None:
-        return self._raw_write
+        # uvloop drops a write to a transport it closed on an error (we hear of it a turn
+        # later); the standard library's loop logs a warning for each one: there every frame
+        # goes through send_frame, which checks the transport first.
+        if type(self._socket).__module__.startswith("uvloop"):
+            return self._raw_write
+        return None
 
     def send_frame(self, frame: PreparedFrame) -> None:
         # Connection.send_frame with the write inlined: the hot path of every broadcast, once
