@@ -72,12 +72,10 @@ class Audience:
     def send(self, frame: PreparedFrame, skip: Connection | None = None) -> int:
         """``frame`` to every connection but ``skip``; how many it was sent to."""
         direct = self._direct
-        if skip is not None and skip in direct:
-            skipped = direct.pop(skip)
-            connections, writes = tuple(direct), tuple(direct.values())
+        skipped = direct.pop(skip, None) if skip is not None else None
+        connections, writes = tuple(direct), tuple(direct.values())
+        if skip is not None and skipped is not None:
             direct[skip] = skipped
-        else:
-            connections, writes = tuple(direct), tuple(direct.values())
         others = tuple(self._others)  # before the writes: a member paused by one moves there
         done = len(writes)
         if writes:
