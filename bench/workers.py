@@ -228,6 +228,12 @@ def best_throughput(by_tag: ByTag, layout: str, sfx: str) -> float | None:
     return best
 
 
+def _client_cpu(result: dict[str, Any]) -> str:
+    """The load generator's CPU (% of a core), marked ``sat`` when it was saturated."""
+    client = result.get("client") or {}
+    return fmt(client.get("cpu_pct_of_core")) + (" sat" if client.get("saturated") else "")
+
+
 def render_workers(by_tag: ByTag) -> list[str]:
     """Markdown: the many-docs levels per layout, the best throughput at p99 ≤ 100 ms per
     repeat with the two-worker/one-worker ratios, and the 2,000-reader fan-out."""
@@ -240,15 +246,13 @@ def render_workers(by_tag: ByTag) -> list[str]:
         for tag in many:
             for name, r in by_tag[tag].items():
                 lat, cpu = r.get("latency_ms") or {}, r.get("workers_cpu") or {}
-                client = r.get("client") or {}
                 lines.append("| " + " | ".join([
                     tag, name, fmt(r.get("delivered_per_s")), fmt(lat.get("p50")),
                     fmt(lat.get("p99")),
                     f"{fmt(cpu.get('cpu_pct_of_core'))} ({cpu.get('workers')})",
                     fmt(r.get("server_cpu_us_per_edit")),
                     f"{fmt(cpu.get('redis_cpu_s'), 2)} / {fmt(cpu.get('others_cpu_s'))}",
-                    fmt(client.get("cpu_pct_of_core")) + (" sat" if client.get("saturated")
-                                                          else ""),
+                    _client_cpu(r),
                     f"{r.get('converged_docs', '–')}/{(r.get('params') or {}).get('docs', '–')}",
                 ]) + (f" {r['error'][:80]}" if r.get("error") else "") + " |")
         lines.append("")
@@ -273,15 +277,13 @@ def render_workers(by_tag: ByTag) -> list[str]:
         for tag in fanout:
             for name, r in by_tag[tag].items():
                 lat, cpu = r.get("latency_ms") or {}, r.get("workers_cpu") or {}
-                client = r.get("client") or {}
                 lines.append("| " + " | ".join([
                     tag, name, fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("max")),
                     fmt(r.get("server_cpu_us_per_delivery"), 2),
                     fmt(r.get("redis_cpu_us_per_delivery"), 3),
                     f"{fmt(cpu.get('cpu_s'))} ({cpu.get('workers')})",
                     fmt(cpu.get("others_cpu_s")),
-                    fmt(client.get("cpu_pct_of_core")) + (" sat" if client.get("saturated")
-                                                          else ""),
+                    _client_cpu(r),
                     fmt(r.get("all_converged")), fmt(r.get("server_state_converged")),
                 ]) + (f" {r['error'][:80]}" if r.get("error") else "") + " |")
         lines.append("")
