@@ -8,6 +8,8 @@ load generator (../shared/bench/loadgen.sh). Where each runs is a layout:
     w1-pin   one worker on CPU 0, the load generator on CPU 1 (the other sets' layout)
     w1-redis the same with the Redis broker: the hop's cost without a second process
     w2-a     two workers unpinned (CPUs 0-1), the load generator on CPU 1
+    w2-noaff the same without document affinity (--worker-affinity-limit 0): the kernel's
+             placement, so half the documents' clients are split between the workers
     w1-free  one worker and the load generator both unpinned (the kernel places them)
     w2-free  two workers and the load generator all unpinned
 
@@ -54,12 +56,15 @@ class Layout:
     client_cpus: str
     #: the Redis broker with one worker too (two workers always use it)
     redis: bool = False
+    #: document affinity between workers (transport/handoff.py)
+    affinity: bool = True
 
 
 LAYOUTS = {
     "w1-pin": Layout(1, "0", "1"),
     "w1-redis": Layout(1, "0", "1", redis=True),
     "w2-a": Layout(2, "0,1", "1"),
+    "w2-noaff": Layout(2, "0,1", "1", affinity=False),
     "w1-free": Layout(1, "0,1", "0,1"),
     "w2-free": Layout(2, "0,1", "0,1"),
 }
@@ -115,6 +120,8 @@ def _server_command(layout: Layout, port: int, db: Path) -> list[str]:
                "--document-create-rate", "0"]
     if layout.workers > 1:
         command += ["--workers", str(layout.workers)]
+        if not layout.affinity:
+            command += ["--worker-affinity-limit", "0"]
     if layout.workers > 1 or layout.redis:
         command += ["--broker", REDIS, "--broker-prefix", f"bench-workers-{port}"]
     return command

@@ -181,7 +181,8 @@ class CaptifyApp:
 
     async def _metrics(self, request: Request) -> Response:
         """Prometheus exposition; with ``metrics_token`` only for ``Authorization: Bearer
-        <token>`` (else 401), compared in constant time."""
+        <token>`` (else 401), compared in constant time. ``X-Captify-Instance`` names the
+        process that answered (one of ``--workers``)."""
         token = self.server.settings.metrics_token
         if token:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -192,7 +193,8 @@ class CaptifyApp:
                                     headers={"WWW-Authenticate": "Bearer"})
         if self._registry is None:
             self._registry = build_registry(self.server)
-        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST,
+                        headers={"X-Captify-Instance": self.server.instance_id})
 
     def _check_api_key(self, request: Request) -> Response | None:
         key = self.server.settings.api_key

@@ -33,6 +33,7 @@ from captify_ws.memory import (
     keep_large_blocks_returnable,
     trim_heap_every,
 )
+from captify_ws.transport.handoff import make_channels
 from captify_ws.values import parse_bool, show_value
 
 logger = logging.getLogger("captify_ws")
@@ -140,6 +141,7 @@ async def _serve_trimmed(settings: Settings, sock: socket.socket) -> int:
     """Serve on ``settings.transport`` until SIGINT/SIGTERM; the process's exit status."""
     from captify_ws.app import AppLifespan, create_app
     from captify_ws.server import Server
+    from captify_ws.transport.handoff import Handoff
     from captify_ws.transport.native_server import NativeServer
 
     http_app = import_attribute(settings.http_app, "http_app") if settings.http_app else None
@@ -177,7 +179,8 @@ async def _serve_trimmed(settings: Settings, sock: socket.socket) -> int:
         await inner.startup()
     native = NativeServer(server, app)
     try:
-        await native.start(sock)
+        await native.start(sock, Handoff.from_environ(os.environ,
+                                                      settings.worker_affinity_limit))
     except BaseException:
         await server.stop()
         raise
@@ -253,6 +256,9 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     # one line here rather than N workers failing, and port 0 becomes one port for all.
     reserve = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     try:
+        # SO_REUSEADDR as the workers set it: a restart must not wait for the last run's
+        # connections in TIME_WAIT
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         reserve.bind((settings.host, settings.port))
     except OSError as exc:
@@ -267,13 +273,16 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
            "CAPTIFY_WS_PORT": str(port)}
     args = [sys.executable, "-m", "captify_ws", *_without_worker_flags(argv)]
     stopping = False
+    # Document affinity (transport/handoff.py): the channels outlive any one worker.
+    channels, channel_env, channel_fds = make_channels(settings.workers)
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
         # In a session of their own: Ctrl+C in a terminal reaches the supervisor only, which
         # stops every worker the same way (a worker still importing would otherwise print a
         # KeyboardInterrupt traceback).
-        return subprocess.Popen(args, env={**env, "CAPTIFY_WS_WORKER_INDEX": str(index)},
-                                start_new_session=True)
+        return subprocess.Popen(args, env={**env, "CAPTIFY_WS_WORKER_INDEX": str(index),
+                                           **channel_env[index]},
+                                pass_fds=channel_fds, start_new_session=True)
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal stopping
@@ -309,6 +318,8 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
             worker.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             worker.kill()
+    for channel in channels:
+        channel.close()
     return 0 if all(worker.returncode == 0 for worker in workers) else 1
 
 

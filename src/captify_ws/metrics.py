@@ -58,6 +58,9 @@ class Stats:
         #: "bound" (past a connection's presence bounds)
         self.presence_ignored: dict[str, int] = {}
         self.slow_consumers = 0
+        #: ``--workers`` document affinity (transport/handoff.py): "sent" to the owner,
+        #: "received", "returned" (to stay with a worker), "kept" (a send would block)
+        self.worker_handoffs: dict[str, int] = {}
         self.connections_opened = 0
 
     def received(self, kind: str, size: int) -> None:

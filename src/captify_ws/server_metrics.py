@@ -93,6 +93,10 @@ class ServerCollector(Collector):
         yield _counter("captify_auth_refusals_total",
                        "Connections refused, by reason (close code or 'origin')",
                        stats.refusals, "reason")
+        yield _counter("captify_worker_handoffs_total",
+                       "WebSockets moved between --workers to their document's worker: 'sent', "
+                       "'received', 'returned' (the owner had enough of that document's), "
+                       "'kept' (the owner was not reading)", stats.worker_handoffs, "outcome")
         yield _counter("captify_presence_ignored_total",
                        "Presence (awareness) entries ignored, by reason: 'foreign' (for a "
                        "client id another live connection controls), 'bound' (past a "

@@ -283,7 +283,10 @@ def test_workers_share_one_port(shared_store: str, kind: str, tmp_path: Any) -> 
     store = shared_store if kind == "postgres" else f"sqlite:///{tmp_path}/workers.db"
     proc = ServerProcess(["--port", str(port), "--workers", "2", "--store", store,
                           "--broker", REDIS_URL, "--broker-prefix",
-                          f"test-{secrets.token_hex(4)}", "--api-key", "k"]).start()
+                          f"test-{secrets.token_hex(4)}", "--api-key", "k",
+                          # without document affinity: the clients of one document stay on
+                          # both workers (test_worker_affinity.py has it on)
+                          "--worker-affinity-limit", "0"]).start()
     try:
         # both workers answer on the one port (each names itself in x-captify-instance)
         pids: set[str | None] = set()

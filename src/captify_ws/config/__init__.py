@@ -51,6 +51,10 @@ class Settings(KeepingSettings):
         "every broker reconnect) and send each other what is missing", float)
     workers: int = setting(
         1, "processes serving the same port (needs a shared broker and store)", int)
+    worker_affinity_limit: int = setting(
+        256, "with --workers: a WebSocket whose request names its document moves to the worker "
+        "that owns the document until that worker serves this many of its connections (the rest "
+        "stay where the kernel put them); 0 turns it off", int)
     reuse_port: bool = setting(
         False, "let several processes listen on the same port (SO_REUSEPORT; --workers sets it "
         "for its processes)", _parse_bool)

@@ -50,6 +50,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("store_commit_interval_ms must be between 0 and 1000")
     if settings.cluster_heartbeat_s <= 0 or settings.anti_entropy_s <= 0:
         raise ConfigError("cluster_heartbeat_s and anti_entropy_s must be positive")
+    if settings.worker_affinity_limit < 0:
+        raise ConfigError("worker_affinity_limit cannot be negative")
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
     if settings.workers > 1 and (settings.broker == "memory" or settings.store == "memory"):

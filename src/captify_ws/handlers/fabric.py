@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import Final
+from urllib.parse import parse_qsl
 
 from captify_ws.auth import Access
 from captify_ws.connection import Connection, PreparedFrame
@@ -104,6 +105,18 @@ class FabricHandler:
         self._stats = server.stats
         self._yws_members = 0
         self._keepalive: asyncio.Task[None] | None = None
+
+    def affinity(self, subpath: str, query: str) -> str | None:
+        """The document a connection to ``/ws/fabric/<subpath>?<query>`` will serve, when its
+        request names it: the y-websocket path, or the JSON protocol's ``documentId``
+        (``--workers`` moves the connection to the document's worker: transport/handoff.py).
+        Raises ``BadRequest`` for a name that is not one."""
+        if subpath:
+            return names.name_from_path(subpath)
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            if key == "documentId":
+                return value or None
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------
 

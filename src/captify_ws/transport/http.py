@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from captify_ws.transport.handoff import HERE
+
 if TYPE_CHECKING:
     from captify_ws.config import Settings
 
@@ -224,7 +226,8 @@ class Doors(Protocol):
 
     def serves_websocket(self, path: str) -> bool: ...
 
-    def hand_to_websocket(self, transport: asyncio.Transport, received: bytes) -> None: ...
+    def hand_to_websocket(self, transport: asyncio.Transport, received: bytes,
+                          origin: int) -> None: ...
 
     def hand_to_http(self, transport: asyncio.Transport, received: bytes) -> None: ...
 
@@ -232,18 +235,22 @@ class Doors(Protocol):
 class FrontDoor(asyncio.Protocol):
     """Reads a connection's first request head (within the stage's bytes and time), then gives
     the socket to ``doors.hand_to_websocket`` or ``doors.hand_to_http`` with the bytes received
-    so far.
+    so far. A socket another worker sent here (``transport/handoff.py``) starts with the bytes
+    that worker read (``received``) and where it came from (``origin``: a worker's index,
+    ``RETURNED``, or ``HERE`` for one this process accepted).
 
     uvloop's transport keeps a reference to the first protocol's ``data_received`` for the
     socket's life: after the handoff this object is emptied (slots, no buffer, no transport),
     so what an idle WebSocket keeps of it is ~100 bytes."""
 
-    __slots__ = ("_buffer", "_doors", "_stage", "_timer", "_transport")
+    __slots__ = ("_buffer", "_doors", "_origin", "_stage", "_timer", "_transport")
 
-    def __init__(self, stage: HttpStage, doors: Doors) -> None:
+    def __init__(self, stage: HttpStage, doors: Doors, received: bytes = b"",
+                 origin: int = HERE) -> None:
         self._stage = stage
         self._doors = doors
-        self._buffer: bytearray | None = bytearray()
+        self._origin = origin
+        self._buffer: bytearray | None = bytearray(received)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -254,6 +261,8 @@ class FrontDoor(asyncio.Protocol):
             return
         self._timer = asyncio.get_running_loop().call_later(self._stage.head_timeout_s,
                                                             self._timed_out)
+        if self._buffer:  # handed over by another worker with its head read
+            self.data_received(b"")
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -279,7 +288,7 @@ class FrontDoor(asyncio.Protocol):
         received = bytes(buffer)
         self._buffer = self._transport = None  # handed over: nothing of it stays here
         if upgrade and self._doors.serves_websocket(path):
-            self._doors.hand_to_websocket(transport, received)
+            self._doors.hand_to_websocket(transport, received, self._origin)
         else:
             self._doors.hand_to_http(transport, received)
 

@@ -37,6 +37,7 @@ from uvicorn.server import ServerState
 from captify_ws.connection import UpgradeRequest
 from captify_ws.errors import Reject, http_status_for, log_with_id
 from captify_ws.request import header_block
+from captify_ws.transport.handoff import HERE, Handoff
 from captify_ws.transport.health import health_request, health_response
 from captify_ws.transport.http import FrontDoor, HttpStage, bounded_http_protocol
 from captify_ws.transport.lingering import LingeringTransport
@@ -89,22 +90,30 @@ class NativeServer:
         self._config.load()
         self._http_state = ServerState()
         self._listener: asyncio.Server | None = None
+        self.handoff: Handoff | None = None
+        self._adopting: set[asyncio.Task[Any]] = set()
 
     @property
     def port(self) -> int:
         assert self._listener is not None
         return int(self._listener.sockets[0].getsockname()[1])
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(self, sock: socket.socket | None = None,
+                    handoff: Handoff | None = None) -> None:
         """Listen on ``sock`` (bound already, as ``captify-ws serve`` does before starting
-        anything else), or bind the settings' host and port. Raises ``OSError`` if the address
-        is taken."""
+        anything else), or bind the settings' host and port; with ``handoff`` (``--workers``),
+        also serve the sockets other workers send here. Raises ``OSError`` if the address is
+        taken."""
         loop = asyncio.get_running_loop()
         settings = self.server.settings
 
         def front_door() -> FrontDoor:
             return FrontDoor(self.http_stage, self)
 
+        if handoff is not None:
+            self.handoff = handoff
+            handoff.counts = self.server.stats.worker_handoffs
+            handoff.start(self._adopt)
         if sock is not None:
             self._listener = await loop.create_server(front_door, sock=sock, backlog=4096)
             return
@@ -115,7 +124,52 @@ class NativeServer:
     def serves_websocket(self, path: str) -> bool:
         return path.startswith("/ws/") or self.server.route(path) is not None
 
-    def hand_to_websocket(self, transport: asyncio.Transport, received: bytes) -> None:
+    def _adopt(self, sock: socket.socket, received: bytes, origin: int) -> None:
+        """A socket another worker sent: served from its request head on, as if accepted
+        here."""
+        task = asyncio.get_running_loop().create_task(self.__adopt(sock, received, origin))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def __adopt(self, sock: socket.socket, received: bytes, origin: int) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: FrontDoor(self.http_stage, self, received, origin), sock=sock)
+        except OSError as exc:  # the peer left meanwhile
+            logger.debug("a connection from another worker could not be served: %s", exc)
+            sock.close()
+
+    def _document_of(self, received: bytes) -> str | None:
+        """The document a WebSocket request names, when its handler routes by document."""
+        parts = received[:received.find(b"\r\n")].split(b" ")
+        if len(parts) < 3:
+            return None
+        target = urlsplit(parts[1].decode("latin-1"))
+        route = self.server.route(target.path)
+        if route is None:
+            return None
+        handler, subpath = route
+        affinity = getattr(handler, "affinity", None)
+        if affinity is None:
+            return None
+        try:
+            document = affinity(subpath, target.query)
+        except Exception:  # a bad name: refused where it was accepted
+            return None
+        return document if isinstance(document, str) else None
+
+    def _serving(self, document: str) -> int:
+        room = self.server.rooms.get(document)
+        return len(room) if room is not None else 0
+
+    def hand_to_websocket(self, transport: asyncio.Transport, received: bytes,
+                          origin: int = HERE) -> None:
+        handoff = self.handoff
+        if handoff is not None:
+            document = self._document_of(received)
+            if document is not None and handoff.route(transport, received, document, origin,
+                                                      self._serving):
+                return
         # picows' own auto-ping runs a task per connection; the server's keepalive sweep
         # (Connection.keepalive) does the same for all connections with one timer. Pings from
         # the peer are answered by Listener (auto-pong off).
@@ -186,6 +240,8 @@ class NativeServer:
 
     async def stop(self) -> None:
         """Stop accepting; HTTP connections finish their request and close."""
+        if self.handoff is not None:
+            self.handoff.stop()
         if self._listener is not None:
             self._listener.close()
         for connection in list(self._http_state.connections):

@@ -1,0 +1,172 @@
+"""transport/handoff.py on real sockets in one process: a TCP connection accepted by "worker 0"
+moves to "worker 1" over the ``--workers`` channels with the bytes read so far, and the client
+never notices; when a move cannot happen the connection stays, open."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from captify_ws.transport.handoff import (
+    ENVIRONMENT,
+    HERE,
+    MAX_MESSAGE,
+    RETURNED,
+    Handoff,
+    make_channels,
+    owner_of,
+)
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def _run(loop_name: str, main: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        runner.run(main)
+
+
+def _pair(limit: int = 2) -> list[Handoff]:
+    """Two workers' ends of the channels, in this process: each with descriptors of its own,
+    as a worker process inherits them."""
+    sockets, environments, _ = make_channels(2)
+    handoffs = []
+    for environment in environments:
+        index, count, *fds = environment[ENVIRONMENT].replace(",", "/").split("/")
+        own = [str(os.dup(int(fd))) for fd in fds]
+        handoff = Handoff.from_environ(
+            {ENVIRONMENT: f"{index}/{count}/{own[0]}/{','.join(own[1:])}"}, limit)
+        assert handoff is not None
+        handoffs.append(handoff)
+    for channel in sockets:
+        channel.close()
+    return handoffs
+
+
+class _Held(asyncio.Protocol):
+    """What a worker's listener does before the request head is complete: hold the transport."""
+
+    def __init__(self, accepted: asyncio.Queue[asyncio.Transport]) -> None:
+        self.accepted = accepted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.accepted.put_nowait(transport)  # type: ignore[arg-type]
+
+
+def _document_owned_by(index: int) -> str:
+    return next(name for name in (f"doc-{n}" for n in range(100))
+                if owner_of(name, 2) == index)
+
+
+def test_owner_is_stable_and_spread() -> None:
+    owners = [owner_of(f"doc-{n}", 2) for n in range(200)]
+    assert owners == [owner_of(f"doc-{n}", 2) for n in range(200)]
+    assert 70 < sum(owners) < 130
+    assert owner_of("é/ü\udcff", 3) in (0, 1, 2)  # any document name, even a lone surrogate
+
+
+def test_environment_is_checked() -> None:
+    assert Handoff.from_environ({}, 10) is None
+    assert Handoff.from_environ({ENVIRONMENT: "0/1/3/4"}, 0) is None  # affinity off
+    with pytest.raises(ValueError, match="index/count"):
+        Handoff.from_environ({ENVIRONMENT: "2/2/5/6,7"}, 10)
+
+
+@pytest.mark.parametrize("loop_name", list(LOOPS))
+def test_a_connection_moves_with_its_bytes_and_back(loop_name: str) -> None:
+    first, second = _pair(limit=1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Queue[asyncio.Transport] = asyncio.Queue()
+        adopted: asyncio.Queue[tuple[socket.socket, bytes, int, str]] = asyncio.Queue()
+        first.start(lambda sock, data, origin: adopted.put_nowait((sock, data, origin, "0")))
+        second.start(lambda sock, data, origin: adopted.put_nowait((sock, data, origin, "1")))
+        server = await loop.create_server(lambda: _Held(accepted), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        document = _document_owned_by(1)
+        head = f"GET /ws/fabric/{document} HTTP/1.1\r\n\r\n".encode() + b"\x82\x00early"
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        transport = await asyncio.wait_for(accepted.get(), 5)
+        # accepted by worker 0, owned by worker 1: moved, closed here, nothing written
+        assert first.route(transport, head, document, HERE, lambda _: 0)
+        sock, data, origin, by = await asyncio.wait_for(adopted.get(), 5)
+        assert (data, origin, by) == (head, 0, "1")
+        assert transport.is_closing()
+        # the same connection, both ways, with no EOF from the worker that let it go
+        sock.setblocking(True)
+        writer.write(b"later")
+        await writer.drain()
+        assert sock.recv(100) == b"later"
+        sock.sendall(b"from worker 1")
+        assert await asyncio.wait_for(reader.readexactly(13), 5) == b"from worker 1"
+
+        # the owner has its limit (1) already: back to worker 0, to stay
+        reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
+        held = await asyncio.wait_for(accepted.get(), 5)
+        assert second.route(held, head, document, 0, lambda _: 1)
+        back, data, origin, by = await asyncio.wait_for(adopted.get(), 5)
+        assert (data, origin, by) == (head, RETURNED, "0")
+        assert not first.route(held, head, document, RETURNED, lambda _: 0)  # served there
+        back.setblocking(True)
+        back.sendall(b"stayed")
+        assert await asyncio.wait_for(reader2.readexactly(6), 5) == b"stayed"
+        assert first.counts == {"sent": 1, "received": 1}
+        assert second.counts == {"received": 1, "returned": 1}
+
+        # one it owns stays; a head larger than a message stays
+        assert not second.route(held, head, document, HERE, lambda _: 0)
+        assert not first.route(held, b"x" * MAX_MESSAGE, document, HERE, lambda _: 0)
+        for done in (sock, back):
+            done.close()
+        for stream in (writer, writer2):
+            stream.close()
+        server.close()
+
+    try:
+        _run(loop_name, main())
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("loop_name", list(LOOPS))
+def test_an_owner_that_is_not_reading_leaves_connections_where_they_are(
+        loop_name: str) -> None:
+    first, second = _pair()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Queue[asyncio.Transport] = asyncio.Queue()
+        server = await loop.create_server(lambda: _Held(accepted), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        document = _document_owned_by(1)
+        head = b"GET / HTTP/1.1\r\n\r\n" + b"x" * 60_000
+        clients, moved = [], 0
+        while True:  # worker 1 never reads its channel: it fills
+            assert moved < 1000, "a channel that never fills"
+            clients.append(await asyncio.open_connection("127.0.0.1", port))
+            transport = await asyncio.wait_for(accepted.get(), 5)
+            if not first.route(transport, head, document, HERE, lambda _: 0):
+                break
+            moved += 1
+        assert first.counts == {"sent": moved, "kept": 1}
+        assert not transport.is_closing()  # served here instead
+        transport.write(b"still here")
+        assert await asyncio.wait_for(clients[-1][0].readexactly(10), 5) == b"still here"
+        for _, writer in clients:
+            writer.close()
+        server.close()
+
+    try:
+        _run(loop_name, main())
+    finally:
+        first.close()
+        second.close()
