@@ -120,6 +120,15 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily("captify_cluster_instances",
                                 "Instances of the cluster seen alive, this one included",
                                 value=1 + (len(cluster.instances) if cluster is not None else 0))
+        solitude = cluster.solitude if cluster is not None else None
+        yield GaugeMetricFamily("captify_cluster_documents_alone",
+                                "Loaded documents no other instance subscribes to (their updates "
+                                "and presence changes are not published)",
+                                value=len(solitude.alone) if solitude is not None else 0)
+        yield CounterMetricFamily("captify_cluster_publishes_skipped_total",
+                                  "Updates and presence changes not published: no other "
+                                  "instance subscribed to their document",
+                                  value=solitude.skipped if solitude is not None else 0)
         hub = server.channel_services.hub
         yield _counter("captify_channel_events_total",
                        "Channels on this instance: publications made, copies delivered, "

@@ -18,6 +18,9 @@ from typing import Protocol, runtime_checkable
 
 #: ``on_message(channel, data)``: called in the event loop for every message received.
 MessageCallback = Callable[[str, bytes], None]
+#: ``on_receivers(count)``: how many subscribers of the channel one publication reached, the
+#: publisher's own subscription included (Redis' ``PUBLISH`` reply).
+ReceiversCallback = Callable[[int], None]
 
 
 @runtime_checkable
@@ -42,9 +45,15 @@ class Broker(Protocol):
         """Disconnect; messages still queued for publishing are sent first when possible."""
         ...
 
-    def publish(self, channel: str, data: bytes) -> None:
+    def publish(self, channel: str, data: bytes,
+                on_receivers: ReceiversCallback | None = None) -> None:
         """Queue ``data`` for ``channel``; never blocks, never raises. At most once: dropped
-        when the broker is unreachable (anti-entropy repairs what that loses)."""
+        when the broker is unreachable (anti-entropy repairs what that loses).
+
+        ``on_receivers``, when given, is called later in the event loop with the number of
+        subscribers the publication reached at the broker, this broker's own subscription
+        included; it is not called when the publication was dropped (a reconnect follows,
+        :attr:`on_reconnect`)."""
         ...
 
     async def subscribe(self, channel: str) -> None:

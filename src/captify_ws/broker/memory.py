@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from captify_ws.broker.base import MessageCallback
+from captify_ws.broker.base import MessageCallback, ReceiversCallback
 
 
 class MemoryHub:
@@ -46,11 +46,16 @@ class MemoryBroker:
         for channel in list(self._channels):
             await self.unsubscribe(channel)
 
-    def publish(self, channel: str, data: bytes) -> None:
+    def publish(self, channel: str, data: bytes,
+                on_receivers: ReceiversCallback | None = None) -> None:
         loop = asyncio.get_running_loop()
-        for broker in self.hub.subscribers.get(channel, ()):
+        subscribers = self.hub.subscribers.get(channel, ())
+        for broker in subscribers:
             if broker is not self:
                 loop.call_soon(broker.on_message, channel, data)
+        if on_receivers is not None:
+            # like Redis' PUBLISH reply: every subscriber of the hub, this one included
+            loop.call_soon(on_receivers, len(subscribers))
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)

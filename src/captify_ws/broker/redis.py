@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from captify_ws.backoff import Backoff
-from captify_ws.broker.base import MessageCallback
+from captify_ws.broker.base import MessageCallback, ReceiversCallback
 from captify_ws.errors import BrokerError
 from captify_ws.store.postgres import mask_url
 from captify_ws.tasks import close_broken, wait_ended
@@ -53,7 +53,8 @@ class RedisBroker:
         self._client: Any = None
         self._pubsub: Any = None
         self._channels: set[str] = set()
-        self._outbox: deque[tuple[str, bytes]] = deque(maxlen=OUTBOX_LIMIT)
+        self._outbox: deque[tuple[str, bytes, ReceiversCallback | None]] = deque(
+            maxlen=OUTBOX_LIMIT)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
@@ -97,8 +98,9 @@ class RedisBroker:
         if self._client is not None:
             await close_broken(self._client.aclose, logger, "the broker's Redis client")
 
-    def publish(self, channel: str, data: bytes) -> None:
-        self._outbox.append((channel, data))
+    def publish(self, channel: str, data: bytes,
+                on_receivers: ReceiversCallback | None = None) -> None:
+        self._outbox.append((channel, data, on_receivers))
         self._wake.set()
 
     async def subscribe(self, channel: str) -> None:
@@ -163,16 +165,29 @@ class RedisBroker:
                     await self._connected.wait()
                 batch = [self._outbox.popleft() for _ in range(min(BATCH, len(self._outbox)))]
                 pipe = self._client.pipeline(transaction=False)
-                for channel, data in batch:
+                for channel, data, _ in batch:
                     pipe.publish(channel, data)
                 try:
-                    await pipe.execute()
+                    receivers = await pipe.execute()
                     backoff.reset()
                 except (RedisError, OSError) as exc:
                     # At most once: what could not be published is dropped; anti-entropy
                     # after the reconnect repairs it.
                     self._failed(exc)
                     await backoff.wait()
+                    continue
+                self._tell_receivers(batch, receivers)
+
+    @staticmethod
+    def _tell_receivers(batch: list[tuple[str, bytes, ReceiversCallback | None]],
+                        receivers: list[int]) -> None:
+        """Each PUBLISH reply (its receiver count) to the publication's callback, if any."""
+        for (_, _, on_receivers), count in zip(batch, receivers, strict=True):
+            if on_receivers is not None:
+                try:
+                    on_receivers(count)
+                except Exception:
+                    logger.exception("broker receivers callback failed")
 
     async def _read(self) -> None:
         backoff = Backoff()

@@ -20,6 +20,16 @@ exchange state vectors (plus a hash of their delete set, which state vectors do 
 an instance that has something another lacks publishes it. Any dropped message is repaired
 within one anti-entropy round after the broker is back.
 
+Alone with a document (:mod:`~captify_ws.cluster.solitude`): once a published update or
+presence change reached no subscriber but us (the ``PUBLISH`` reply) and no other instance
+spoke about the document meanwhile, its updates and presence changes are no longer published
+(everything else is), until any message of another instance about it (on its channel or in a
+digest), our own broker reconnect, or the room's unload. Safe: another instance can only have
+started listening after that publication, and then announces itself (state vector and presence
+query on load, a digest after a reconnect); our answer (the diff of all it lacks, our clients'
+presence) covers what we skipped. Leaving because of a digest, or of our reconnect (a count of
+one may then have been another's), we also publish our clients' presence.
+
 Backends in other languages ``PUBLISH <prefix>:publish`` a JSON message (README "Scaling out").
 """
 
@@ -29,11 +39,12 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from captify_ws.broker.base import Broker
 from captify_ws.cluster.host import ClusterHost
 from captify_ws.cluster.peers import InstanceInfo, RemoteOwner, is_local, owner_key
+from captify_ws.cluster.solitude import Solitude
 from captify_ws.errors import InvalidMessage
 from captify_ws.protocol import cluster as wire
 from captify_ws.protocol.ywebsocket import EMPTY_UPDATE, AwarenessEntry, _StrictDecoder
@@ -43,9 +54,6 @@ from captify_ws.rooms.member import Origin
 from captify_ws.rooms.presence import Change
 from captify_ws.rooms.steps import Accepted
 from captify_ws.tasks import wait_ended
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("captify_ws.cluster")
 
@@ -81,6 +89,8 @@ class ClusterBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._last_vector_sent: dict[str, float] = {}
+        self.solitude = Solitude()
+        self._alone = self.solitude.alone
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -128,6 +138,7 @@ class ClusterBridge:
         await self.broker.subscribe(self.channel(room.document_id))
         if room.closed:
             return
+        self.solitude.joined(room.document_id)
         # Ask the others for what they have that the store did not give us yet, and for the
         # presence of their clients.
         self._send_vector(room)
@@ -136,20 +147,39 @@ class ClusterBridge:
 
     def _room_unloaded(self, room: DocumentRoom) -> None:
         self._last_vector_sent.pop(room.document_id, None)
+        self.solitude.unloaded(room.document_id)
         self._spawn(self.broker.unsubscribe(self.channel(room.document_id)))
 
     def _local_update(self, room: DocumentRoom, update: bytes, origin: Origin) -> None:
         if origin.kind in ("member", "server"):
-            self.broker.publish(self.channel(room.document_id),
-                                wire.encode(wire.UPDATE, self.instance, update))
+            document_id = room.document_id
+            if document_id in self._alone:
+                self.solitude.skipped += 1
+                return
+            self.broker.publish(self._doc_prefix + document_id,
+                                wire.encode(wire.UPDATE, self.instance, update),
+                                self.solitude.probe(document_id))
 
     def _local_presence(self, room: DocumentPresence, changes: list[Change]) -> None:
+        document_id = room.document_id
+        if document_id in self._alone:
+            self.solitude.skipped += 1
+            return
         local = [wire.RemoteAwareness(change.entry, change.json_client_id,
                                       owner_key(change.owner), change.released)
                  for change in changes if is_local(change.owner)]
         if local:
+            self.broker.publish(self._doc_prefix + document_id, wire.encode(
+                wire.AWARENESS, self.instance, wire.encode_awareness(local)),
+                self.solitude.probe(document_id))
+
+    def _publish_local_presence(self, room: DocumentRoom) -> None:
+        """The presence of this instance's clients of the document, for the others."""
+        states = [wire.RemoteAwareness(s.entry(), s.json_client_id, owner_key(s.owner))
+                  for s in room.presence.snapshot() if is_local(s.owner)]
+        if states:
             self.broker.publish(self.channel(room.document_id), wire.encode(
-                wire.AWARENESS, self.instance, wire.encode_awareness(local)))
+                wire.AWARENESS, self.instance, wire.encode_awareness(states)))
 
     def _local_relay(self, room: DocumentRoom, text: str, client_id: str | None) -> None:
         self.publish_json(room.document_id, text, client_id)
@@ -194,7 +224,9 @@ class ClusterBridge:
             if channel == self.cluster_channel:
                 self._on_cluster(message)
             elif channel.startswith(self._doc_prefix):
-                room = self.server.rooms.get(channel[len(self._doc_prefix):])
+                document_id = channel[len(self._doc_prefix):]
+                self.solitude.contact(document_id)  # before answering: we are not alone
+                room = self.server.rooms.get(document_id)
                 if room is not None and not room.closed:
                     self._on_document(room, message)
         except InvalidMessage as exc:
@@ -227,11 +259,7 @@ class ClusterBridge:
             self.server.stateless.deliver(room.document_id, stateless.payload,
                                           stateless.user_id, stateless.connection_id)
         elif kind == wire.PRESENCE_QUERY:
-            states = [wire.RemoteAwareness(s.entry(), s.json_client_id, owner_key(s.owner))
-                      for s in room.presence.snapshot() if is_local(s.owner)]
-            if states:
-                self.broker.publish(self.channel(room.document_id), wire.encode(
-                    wire.AWARENESS, self.instance, wire.encode_awareness(states)))
+            self._publish_local_presence(room)
 
     def _on_cluster(self, message: wire.ClusterMessage) -> None:
         kind = message.kind
@@ -248,9 +276,12 @@ class ClusterBridge:
             info.documents = documents
         elif kind == wire.DIGEST:
             for document_id, vector in wire.decode_digest(message.body):
+                was_alone = self.solitude.contact(document_id)
                 room = self.server.rooms.get(document_id)
                 if room is not None and not room.closed:
                     self._answer_vector(room, vector)
+                    if was_alone:  # a digest asks for no presence: what we skipped
+                        self._publish_local_presence(room)
         elif kind == wire.CONTROL:
             body = wire.decode_object(message.body)
             if body.get("type") == "leaving":
@@ -307,6 +338,12 @@ class ClusterBridge:
     def _on_reconnect(self) -> None:
         logger.info("broker reconnected: exchanging state vectors of %d documents",
                      len(self.server.rooms))
+        # A receiver count of one may have been another instance's while our subscription was
+        # down: what we skipped goes out (updates through the digest below).
+        for document_id in self.solitude.reset():
+            room = self.server.rooms.get(document_id)
+            if room is not None and not room.closed:
+                self._publish_local_presence(room)
         self._publish_heartbeat()
         self._publish_digest()
 
