@@ -1,7 +1,8 @@
 """The Redis broker: Pub/Sub between instances, with redis-py's asyncio client.
 
 Publishing never waits on the hot path: messages go to an outbox that one task sends in
-pipelined batches. Receiving runs in one task that feeds :attr:`on_message`. When Redis goes
+pipelined batches; a publication that asked for it is told its ``PUBLISH`` reply (how many
+subscribers it reached) once its batch is sent. Receiving runs in one task that feeds :attr:`on_message`. When Redis goes
 away both tasks retry with backoff; on reconnect every channel is subscribed again and
 :attr:`on_reconnect` runs, so the cluster bridge can repair what Pub/Sub dropped meanwhile.
 """
