@@ -2,9 +2,10 @@
 
 Publishing never waits on the hot path: messages go to an outbox that one task sends in
 pipelined batches; a publication that asked for it is told its ``PUBLISH`` reply (how many
-subscribers it reached) once its batch is sent. Receiving runs in one task that feeds :attr:`on_message`. When Redis goes
-away both tasks retry with backoff; on reconnect every channel is subscribed again and
-:attr:`on_reconnect` runs, so the cluster bridge can repair what Pub/Sub dropped meanwhile.
+subscribers it reached) once its batch is sent. Receiving runs in one task that feeds
+:attr:`on_message`. When Redis goes away both tasks retry with backoff; on reconnect every
+channel is subscribed again and :attr:`on_reconnect` runs, so the cluster bridge can repair what
+Pub/Sub dropped meanwhile.
 """
 
 from __future__ import annotations
