@@ -32,12 +32,12 @@ def test_best_throughput_is_the_highest_converged_level_within_the_p99_bound() -
     by_tag = _by_tag()
     assert workers.best_throughput(by_tag, "w1-pin", "") == 2000
     assert workers.best_throughput(by_tag, "w2-a", "") == 4000
-    assert workers.best_throughput(by_tag, "w2-free", "") is None
+    assert workers.best_throughput(by_tag, "w2-noaff", "") is None
 
 
 def test_the_table_gives_two_workers_over_one_per_repeat() -> None:
     lines = workers.render_workers(_by_tag())
-    assert "| r1 | 2000 | – | 4000 | – | – | – | 2.00× | – |" in lines
+    assert "| r1 | 2000 | – | 4000 | – | 2.00× | – |" in lines
 
 
 def test_every_repeat_runs_each_layout_at_each_level_and_the_fanout() -> None:
