@@ -74,7 +74,10 @@ MATRIX: dict[str, list[tuple[str, list[str], list[str]]]] = {
         run for sfx in REPEATS for run in (
             (f"json-fanout-1000{sfx}", ["captify-json", "seed-json"], JSON_FANOUT),
             (f"fanout-1000-yws{sfx}", ["captify", "ywss"],
-             [*FANOUT, "--readers", "1000", "--probes", "50"]))
+             [*FANOUT, "--readers", "1000", "--probes", "50"]),
+            # the same with every reader reading (no paused sinks), as the JSON readers do
+            (f"fanout-1000-yws-reading{sfx}", ["captify", "ywss"],
+             [*FANOUT, "--readers", "1000", "--probes", "1000"]))
     ],
     "json-many": [
         (f"json-many-docs-200{sfx}", ["captify-json-many", "seed-json-many"], JSON_MANY)

@@ -69,22 +69,25 @@ def render_json(by_tag: ByTag) -> list[str]:
                   "real Yjs updates at 20/s base64 in `update` messages. Peer `seed-json` is "
                   "the seed's own stack (Node, `ws`, Yjs; each relay serialized once). "
                   "`vs yws` compares with captify-ws's y-websocket fan-out "
-                  "(`fanout-1000-yws`) run in the same repeat.", "",
+                  "(`fanout-1000-yws`: 50 readers timed, 950 paused) run in the same repeat, "
+                  "`vs yws reading` with the same where all 1000 read "
+                  "(`fanout-1000-yws-reading`), as the JSON readers do.", "",
                   "| run | server | p50 ms | p99 ms | server µs/copy | vs seed-json | vs "
-                  "captify-ws yws | delivered | server state |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "captify-ws yws | vs yws reading | delivered | server state |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for tag in fanout:
             ref = by_tag[tag].get("seed-json", {})
-            yws = by_tag.get(tag.replace("json-fanout-1000", "fanout-1000-yws"), {}).get(
-                "captify", {})
+            yws, reading = (by_tag.get(tag.replace("json-fanout-1000", other), {}).get(
+                "captify", {}) for other in ("fanout-1000-yws", "fanout-1000-yws-reading"))
             for peer, r in by_tag[tag].items():
                 lat = r.get("latency_ms") or {}
                 cost = r.get("server_cpu_us_per_delivery")
                 lines.append("| " + " | ".join([
                     tag, r.get("label") or peer, fmt(lat.get("p50")), fmt(lat.get("p99")),
                     fmt(cost), ratio(cost, ref.get("server_cpu_us_per_delivery")),
-                    ratio(cost, yws.get("server_cpu_us_per_delivery")) if peer != "seed-json"
-                    else "–",
+                    *((ratio(cost, yws.get("server_cpu_us_per_delivery")),
+                       ratio(cost, reading.get("server_cpu_us_per_delivery")))
+                      if peer != "seed-json" else ("–", "–")),
                     fmt(r.get("all_delivered")), fmt(r.get("server_state_converged")),
                 ]) + (f" {str(r['error'])[:80]}" if r.get("error") else "") + " |")
         lines += ["", "Medians of the interleaved repeats: server CPU per copy "
@@ -93,7 +96,10 @@ def render_json(by_tag: ByTag) -> list[str]:
                   + " seed-json's, "
                   + spread(ratios(by_tag, "json-fanout-1000", "captify-json", "captify",
                                   "server_cpu_us_per_delivery", "fanout-1000-yws"))
-                  + " captify-ws's y-websocket path; p99 "
+                  + " captify-ws's y-websocket path ("
+                  + spread(ratios(by_tag, "json-fanout-1000", "captify-json", "captify",
+                                  "server_cpu_us_per_delivery", "fanout-1000-yws-reading"))
+                  + " with every y-websocket reader reading); p99 "
                   + spread(ratios(by_tag, "json-fanout-1000", "captify-json", "seed-json",
                                   "latency_ms.p99")) + " seed-json's.", ""]
     many = [t for t in by_tag if t.startswith("json-many")]

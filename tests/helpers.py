@@ -112,6 +112,16 @@ class JsonClient:
         self.text = self.doc.get("text", type=Text)
         self.inbox: list[dict[str, Any]] = []
 
+    @classmethod
+    async def open(cls, ws_base: str, document_id: str, client_id: str) -> JsonClient:
+        """Connected to ``<ws_base>/ws/fabric?documentId=…&clientID=…``, its ``connected``
+        received."""
+        ws = await connect(f"{ws_base}/ws/fabric?" + urlencode(
+            {"documentId": document_id, "clientID": client_id}), max_queue=None)
+        client = cls(ws, document_id)
+        await client.expect("connected")
+        return client
+
     async def send(self, message: dict[str, Any] | str) -> None:
         await self.ws.send(message if isinstance(message, str) else json.dumps(message))
 

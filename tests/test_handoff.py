@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -32,9 +32,11 @@ def _run(loop_name: str, main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-def _pair(limit: int = 2) -> list[Handoff]:
-    """Two workers' ends of the channels, in this process: each with descriptors of its own,
-    as a worker process inherits them."""
+@pytest.fixture
+def pair(request: pytest.FixtureRequest) -> Iterator[list[Handoff]]:
+    """Two workers' ends of the channels, in this process (limit ``request.param``, else 2):
+    each with descriptors of its own, as a worker process inherits them."""
+    limit = getattr(request, "param", 2)
     sockets, environments, _ = make_channels(2)
     handoffs = []
     for environment in environments:
@@ -46,7 +48,9 @@ def _pair(limit: int = 2) -> list[Handoff]:
         handoffs.append(handoff)
     for channel in sockets:
         channel.close()
-    return handoffs
+    yield handoffs
+    for handoff in handoffs:
+        handoff.close()
 
 
 class _Held(asyncio.Protocol):
@@ -78,9 +82,11 @@ def test_environment_is_checked() -> None:
         Handoff.from_environ({ENVIRONMENT: "2/2/5/6,7"}, 10)
 
 
+@pytest.mark.parametrize("pair", [1], indirect=True)
 @pytest.mark.parametrize("loop_name", list(LOOPS))
-def test_a_connection_moves_with_its_bytes_and_back(loop_name: str) -> None:
-    first, second = _pair(limit=1)
+def test_a_connection_moves_with_its_bytes_and_back(loop_name: str,
+                                                     pair: list[Handoff]) -> None:
+    first, second = pair
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -130,17 +136,13 @@ def test_a_connection_moves_with_its_bytes_and_back(loop_name: str) -> None:
             stream.close()
         server.close()
 
-    try:
-        _run(loop_name, main())
-    finally:
-        first.close()
-        second.close()
+    _run(loop_name, main())
 
 
 @pytest.mark.parametrize("loop_name", list(LOOPS))
 def test_an_owner_that_is_not_reading_leaves_connections_where_they_are(
-        loop_name: str) -> None:
-    first, second = _pair()
+        loop_name: str, pair: list[Handoff]) -> None:
+    first = pair[0]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -165,8 +167,4 @@ def test_an_owner_that_is_not_reading_leaves_connections_where_they_are(
             writer.close()
         server.close()
 
-    try:
-        _run(loop_name, main())
-    finally:
-        first.close()
-        second.close()
+    _run(loop_name, main())

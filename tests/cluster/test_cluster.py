@@ -56,13 +56,7 @@ def shared_store() -> Iterator[str]:
 
 
 async def _json(proc: ServerProcess, document_id: str, client_id: str) -> Any:
-    from websockets.asyncio.client import connect
-
-    ws = await connect(f"{proc.ws}/ws/fabric?documentId={document_id}&clientID={client_id}",
-                       max_queue=None)
-    client = JsonClient(ws, document_id)
-    await client.expect("connected")
-    return client
+    return await JsonClient.open(proc.ws, document_id, client_id)
 
 
 async def _until(predicate: Any, timeout: float, what: str) -> None:

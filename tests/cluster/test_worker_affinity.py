@@ -67,13 +67,7 @@ def _handoffs(proc: ServerProcess) -> dict[str, dict[str, float]]:
 
 
 async def _json(proc: ServerProcess, document: str, client: str) -> JsonClient:
-    from websockets.asyncio.client import connect
-
-    ws = await connect(f"{proc.ws}/ws/fabric?documentId={quote(document)}&clientID={client}",
-                       max_queue=None)
-    json_client = JsonClient(ws, document)
-    await json_client.expect("connected")
-    return json_client
+    return await JsonClient.open(proc.ws, document, client)
 
 
 async def _converge(clients: list[JsonClient], marks: list[str]) -> None:
