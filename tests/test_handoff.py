@@ -22,6 +22,7 @@ from captify_ws.transport.handoff import (
     make_channels,
     owner_of,
 )
+from tests.polling import eventually
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -94,6 +95,8 @@ def test_a_connection_moves_with_its_bytes_and_back(loop_name: str,
         adopted: asyncio.Queue[tuple[socket.socket, bytes, int, str]] = asyncio.Queue()
         first.start(lambda sock, data, origin: adopted.put_nowait((sock, data, origin, "0")))
         second.start(lambda sock, data, origin: adopted.put_nowait((sock, data, origin, "1")))
+        await eventually(lambda: first.ready == second.ready == [True, True],
+                         "each worker told the other it reads its channel", timeout=5)
         server = await loop.create_server(lambda: _Held(accepted), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         document = _document_owned_by(1)
@@ -140,9 +143,11 @@ def test_a_connection_moves_with_its_bytes_and_back(loop_name: str,
 
 
 @pytest.mark.parametrize("loop_name", list(LOOPS))
-def test_an_owner_that_is_not_reading_leaves_connections_where_they_are(
-        loop_name: str, pair: list[Handoff]) -> None:
-    first = pair[0]
+def test_connections_stay_when_the_owner_is_not_reading(loop_name: str,
+                                                        pair: list[Handoff]) -> None:
+    """Not started (it never said it reads), stopped (it said it stopped), or overloaded (its
+    channel is full): the connection stays, open, with the worker that accepted it."""
+    first, second = pair
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -151,18 +156,31 @@ def test_an_owner_that_is_not_reading_leaves_connections_where_they_are(
         port = server.sockets[0].getsockname()[1]
         document = _document_owned_by(1)
         head = b"GET / HTTP/1.1\r\n\r\n" + b"x" * 60_000
-        clients, moved = [], 0
-        while True:  # worker 1 never reads its channel: it fills
-            assert moved < 1000, "a channel that never fills"
-            clients.append(await asyncio.open_connection("127.0.0.1", port))
-            transport = await asyncio.wait_for(accepted.get(), 5)
-            if not first.route(transport, head, document, HERE, lambda _: 0):
-                break
-            moved += 1
-        assert first.counts == {"sent": moved, "kept": 1}
-        assert not transport.is_closing()  # served here instead
-        transport.write(b"still here")
-        assert await asyncio.wait_for(clients[-1][0].readexactly(10), 5) == b"still here"
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
+        transports = [await asyncio.wait_for(accepted.get(), 5) for _ in clients]
+        first.start(lambda sock, data, origin: None)
+        assert not first.route(transports[0], head, document, HERE, lambda _: 0)  # not started
+        adopted: list[socket.socket] = []
+        second.start(lambda sock, data, origin: adopted.append(sock))
+        await eventually(lambda: first.ready[1], "worker 1 ready", timeout=5)
+        # no await between these: worker 1 cannot read meanwhile (one loop), and its channel
+        # holds a few 60 KB heads only
+        moved = [first.route(transport, head, document, HERE, lambda _: 0)
+                 for transport in transports[1:]]
+        assert True in moved and moved[-1] is False, moved
+        await eventually(lambda: len(adopted) == moved.count(True), "the moved ones adopted",
+                         timeout=5)
+        second.stop()
+        await eventually(lambda: not first.ready[1], "worker 1 said it stopped", timeout=5)
+        kept = [transports[0], *(t for t, m in zip(transports[1:], moved, strict=True) if not m)]
+        assert first.counts == {"sent": moved.count(True), "kept": len(kept)}
+        for transport, (reader, _) in zip(transports, clients, strict=True):
+            if transport in kept:
+                assert not transport.is_closing()  # served here instead
+                transport.write(b"still here")
+                assert await asyncio.wait_for(reader.readexactly(10), 5) == b"still here"
+        for sock in adopted:
+            sock.close()
         for _, writer in clients:
             writer.close()
         server.close()

@@ -34,9 +34,14 @@ def workers(tmp_path: Any, request: pytest.FixtureRequest) -> Iterator[tuple[Ser
                           "--broker-prefix", prefix, "--api-key", "k",
                           *getattr(request, "param", [])]).start()
     try:
+        # both workers listening (the first line is one worker's): else the kernel gives every
+        # connection to the first
+        eventually_sync(lambda: proc.log.count("listening on") >= 2, "the second worker",
+                        timeout=20)
         yield proc, prefix
     finally:
-        assert proc.stop() == 0
+        status = proc.stop()
+        assert status == 0, proc.log
 
 
 def _subscribers(prefix: str, documents: list[str]) -> list[int]:

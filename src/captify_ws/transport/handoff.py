@@ -20,8 +20,10 @@ Bounds:
 * an owner already serving ``limit`` connections of the document (``worker_affinity_limit``)
   sends the socket back to the worker it came from, to stay there: a document with a large
   audience has its copies written by every core;
-* a send that would block (the owner is not reading: starting, stopping, overloaded) leaves the
-  connection where it is, and so does a head larger than a message.
+* a worker sends connections only to workers that said they read their channel (a message
+  when a worker starts reading, and one when it stops); a send that would block (the owner is
+  overloaded, or died without saying so) leaves the connection where it is, and so does a
+  head larger than a message.
 
 Where a connection is served never decides what its client receives: the broker connects the
 workers as before, so a connection that stayed (a hot document, a multiplexed Hocuspocus
@@ -31,6 +33,7 @@ socket, a full channel) is served exactly as without affinity, at the broker's c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -50,9 +53,13 @@ MAX_MESSAGE: Final = 128 * 1024
 #: Messages received per loop turn; the rest wait for the next turn (other sockets go first).
 PER_TURN: Final = 64
 
-#: What a message asks of its receiver (the first header byte).
+#: What a message is (the first header byte; the second is the sender's index): a connection
+#: for its document's owner, a connection sent back to stay, and, with no connection, a worker
+#: that started or stopped reading its channel.
 TO_OWNER: Final = 0
 STAY: Final = 1
+READY: Final = 2
+LEAVING: Final = 3
 #: ``origin`` values besides a worker's index: accepted by this worker's own listener, or sent
 #: back to stay here.
 HERE: Final = -1
@@ -93,6 +100,10 @@ class Handoff:
         self._sending = sending
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopt: Adopt | None = None
+        #: which workers read their channel (told by READY and LEAVING): only those are sent
+        #: connections, so none waits in the channel of a worker still starting
+        self.ready = [False] * count
+        self.ready[index] = True
         #: by outcome: "sent" to the owner, "returned" to stay with the worker it came from,
         #: "received", "kept" here (a send would block); the server's Stats dict when served
         self.counts: dict[str, int] = {}
@@ -120,12 +131,22 @@ class Handoff:
         self._loop = asyncio.get_running_loop()
         self._adopt = adopt
         self._loop.add_reader(self._receiving.fileno(), self._readable)
+        self._tell_others(READY)
 
     def stop(self) -> None:
-        """Stop receiving (queued connections wait for the next worker with this index)."""
+        """Stop receiving, and tell the other workers to send nothing more (what is queued
+        already waits for the next worker with this index)."""
         if self._loop is not None:
             self._loop.remove_reader(self._receiving.fileno())
             self._loop = None
+            self._tell_others(LEAVING)
+
+    def _tell_others(self, kind: int) -> None:
+        for other, sock in enumerate(self._sending):
+            if other != self.index:
+                # full: that worker is not reading anyway
+                with contextlib.suppress(OSError):
+                    sock.send(bytes((kind, self.index)), socket.MSG_DONTWAIT)
 
     def close(self) -> None:
         """Stop receiving and close this process's ends of the channels."""
@@ -143,6 +164,9 @@ class Handoff:
         if origin == HERE:
             owner = owner_of(document, self.count)
             if owner == self.index:
+                return False
+            if not self.ready[owner]:
+                self._count("kept")
                 return False
             return self._send(transport, received, owner, TO_OWNER)
         if serving(document) < self.limit:
@@ -181,6 +205,8 @@ class Handoff:
                 self.stop()
                 return
             if not fds:
+                if len(data) == 2 and data[0] in (READY, LEAVING) and data[1] < self.count:
+                    self.ready[data[1]] = data[0] == READY
                 continue
             if len(data) < 2 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 for fd in fds:
