@@ -5,8 +5,12 @@ channel, the workers' /metrics, and converged documents."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -160,3 +164,32 @@ def test_affinity_off(workers: tuple[ServerProcess, str]) -> None:
     # 16 documents with two clients each on two workers: some are split (1 in 2**15 not)
     assert 2 in asyncio.run(scenario())
     assert all(not worker for worker in _handoffs(proc).values())
+
+
+def test_connections_for_a_killed_worker_wait_for_its_restart(
+        workers: tuple[ServerProcess, str]) -> None:
+    """A worker killed (SIGKILL: it cannot say it stopped) is started again by the supervisor;
+    connections for its documents accepted meanwhile by the other worker are served by the new
+    one, none lost."""
+    proc, _ = workers
+    assert proc.process is not None
+    # the supervisor treats a death in its first 5 s as a failed start: past that
+    eventually_sync(lambda: time.monotonic() - proc.started_at > 5.5, "5 s of uptime",
+                    timeout=10)
+    victim = int(subprocess.run(["pgrep", "-P", str(proc.process.pid)], capture_output=True,
+                                text=True, check=True).stdout.split()[1])
+    os.kill(victim, signal.SIGKILL)
+    eventually_sync(lambda: proc.log.count("starting it again") == 1, "the restart", timeout=10)
+
+    async def scenario() -> None:
+        from websockets.asyncio.client import connect
+
+        readers = await asyncio.gather(*(
+            connect(f"{proc.ws}/ws/fabric/restart-{index}", open_timeout=30)
+            for index in range(20)))
+        for reader in readers:
+            assert (await asyncio.wait_for(reader.recv(), 30))[:2] == b"\x00\x00"
+            await reader.close()
+
+    asyncio.run(scenario())
+    eventually_sync(lambda: proc.log.count("listening on") >= 3, "the new worker", timeout=20)
