@@ -54,7 +54,7 @@ class DocumentRoom(DocumentPresence):
     """One document loaded in this process; created by ``RoomManager``. Its presence part
     (awareness states, presence listeners) is :class:`DocumentPresence`."""
 
-    __slots__ = ("_full_state", "_full_step2", "_json", "_pending", "_pending_cost",
+    __slots__ = ("_full_state", "_full_step2", "_json", "_loop", "_pending", "_pending_cost",
                  "_update_listeners", "_wires", "_yws", "closed", "deleted", "document_id",
                  "hocuspocus", "holds", "max_frame", "max_size", "relay_listeners", "stats",
                  "steps", "stored_size", "ydoc")
@@ -85,6 +85,9 @@ class DocumentRoom(DocumentPresence):
         #: per idle document)
         self._pending: list[Pending] | tuple[()] = ()
         self._pending_cost = 0
+        #: the loop the room lives in, kept: Python 3.11's get_running_loop() is a getpid()
+        #: system call, 3 % of a busy worker when asked once per update
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._update_listeners: list[UpdateListener] = []
         #: the cluster bridge's relay listeners (added by add_relay_listener; an empty tuple
         #: until then: memory per idle document)
@@ -229,7 +232,10 @@ class DocumentRoom(DocumentPresence):
             self._pending = [(update, origin, frame)]
         self._pending_cost += cost
         if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self.flush_pending)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush_pending)
 
     def flush_pending(self) -> None:
         """Integrate and relay the updates waiting for the end of this loop turn."""
