@@ -33,25 +33,44 @@ def _run(loop_name: str, main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-@pytest.fixture
-def pair(request: pytest.FixtureRequest) -> Iterator[list[Handoff]]:
-    """Two workers' ends of the channels, in this process (limit ``request.param``, else 2):
-    each with descriptors of its own, as a worker process inherits them."""
-    limit = getattr(request, "param", 2)
-    sockets, environments, _ = make_channels(2)
-    handoffs = []
-    for environment in environments:
-        index, count, *fds = environment[ENVIRONMENT].replace(",", "/").split("/")
+class Workers(list[Handoff]):
+    """The workers' ends of the channels, in this process, each with descriptors of its own
+    as a worker process inherits them; ``again(index)`` is a worker started again."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.supervisor, self.environments, _ = make_channels(count)
+        for index in range(count):
+            self.again(index)
+
+    def again(self, index: int) -> Handoff:
+        entry = self.environments[index][ENVIRONMENT]
+        position, count, *fds = entry.replace(",", "/").split("/")
         own = [str(os.dup(int(fd))) for fd in fds]
         handoff = Handoff.from_environ(
-            {ENVIRONMENT: f"{index}/{count}/{own[0]}/{','.join(own[1:])}"}, limit)
+            {ENVIRONMENT: f"{position}/{count}/{own[0]}/{','.join(own[1:])}"}, self.limit)
         assert handoff is not None
-        handoffs.append(handoff)
-    for channel in sockets:
-        channel.close()
-    yield handoffs
-    for handoff in handoffs:
-        handoff.close()
+        if index < len(self):
+            self.append(self[index])  # the one it replaces, still to close
+            self[index] = handoff
+        else:
+            self.append(handoff)
+        return handoff
+
+    def close(self) -> None:
+        for handoff in self:
+            handoff.close()
+        for channel in self.supervisor:
+            channel.close()
+
+
+@pytest.fixture
+def pair(request: pytest.FixtureRequest) -> Iterator[Workers]:
+    """Two workers (limit ``request.param``, else 2)."""
+    workers = Workers(2, getattr(request, "param", 2))
+    yield workers
+    workers.close()
 
 
 class _Held(asyncio.Protocol):
@@ -86,7 +105,7 @@ def test_environment_is_checked() -> None:
 @pytest.mark.parametrize("pair", [1], indirect=True)
 @pytest.mark.parametrize("loop_name", list(LOOPS))
 def test_a_connection_moves_with_its_bytes_and_back(loop_name: str,
-                                                     pair: list[Handoff]) -> None:
+                                                     pair: Workers) -> None:
     first, second = pair
 
     async def main() -> None:
@@ -144,7 +163,7 @@ def test_a_connection_moves_with_its_bytes_and_back(loop_name: str,
 
 @pytest.mark.parametrize("loop_name", list(LOOPS))
 def test_connections_stay_when_the_owner_is_not_reading(loop_name: str,
-                                                        pair: list[Handoff]) -> None:
+                                                        pair: Workers) -> None:
     """Not started (it never said it reads), stopped (it said it stopped), or overloaded (its
     channel is full): the connection stays, open, with the worker that accepted it."""
     first, second = pair
@@ -182,6 +201,46 @@ def test_connections_stay_when_the_owner_is_not_reading(loop_name: str,
         for sock in adopted:
             sock.close()
         for _, writer in clients:
+            writer.close()
+        server.close()
+
+    _run(loop_name, main())
+
+
+@pytest.mark.parametrize("loop_name", list(LOOPS))
+def test_a_worker_started_again_learns_who_reads(loop_name: str, pair: Workers) -> None:
+    """Worker 0's READY went to worker 1's first process; the second learns it from the
+    answer to its own READY, and connections flow both ways again."""
+    first, second = pair
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        adopted: asyncio.Queue[tuple[socket.socket, int]] = asyncio.Queue()
+        first.start(lambda sock, data, origin: adopted.put_nowait((sock, 0)))
+        second.start(lambda sock, data, origin: None)
+        await eventually(lambda: first.ready == second.ready == [True, True], "both ready",
+                         timeout=5)
+        second.stop()
+        await eventually(lambda: not first.ready[1], "worker 1 gone", timeout=5)
+        again = pair.again(1)
+        assert again.ready == [False, True]
+        again.start(lambda sock, data, origin: adopted.put_nowait((sock, 1)))
+        await eventually(lambda: first.ready[1] and again.ready[0], "both ready again",
+                         timeout=5)
+        accepted: asyncio.Queue[asyncio.Transport] = asyncio.Queue()
+        server = await loop.create_server(lambda: _Held(accepted), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        head = b"GET / HTTP/1.1\r\n\r\n"
+        writers = []
+        for sender, owner in ((first, 1), (again, 0)):
+            writers.append((await asyncio.open_connection("127.0.0.1", port))[1])
+            transport = await asyncio.wait_for(accepted.get(), 5)
+            assert sender.route(transport, head, _document_owned_by(owner), HERE,
+                                lambda _: 0)
+            sock, by = await asyncio.wait_for(adopted.get(), 5)
+            assert by == owner
+            sock.close()
+        for writer in writers:
             writer.close()
         server.close()
 

@@ -55,11 +55,13 @@ PER_TURN: Final = 64
 
 #: What a message is (the first header byte; the second is the sender's index): a connection
 #: for its document's owner, a connection sent back to stay, and, with no connection, a worker
-#: that started or stopped reading its channel.
+#: that started reading its channel (answered with READY_TOO: a worker started again learns
+#: who reads), or stopped.
 TO_OWNER: Final = 0
 STAY: Final = 1
 READY: Final = 2
 LEAVING: Final = 3
+READY_TOO: Final = 4
 #: ``origin`` values besides a worker's index: accepted by this worker's own listener, or sent
 #: back to stay here.
 HERE: Final = -1
@@ -142,11 +144,13 @@ class Handoff:
             self._tell_others(LEAVING)
 
     def _tell_others(self, kind: int) -> None:
-        for other, sock in enumerate(self._sending):
+        for other in range(self.count):
             if other != self.index:
-                # full: that worker is not reading anyway
-                with contextlib.suppress(OSError):
-                    sock.send(bytes((kind, self.index)), socket.MSG_DONTWAIT)
+                self._tell(other, kind)
+
+    def _tell(self, other: int, kind: int) -> None:
+        with contextlib.suppress(OSError):  # full: that worker is not reading anyway
+            self._sending[other].send(bytes((kind, self.index)), socket.MSG_DONTWAIT)
 
     def close(self) -> None:
         """Stop receiving and close this process's ends of the channels."""
@@ -169,7 +173,7 @@ class Handoff:
                 self._count("kept")
                 return False
             return self._send(transport, received, owner, TO_OWNER)
-        if serving(document) < self.limit:
+        if serving(document) < self.limit or not self.ready[origin]:
             return False
         return self._send(transport, received, origin, STAY)
 
@@ -189,6 +193,14 @@ class Handoff:
         transport.close()
         return True
 
+    def _heard(self, other: int, kind: int) -> None:
+        if kind in (READY, READY_TOO):
+            self.ready[other] = True
+            if kind == READY:
+                self._tell(other, READY_TOO)
+        elif kind == LEAVING:
+            self.ready[other] = False
+
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
@@ -205,10 +217,11 @@ class Handoff:
                 self.stop()
                 return
             if not fds:
-                if len(data) == 2 and data[0] in (READY, LEAVING) and data[1] < self.count:
-                    self.ready[data[1]] = data[0] == READY
+                if len(data) == 2 and data[1] < self.count and data[1] != self.index:
+                    self._heard(data[1], data[0])
                 continue
-            if len(data) < 2 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            if len(data) < 2 or data[1] >= self.count or \
+                    flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 for fd in fds:
                     os.close(fd)
                 continue
