@@ -296,7 +296,6 @@ class ServerProcess:
         self.cwd = cwd
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
-        self.started_at = 0.0  # time.monotonic() at start()
         self.output: list[str] = []
         self._drainer: threading.Thread | None = None
         self._listening = threading.Event()
@@ -306,7 +305,6 @@ class ServerProcess:
         seconds: a server that hangs silently (or mid-line) or exits fails the test with its
         output instead of blocking it. The output is read by a thread from the start, so the
         server never blocks on a full pipe either."""
-        self.started_at = time.monotonic()
         self.process = subprocess.Popen(
             [str(VENV_BIN / "captify-ws"), "serve", *self.args], env=self.env, cwd=self.cwd,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
