@@ -195,3 +195,40 @@ def test_connections_for_a_killed_worker_wait_for_its_restart(
 
     asyncio.run(scenario())
     eventually_sync(lambda: proc.log.count("listening on") >= 3, "the new worker", timeout=20)
+
+
+def test_clients_that_leave_while_being_moved_leave_nothing_behind(
+        workers: tuple[ServerProcess, str]) -> None:
+    """Raw sockets send an upgrade head (and some a garbage frame after it) and close at once,
+    many of them while their socket travels to the other worker: no error in either worker's
+    log, no connection left counted, and a client after them is served."""
+    proc, _ = workers
+    head = ("GET /ws/fabric/gone-{n} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n")
+
+    async def scenario() -> None:
+        from websockets.asyncio.client import connect
+
+        for n in range(120):
+            _, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+            writer.write(head.format(n=n).encode() + (b"\x81\xff" * (n % 3)))
+            writer.close()
+        reader = await connect(f"{proc.ws}/ws/fabric/gone-0")
+        assert (await asyncio.wait_for(reader.recv(), 5))[:2] == b"\x00\x00"
+        await reader.close()
+
+    asyncio.run(scenario())
+
+    def none_left() -> bool:
+        seen: dict[str, str] = {}
+        while len(seen) < 2:
+            response = httpx.get(f"{proc.http}/metrics", timeout=5, headers={
+                "Authorization": "Bearer k", "Connection": "close"})
+            seen[response.headers["x-captify-instance"]] = response.text
+        return all('captify_connections{handler="fabric"} 0.0' in text
+                   for text in seen.values())
+
+    eventually_sync(none_left, "no fabric connection left on either worker", timeout=15)
+    assert "Traceback" not in proc.log and "ERROR" not in proc.log, proc.log
+    assert sum(worker.get("sent", 0) for worker in _handoffs(proc).values()) > 0
